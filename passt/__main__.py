@@ -1,0 +1,3 @@
+from passt.cli import main
+
+main()

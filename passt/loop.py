@@ -1,0 +1,197 @@
+"""The event loop: one thread, one epoll set, timers and signals.
+
+Theory of operation
+-------------------
+Everything passt and pasta do is a reaction to a file descriptor becoming
+readable or writable (the tap, a socket, a pipe, a timer) or to time passing.
+One ``select.epoll`` set carries all descriptors; each registered descriptor
+has exactly one callback, called with the epoll event mask.  Handlers must
+never block: every descriptor they own is non-blocking.
+
+Timers live in a heap ordered by deadline, measured on the monotonic clock.
+The epoll wait is bounded by the nearest deadline, so timers fire at most a
+few milliseconds late and cost nothing while nobody has armed one.  A
+cancelled timer stays in the heap (marked dead) until its deadline passes:
+that keeps cancellation O(1), which matters when thousands of flows re-arm
+their ACK timers on every segment.
+
+Signals are turned into events with ``signal.set_wakeup_fd`` on a
+non-blocking socketpair: the Python-level handler only records the signal
+number, and the loop dispatches registered callbacks from its own context,
+so no handler ever runs in the middle of another.
+
+A callback that raises is a bug; the exception propagates out of ``run``
+(the caller logs it and exits non-zero) rather than being swallowed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+EventCallback = Callable[[int], None]
+TimerCallback = Callable[[], None]
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+RDHUP = select.EPOLLRDHUP
+ERR = select.EPOLLERR
+HUP = select.EPOLLHUP
+ET = select.EPOLLET
+
+
+class Timer:
+    """A one-shot timer handle; ``cancel()`` is cheap and idempotent."""
+
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: TimerCallback) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """epoll-driven dispatcher for descriptors, timers and signals."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, EventCallback] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._signal_handlers: dict[int, TimerCallback] = {}
+        self._pending_signals: list[int] = []
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._running = False
+        self.exit_status = 0
+
+    # -- descriptors -------------------------------------------------------
+
+    def add(self, fd: int, events: int, callback: EventCallback) -> None:
+        """Watch ``fd`` for ``events`` (an EPOLL* mask), calling ``callback(mask)``."""
+        self._epoll.register(fd, events)
+        self._handlers[fd] = callback
+
+    def modify(self, fd: int, events: int, callback: EventCallback | None = None) -> None:
+        """Change the watched events (and optionally the callback) of ``fd``."""
+        self._epoll.modify(fd, events)
+        if callback is not None:
+            self._handlers[fd] = callback
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd``; harmless if it was never added.  Call before close()."""
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def watching(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    # -- timers ------------------------------------------------------------
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: TimerCallback) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
+        timer = Timer(deadline, callback)
+        heapq.heappush(self._timers, (deadline, next(self._seq), timer))
+        return timer
+
+    def _next_timeout(self) -> float:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return -1
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    # -- signals -----------------------------------------------------------
+
+    def add_signal(self, signum: int, callback: TimerCallback) -> None:
+        """Call ``callback()`` from the loop whenever ``signum`` arrives."""
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self.add(self._wake_r.fileno(), IN, self._on_wakeup)
+        self._signal_handlers[signum] = callback
+        signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self._pending_signals.append(signum)
+
+    def _on_wakeup(self, _events: int) -> None:
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+        pending, self._pending_signals = self._pending_signals, []
+        for signum in dict.fromkeys(pending):
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler()
+
+    # -- running -----------------------------------------------------------
+
+    def stop(self, status: int = 0) -> None:
+        """Make ``run()`` return ``status`` after the current iteration."""
+        self.exit_status = status
+        self._running = False
+
+    def run_once(self, max_wait: float = -1) -> None:
+        """One iteration: wait (bounded by timers and ``max_wait``), dispatch."""
+        timeout = self._next_timeout()
+        if max_wait >= 0 and (timeout < 0 or timeout > max_wait):
+            timeout = max_wait
+        try:
+            events = self._epoll.poll(timeout, 256)
+        except InterruptedError:
+            events = []
+        handlers = self._handlers
+        for fd, mask in events:
+            callback = handlers.get(fd)
+            if callback is not None:
+                callback(mask)
+        self._run_timers()
+
+    def run(self) -> int:
+        """Dispatch until ``stop()``; returns the exit status given to it."""
+        self._running = True
+        while self._running:
+            self.run_once()
+        return self.exit_status
+
+    def close(self) -> None:
+        if self._wake_r is not None:
+            signal.set_wakeup_fd(-1)
+            self.remove(self._wake_r.fileno())
+            self._wake_r.close()
+            if self._wake_w is not None:
+                self._wake_w.close()
+            self._wake_r = self._wake_w = None
+        self._epoll.close()

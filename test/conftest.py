@@ -1,0 +1,1 @@
+"""Shared pytest configuration for unit and end-to-end tests."""
