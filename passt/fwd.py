@@ -1,0 +1,418 @@
+"""Forwarded ports: listening sockets, dispatch of what they receive, ``auto``.
+
+Theory of operation
+-------------------
+Every forwarded port is a listening socket (TCP) or a bound socket (UDP) on
+one side: in the host's network namespace for ``-t``/``-u`` (and for passt),
+inside pasta's target namespace for ``-T``/``-U``.  A socket belongs to the
+namespace of the thread that creates it, so namespace-side sockets are made
+through ``ns_call(fn, *args)``, a callable that runs ``fn`` on a helper
+thread that has joined the namespace (``netns.py`` provides it; tests
+provide their own).  Everything else (accepting, receiving) happens on the
+main thread: once created, a socket works from any thread.
+
+Listeners bind each family separately (``IPV6_V6ONLY``), so that a peer's
+address is always in its own family and the tables of ``/proc/net`` show
+exactly what we own; without a bind address, host-side listeners bind the
+wildcard address and namespace-side ones the loopback address (``-T``/``-U``
+only exist to reach the host's loopback).  A bind address may be given by
+the spec (``IP_FREEBIND`` lets it be one that is not configured yet), and an
+interface (``SO_BINDTODEVICE``).
+
+What a listener receives is handed to a callback chosen by the peer: a
+loopback peer is local traffic, which pasta splices socket to socket
+(``tcp_splice``, ``udp_splice``); any other peer takes the tap path (the TCP
+and UDP translators).  The callbacks live in a small registry,
+``Handlers``, filled by whoever implements them, so that this module depends
+on none of them:
+
+* ``tcp_tap(sock, peer, local, target_port)``
+* ``tcp_splice(sock, peer, origin, target_port)``
+* ``udp_tap(listener, data, peer)`` and ``udp_splice(listener, data, peer)``,
+  where ``data`` is a memoryview valid only during the call and replies go
+  out through ``listener.sock`` (so that they come from the forwarded port).
+
+Accepted sockets are handed over non-blocking.  A connection or datagram
+nobody takes is closed or dropped, and counted.
+
+``auto`` (pasta) follows the ports bound on the *other* side: about once a
+second we read ``/proc/net/{tcp,tcp6,udp,udp6}`` of that namespace (through
+descriptors opened there once: a ``/proc/thread-self/net`` file keeps
+showing the namespace it was opened in), keep the listening TCP sockets and
+the bound, unconnected UDP sockets, drop those that are ours (our own
+listeners appear in the same tables: we know their inode numbers), apply
+the ``~`` exclusions, and open or close our listeners to match.  As upstream
+does, with ``-t auto`` and no ``-u``, UDP follows the TCP ports too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import loop as ev
+
+log = logging.getLogger(__name__)
+
+NsCall = Callable[..., Any]
+
+HOST = "host"
+NS = "ns"
+TCP = "tcp"
+UDP = "udp"
+
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+ACCEPT_BATCH = 64
+RECV_BATCH = 64
+SCAN_INTERVAL = 1.0
+TCP_LISTEN = "0A"
+UDP_UNCONNECTED = "07"
+DATAGRAM_MAX = 65536
+
+_ANY = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_PROC_FILES = {
+    (TCP, socket.AF_INET): "tcp", (TCP, socket.AF_INET6): "tcp6",
+    (UDP, socket.AF_INET): "udp", (UDP, socket.AF_INET6): "udp6",
+}
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether a socket-API address string is a loopback address (any family)."""
+    return addr.startswith("127.") or addr == "::1" or addr.startswith("::ffff:127.")
+
+
+# -- what to listen on ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One socket to open: protocol, side, family, bind address, port, interface."""
+
+    proto: str
+    origin: str
+    family: int
+    addr: str
+    port: int
+    ifname: str | None = None
+
+
+def default_listens(proto: str, origin: str, port: int,
+                    families: Iterable[int]) -> list[Listen]:
+    """Listens for a port without a bind address: wildcard on the host, loopback in the ns."""
+    table = _ANY if origin == HOST else _LOOPBACK
+    return [Listen(proto, origin, f, table[f], port) for f in families]
+
+
+def listens_for(proto: str, origin: str, port: int, addr: str | None, ifname: str | None,
+                families: Iterable[int]) -> list[Listen]:
+    """Listens for one forwarded port of a spec, honouring its bind address and interface."""
+    if not addr:
+        return [Listen(proto, origin, lst.family, lst.addr, port, ifname)
+                for lst in default_listens(proto, origin, port, families)]
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    return [Listen(proto, origin, family, addr, port, ifname)]
+
+
+def open_listen_socket(listen: Listen, backlog: int = 128) -> socket.socket:
+    """Create, configure and bind the socket for ``listen`` (runs in its namespace)."""
+    kind = socket.SOCK_STREAM if listen.proto == TCP else socket.SOCK_DGRAM
+    s = socket.socket(listen.family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        if listen.proto == TCP:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listen.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        if listen.ifname:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, listen.ifname.encode())
+        s.bind((listen.addr, listen.port))
+        if listen.proto == TCP:
+            s.listen(backlog)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+# -- dispatch -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Handlers:
+    """Who takes what a listener receives; ``None`` means nobody (drop)."""
+
+    tcp_tap: Callable[[socket.socket, tuple, tuple, int], None] | None = None
+    tcp_splice: Callable[[socket.socket, tuple, str, int], None] | None = None
+    udp_tap: Callable[[Listener, memoryview, tuple], None] | None = None
+    udp_splice: Callable[[Listener, memoryview, tuple], None] | None = None
+
+
+class Listener:
+    """An open forwarded-port socket and what to do with what it receives."""
+
+    __slots__ = ("listen", "sock", "fd", "family", "origin", "port", "target_port",
+                 "inode", "fwd")
+
+    def __init__(self, fwd: Forwarder, listen: Listen, sock: socket.socket,
+                 target_port: int) -> None:
+        self.fwd = fwd
+        self.listen = listen
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = listen.family
+        self.origin = listen.origin
+        self.port = listen.port
+        self.target_port = target_port
+        self.inode = os.fstat(self.fd).st_ino
+
+    def on_accept(self, _mask: int) -> None:
+        """Accept what is pending (bounded batch; the listener is level-triggered)."""
+        sock = self.sock
+        handlers = self.fwd.handlers
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, peer = sock._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                return
+            except OSError as e:  # out of descriptors, aborted handshakes...
+                self.fwd.stats[f"accept_error.{e.errno}"] += 1
+                return
+            conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fileno=fd)
+            conn.setblocking(False)
+            if handlers.tcp_splice is not None and is_loopback(peer[0]):
+                handlers.tcp_splice(conn, peer, self.origin, self.target_port)
+            elif handlers.tcp_tap is not None and self.origin == HOST:
+                handlers.tcp_tap(conn, peer, conn.getsockname(), self.target_port)
+            else:
+                self.fwd.stats["tcp_unhandled"] += 1
+                conn.close()
+
+    def on_datagram(self, _mask: int) -> None:
+        """Receive pending datagrams (bounded batch) and hand each to its handler."""
+        sock = self.sock
+        fwd = self.fwd
+        buf = fwd.dgram_buf
+        view = fwd.dgram_view
+        handlers = fwd.handlers
+        for _ in range(RECV_BATCH):
+            try:
+                n, peer = sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:  # a queued ICMP error from an earlier reply
+                continue
+            if handlers.udp_splice is not None and is_loopback(peer[0]):
+                handlers.udp_splice(self, view[:n], peer)
+            elif handlers.udp_tap is not None and self.origin == HOST:
+                handlers.udp_tap(self, view[:n], peer)
+            else:
+                fwd.stats["udp_unhandled"] += 1
+
+
+class Forwarder:
+    """The set of open forwarded-port sockets, on both sides."""
+
+    def __init__(self, loop: ev.EventLoop, ns_call: NsCall | None = None) -> None:
+        self.loop = loop
+        self.ns_call = ns_call
+        self.handlers = Handlers()
+        self.listeners: dict[Listen, Listener] = {}
+        self.stats: Counter[str] = Counter()
+        self.dgram_buf = bytearray(DATAGRAM_MAX)
+        self.dgram_view = memoryview(self.dgram_buf)
+
+    def own_inodes(self) -> set[int]:
+        return {lst.inode for lst in self.listeners.values()}
+
+    def open(self, listen: Listen, target_port: int) -> Listener:
+        """Open ``listen`` (in its namespace) and start serving it; raises ``OSError``."""
+        if listen.origin == NS:
+            if self.ns_call is None:
+                raise OSError("no namespace to open a listener in")
+            sock = self.ns_call(open_listen_socket, listen)
+        else:
+            sock = open_listen_socket(listen)
+        listener = Listener(self, listen, sock, target_port)
+        callback = listener.on_accept if listen.proto == TCP else listener.on_datagram
+        self.loop.add(listener.fd, ev.IN, callback)
+        self.listeners[listen] = listener
+        return listener
+
+    def open_all(self, listens: Iterable[tuple[Listen, int]]) -> list[tuple[Listen, OSError]]:
+        """Open each ``(listen, target_port)``; returns the failures instead of stopping."""
+        failures = []
+        for listen, target_port in listens:
+            if listen in self.listeners:
+                continue
+            try:
+                self.open(listen, target_port)
+            except OSError as e:
+                failures.append((listen, e))
+        return failures
+
+    def close_listener(self, listen: Listen) -> None:
+        listener = self.listeners.pop(listen, None)
+        if listener is not None:
+            self.loop.remove(listener.fd)
+            listener.sock.close()
+
+    def ports(self, proto: str, origin: str) -> set[int]:
+        return {lst.port for lst in self.listeners if lst.proto == proto and lst.origin == origin}
+
+    def close(self) -> None:
+        for listen in list(self.listeners):
+            self.close_listener(listen)
+
+
+# -- auto: following the ports bound on the other side ---------------------
+
+
+def bound_ports(table: str, state: str, exclude_inodes: set[int] | frozenset[int]) -> set[int]:
+    """Local ports of ``/proc/net/{tcp,udp}[6]`` entries in ``state``, except ours.
+
+    ``state`` is the hexadecimal column value: ``"0A"`` for listening TCP
+    sockets, ``"07"`` for bound, unconnected UDP sockets.  Malformed lines
+    are skipped.
+    """
+    ports = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != state:
+            continue
+        try:
+            port = int(fields[1].rpartition(":")[2], 16)
+            inode = int(fields[9])
+        except ValueError:
+            continue
+        if inode not in exclude_inodes:
+            ports.add(port)
+    return ports
+
+
+def scan_diff(current: set[int], wanted: set[int]) -> tuple[set[int], set[int]]:
+    """Ports to open and ports to close so that ``current`` becomes ``wanted``."""
+    return wanted - current, current - wanted
+
+
+def open_proc_net(names: Iterable[str]) -> dict[str, int]:
+    """Descriptors of ``/proc/thread-self/net/<name>`` for the calling thread's namespace."""
+    fds = {}
+    for name in names:
+        try:
+            fds[name] = os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # e.g. no IPv6 in this kernel
+            continue
+    return fds
+
+
+def read_proc_file(fd: int) -> str:
+    """The whole current content of an open procfs file, from the start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode("ascii", "replace")
+
+
+@dataclass(slots=True)
+class AutoRule:
+    """One ``auto`` direction: ``proto`` listeners on ``origin`` follow the other side.
+
+    ``allowed(port)`` applies the spec's exclusions; ``follow_tcp`` makes a
+    UDP rule also forward the ports the TCP scan found (upstream's
+    TCP-implies-UDP default).
+    """
+
+    proto: str
+    origin: str
+    allowed: Callable[[int], bool]
+    follow_tcp: bool = False
+
+
+class AutoScanner:
+    """Periodic ``/proc/net`` scans opening and closing listeners to match."""
+
+    def __init__(self, fwd: Forwarder, rules: Iterable[AutoRule], families: tuple[int, ...],
+                 interval: float = SCAN_INTERVAL) -> None:
+        self.fwd = fwd
+        self.rules = list(rules)
+        self.families = families
+        self.interval = interval
+        self.failed: set[Listen] = set()
+        names = [_PROC_FILES[(r.proto, f)] for r in self.rules for f in families]
+        if any(r.follow_tcp for r in self.rules):
+            names += [_PROC_FILES[(TCP, f)] for f in families]
+        names = sorted(set(names))
+        need_ns = any(r.origin == HOST for r in self.rules)
+        need_host = any(r.origin == NS for r in self.rules)
+        self.proc_fds: dict[str, dict[str, int]] = {NS: {}, HOST: {}}
+        if need_ns and fwd.ns_call is not None:
+            self.proc_fds[NS] = fwd.ns_call(open_proc_net, names)
+        if need_host:
+            self.proc_fds[HOST] = open_proc_net(names)
+        self._timer: ev.Timer | None = None
+
+    def start(self) -> None:
+        """Scan now, then every ``interval`` seconds."""
+        self.scan()
+        self._timer = self.fwd.loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self.scan()
+        self._timer = self.fwd.loop.call_later(self.interval, self._tick)
+
+    def bound_on(self, side: str, proto: str, ours: set[int]) -> set[int]:
+        """Ports bound by others for ``proto`` on ``side``, both families together."""
+        state = TCP_LISTEN if proto == TCP else UDP_UNCONNECTED
+        ports: set[int] = set()
+        for family in self.families:
+            fd = self.proc_fds[side].get(_PROC_FILES[(proto, family)])
+            if fd is not None:
+                ports |= bound_ports(read_proc_file(fd), state, ours)
+        return ports
+
+    def wanted(self, rule: AutoRule, ours: set[int]) -> set[int]:
+        other = NS if rule.origin == HOST else HOST
+        ports = self.bound_on(other, rule.proto, ours)
+        if rule.follow_tcp:
+            ports |= self.bound_on(other, TCP, ours)
+        return {p for p in ports if rule.allowed(p)}
+
+    def scan(self) -> None:
+        """One pass over every rule: open what appeared, close what went away."""
+        ours = self.fwd.own_inodes()
+        for rule in self.rules:
+            self.apply(rule, self.wanted(rule, ours))
+
+    def apply(self, rule: AutoRule, wanted: set[int]) -> None:
+        fwd = self.fwd
+        to_open, to_close = scan_diff(fwd.ports(rule.proto, rule.origin), wanted)
+        for listen in [lst for lst in fwd.listeners
+                       if lst.proto == rule.proto and lst.origin == rule.origin
+                       and lst.port in to_close]:
+            fwd.close_listener(listen)
+        for port in sorted(to_open):
+            listens = default_listens(rule.proto, rule.origin, port, self.families)
+            for listen, err in fwd.open_all((lst, port) for lst in listens):
+                if listen not in self.failed:
+                    self.failed.add(listen)
+                    log.warning("auto forwarding: cannot bind %s port %d (%s): %s",
+                                listen.proto.upper(), port, listen.origin, err.strerror)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fds in self.proc_fds.values():
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
