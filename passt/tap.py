@@ -41,10 +41,10 @@ Frames from the guest go through ``Dispatcher.handle_frames``:
 
 Handlers
 --------
-A handler is any object with ``from_tap(ctx, pkt)``.  A handler may instead
-offer ``from_tap_batch(ctx, pkts)``: the dispatcher then hands it lists of
-*consecutive* frames of one flow (same addresses and same first four L4
-bytes, i.e. ports), so that a run of data segments costs one call and one
+A handler is any object with ``from_tap(ctx, pkt)``.  The ``tcp`` and ``udp``
+handlers may instead offer ``from_tap_batch(ctx, pkts)``: the dispatcher then
+hands them lists of *consecutive* frames of one flow (same addresses and
+ports), so that a run of data segments costs one call and one
 acknowledgement decision.  Order is kept: a batch is delivered before any
 later frame of the same wake-up goes anywhere else.  ``Packet`` objects and
 their views are valid during the call only.
@@ -99,12 +99,16 @@ FRAME_MAX = 65535 + 14  # largest MTU a tap takes, plus the Ethernet header
 RECV_BATCH = 64
 
 ROUTES = ("arp", "ndp", "dhcp", "dhcpv6", "icmp", "tcp", "udp")
+_BATCH_ROUTES = frozenset(("tcp", "udp"))  # flows identified by addresses and ports
 
 _ICMP_ECHO_REQUEST = 8
 _ICMPV6_ECHO_REQUEST = 128
 _NDP_TYPES = range(133, 138)  # router/neighbour solicitation/advertisement, redirect
 _DHCP_SERVER_PORT = 67
 _DHCPV6_SERVER_PORT = 547
+_TCP_HLEN = 20
+_UDP_HLEN = 8
+_flow_ports = struct.Struct("!I").unpack_from  # both L4 ports as one number
 _UNSPECIFIED4 = bytes(4)
 _UNSPECIFIED6 = bytes(16)
 
@@ -234,9 +238,9 @@ def classify(pkt: Packet) -> str:
     proto = pkt.proto
     l4 = pkt.l4
     if proto == IPPROTO_TCP:
-        return "tcp"
+        return "tcp" if len(l4) >= _TCP_HLEN else "drop.tcp_short"
     if proto == IPPROTO_UDP:
-        if len(l4) < 8:
+        if len(l4) < _UDP_HLEN:
             return "drop.udp_short"
         dport = l4[2] << 8 | l4[3]
         if pkt.ip_version == 4:
@@ -291,7 +295,7 @@ class Dispatcher:
         self._single: dict[str, Callable[[Ctx, Packet], object]] = {}
         self._batched: dict[str, Callable[[Ctx, list[Packet]], object]] = {}
         for route, handler in handlers.items():
-            if hasattr(handler, "from_tap_batch"):
+            if route in _BATCH_ROUTES and hasattr(handler, "from_tap_batch"):
                 self._batched[route] = handler.from_tap_batch
             else:
                 self._single[route] = handler.from_tap  # type: ignore[attr-defined]
@@ -354,6 +358,7 @@ class Dispatcher:
             ctx.pcap.write_frames(frames)
         stats["tap.frames_in"] += len(frames)
         single, batched, allows = self._single, self._batched, self._sources.allows
+        flow_ports = _flow_ports
         pending: list[Packet] = []
         pending_key: tuple[object, ...] | None = None
         for frame in frames:
@@ -375,7 +380,7 @@ class Dispatcher:
                     pending, pending_key = [], None
                 self._deliver(route, handler, pkt)
             elif route in batched:
-                key = (route, pkt.src, pkt.dst, bytes(pkt.l4[:4]))
+                key = (route, pkt.src, pkt.dst, flow_ports(pkt.l4))
                 if key != pending_key and pending:
                     self._deliver_batch(pending_key, pending)
                     pending = []

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from passt import log, packet
 from passt.context import BROADCAST_MAC, Ctx
@@ -157,6 +159,7 @@ def test_each_kind_of_frame_reaches_its_handler(route, frame):
         (ipv4_fragment(), "drop.fragment"),
         (packet.build_frame_ip(HOST_MAC, GUEST_MAC, GUEST4, HOST4, 47, b"gre!"), "drop.proto"),
         (packet.build_frame_ip(HOST_MAC, GUEST_MAC, GUEST4, HOST4, 17, b"udp"), "drop.udp_short"),
+        (packet.build_frame_ip(HOST_MAC, GUEST_MAC, GUEST4, HOST4, 6, b"tcp"), "drop.tcp_short"),
         (udp(OTHER4, HOST4, 1, 2), "drop.src_addr"),
         (udp(OTHER6, HOST6, 1, 2), "drop.src_addr"),
     ],
@@ -193,6 +196,23 @@ def test_unknown_route_names_are_refused():
 def test_classify_is_usable_on_its_own():
     assert classify(packet.parse_frame(ROUTED["dhcpv6"])) == "dhcpv6"
     assert classify(packet.parse_frame(udp(GUEST6, HOST6, 547, 9))) == "udp"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=120),
+    st.tuples(st.sampled_from(sorted(ROUTED.values())), st.integers(0, 200), st.integers(0, 255))
+    .map(lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]),
+), max_size=8))  # fmt: skip
+def test_no_input_escapes_the_dispatcher(frames):
+    events: list[tuple[str, Any]] = []
+    handlers: dict[str, Any] = all_handlers(events)
+    handlers["tcp"] = BatchRecorder("tcp", events)
+    ctx = Ctx()
+    filtered_dispatcher(ctx, handlers).handle_frames(frames)
+    drops = sum(n for name, n in ctx.stats.items() if name.startswith("drop."))
+    delivered = sum(len(e[1]) if isinstance(e[1], list) else 1 for e in events)
+    assert drops + delivered == len(frames) == ctx.stats["tap.frames_in"]
 
 
 # ---------------------------------------------------------------- guest MAC
@@ -261,6 +281,12 @@ def test_batch_handlers_get_runs_of_one_flow_in_order():
         ("tcp", [a1, a2]), ("tcp", [b1]), ("tcp", [a3]), ("arp", arp), ("tcp", [a4]),
         ("tcp", [c1]),
     ]  # fmt: skip
+
+
+def test_only_tcp_and_udp_are_delivered_in_batches():
+    events: list[tuple[str, Any]] = []
+    Dispatcher(Ctx(), {"arp": BatchRecorder("arp", events)}).handle_frames([ROUTED["arp"]])
+    assert events == [("arp", ROUTED["arp"])]
 
 
 def test_a_failing_batch_handler_does_not_stop_the_rest():
