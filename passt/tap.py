@@ -70,7 +70,7 @@ import os
 import struct
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from passt import log
 from passt.loop import ERR, HUP, IN, RDHUP
@@ -267,6 +267,14 @@ class SourceFilter:
         self._net6 = None if net6 is None else (
             int(net6.network_address) >> (128 - net6.prefixlen), 128 - net6.prefixlen
         )  # fmt: skip
+
+    @classmethod
+    def for_guest(cls, net: Any) -> SourceFilter:
+        """From a ``hostnet.NetInfo``: its ``addr4``, and ``addr6``/``prefix6``."""
+        net6 = None
+        if net.addr6 is not None:
+            net6 = ipaddress.IPv6Network((net.addr6, net.prefix6), strict=False)
+        return cls(None if net.addr4 is None else net.addr4.packed, net6)
 
     def allows(self, pkt: Packet) -> bool:
         src = pkt.src

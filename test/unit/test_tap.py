@@ -172,6 +172,16 @@ def test_frames_nobody_takes_are_counted_by_reason(frame, reason):
     assert ctx.stats == {"tap.frames_in": 1, reason: 1}
 
 
+def test_source_filter_from_host_network_info():
+    net = SimpleNamespace(addr4=ipaddress.IPv4Address("192.0.2.2"),
+                          addr6=ipaddress.IPv6Address("2001:db8::2"), prefix6=64)
+    sources = SourceFilter.for_guest(net)
+    frames = [udp(GUEST4, HOST4, 1, 2), udp(SLAAC6, HOST6, 1, 2), udp(OTHER6, HOST6, 1, 2)]
+    assert [sources.allows(packet.parse_frame(f)) for f in frames] == [True, True, False]
+    no_v6 = SourceFilter.for_guest(SimpleNamespace(addr4=None, addr6=None, prefix6=64))
+    assert no_v6.allows(packet.parse_frame(frames[2]))
+
+
 def test_without_a_configured_address_any_source_is_accepted():
     events: list[tuple[str, Any]] = []
     Dispatcher(Ctx(), all_handlers(events)).handle_frames([udp(OTHER4, HOST4, 1, 2)])
