@@ -221,6 +221,9 @@ def close() -> None:
             _state.syslog.close()
     _install(_State())
     DEBUG = TRACE = False
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Bridge)]:
+        root.removeHandler(handler)
 
 
 def _emit(priority: int, fmt: str, args: tuple[object, ...]) -> None:
@@ -284,6 +287,5 @@ class _Bridge(logging.Handler):
 def _bridge_python_logging(debug: bool) -> None:
     """Library chatter below warnings is only interesting when debugging."""
     root = logging.getLogger()
-    if not any(isinstance(h, _Bridge) for h in root.handlers):
-        root.addHandler(_Bridge())
+    root.addHandler(_Bridge())
     root.setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -188,7 +188,8 @@ def test_missing_syslog_socket_is_silent(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_python_logging_of_libraries_is_bridged(capsys):
+def test_python_logging_of_libraries_is_bridged_once(capsys):
+    log.setup(options())
     log.setup(options())
     logging.getLogger("pyroute2.test").warning("careful: %s", "x")
     logging.getLogger("pyroute2.test").info("chatter")
