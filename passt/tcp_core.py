@@ -1,0 +1,665 @@
+"""Sans-I/O TCP translation: what to do with one connection, segment by segment.
+
+Theory of operation
+-------------------
+We do not implement TCP.  The guest's kernel runs TCP on one side of us, the
+host's kernel on the other, and a connection of the guest is carried by an
+ordinary host socket.  All we do is translate *events* between the two: a
+segment from the guest becomes bytes written to the socket, bytes arriving on
+the socket become segments to the guest, and the ends of the connection
+(SYN, FIN, RST) are mapped onto ``connect()``, ``shutdown()`` and ``close()``.
+This module makes every decision of that translation and does no I/O: each
+event method returns a list of *actions* (tuples, first element an opcode
+below) that the driver (``tcp.py``) carries out.  Unit tests feed it segment
+sequences and check the actions, without a socket in sight.
+
+Sequence spaces
+~~~~~~~~~~~~~~~
+Toward the guest we are the sender: ``snd_una`` is the oldest byte the guest
+has not acknowledged, ``snd_nxt`` the next one we will send, ``snd_max`` the
+highest ever sent (``snd_nxt`` moves back on retransmission, ``snd_max`` does
+not).  The bytes from ``snd_una`` on are exactly the bytes still sitting in
+the socket's receive buffer: we read them with ``MSG_PEEK`` and discard them
+(``DISCARD``) only when the guest acknowledges them, so the kernel's receive
+buffer *is* our retransmission queue and the kernel's flow control toward the
+far end follows the guest's pace.  The driver keeps the socket's peek offset
+(``SO_PEEK_OFF``) at ``snd_nxt - snd_una``: discarding moves it back by the
+same amount in the kernel, and a retransmission sets it to zero (``REWIND``).
+
+From the guest we are the receiver: ``rcv_nxt`` is the next byte we expect.
+A segment at ``rcv_nxt`` is written to the socket (``SOCK_SEND``) and the
+driver reports how much the kernel took (``on_sock_accepted``): only that is
+acknowledged.  The rest is dropped and the guest retransmits it; we advertise
+the socket's free send space as our window, so that this stays rare.
+Everything is modulo 2**32 (``seq_lt`` and friends).
+
+Events, not states
+~~~~~~~~~~~~~~~~~~
+Like upstream passt, a connection's state is the set of events observed so
+far (``events``, bits below) rather than the classic state machine: SYN from
+the guest or an accepted socket, the handshake completed, FIN received and
+sent on either side, our FIN acknowledged.  Each direction closes on its
+own, so a half-closed connection keeps carrying data the other way; the
+connection is over when both directions are (``CLOSE``), or at once on a
+reset from either side or a timeout (``CLOSE`` with ``rst=True``, plus an
+RST to the guest where it still has a connection).
+
+Timers
+~~~~~~
+One timer per connection; ``TIMER`` (re)arms it, the driver calls
+``on_timer`` when it fires.  Its meaning follows the events:
+
+* handshake: the socket's ``connect()`` gets ``SYN_TIMEOUT``; then our
+  SYN-ACK (or, inbound, our SYN) is repeated with exponential backoff until
+  the guest answers, again within ``SYN_TIMEOUT``;
+* unacknowledged data: go back to ``snd_una`` and send again, with
+  exponential backoff, at most ``MAX_RETRANS`` times, then reset;
+* unacknowledged FIN (the socket's peer has closed): the same, but bounded
+  by ``FIN_TIMEOUT`` rather than by a count, as for a kernel's FIN_WAIT_1;
+* zero window with data waiting: probe the guest (bounded like data);
+* otherwise idleness: an activity counter is compared when the
+  ``IDLE_TIMEOUT`` timer fires, so that busy connections do not re-arm a
+  timer for every segment.
+
+Fast retransmit: ``DUP_ACK_THRESHOLD`` duplicate ACKs (no data, no window
+change, data outstanding) send everything again from ``snd_una``.  On a tap
+nothing reorders, so a duplicate ACK means a lost frame; a retransmission
+does not trigger again until the guest has acknowledged what was in flight
+when it started (``recover``).
+
+Windows and segment sizes
+~~~~~~~~~~~~~~~~~~~~~~~~~
+The guest's window (scaled by its window scale, when both SYNs carried the
+option) limits how much we peek and send (``peek_budget``), and is mirrored
+to the socket with ``TCP_WINDOW_CLAMP`` (``CLAMP``, only on changes of more
+than 1/16th, to spare system calls), so the far end sees the guest's
+receiving pace.  Our segments to the guest are at most its MSS and at most
+what the tap MTU allows (``mss_limit``); the MSS we advertise is the MTU's.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from passt.packet import ACK, FIN, RST, SYN, tcp_options
+
+SEQ_MOD = 1 << 32
+SEQ_MASK = SEQ_MOD - 1
+_HALF = 1 << 31
+
+# Action opcodes: each action is a tuple whose first element is one of these.
+TAP = 1  # (TAP, flags, seq, ack, window_field, options): segment without payload to the guest
+DATA = 2  # (DATA, seq, length): send `length` bytes just peeked, from `seq`, in MSS-sized frames
+SOCK_SEND = 3  # (SOCK_SEND, payload): write to the socket, then call on_sock_accepted(n)
+PEEK = 4  # (PEEK,): read (peek) from the socket now: the window allows more data
+REWIND = 5  # (REWIND,): set the socket's peek offset back to 0 (snd_nxt = snd_una)
+DISCARD = 6  # (DISCARD, n): drop n acknowledged bytes from the socket's receive buffer
+CLAMP = 7  # (CLAMP, window): TCP_WINDOW_CLAMP on the socket
+SHUT_WR = 8  # (SHUT_WR,): shutdown(SHUT_WR) on the socket
+TIMER = 9  # (TIMER, seconds or None): (re)arm or cancel the connection's timer
+WANT_OUT = 10  # (WANT_OUT, bool): watch (or stop watching) the socket for writability
+CLOSE = 11  # (CLOSE, rst): close the socket (with RST if rst) and free the flow
+
+# Events (bits of TcpConn.events).
+SOCK_ACCEPTED = 1 << 0  # inbound: socket accepted, SYN sent to the guest
+TAP_SYN_RCVD = 1 << 1  # outbound: SYN from the guest, socket connecting
+TAP_SYN_ACK_SENT = 1 << 2  # outbound: socket connected, SYN-ACK sent to the guest
+ESTABLISHED = 1 << 3
+SOCK_FIN_RCVD = 1 << 4  # the socket reached end of file (peer's FIN)
+SOCK_FIN_SENT = 1 << 5  # shutdown(SHUT_WR) done (the guest's FIN)
+TAP_FIN_RCVD = 1 << 6  # FIN from the guest
+TAP_FIN_SENT = 1 << 7  # FIN sent to the guest
+TAP_FIN_ACKED = 1 << 8  # the guest acknowledged our FIN
+CLOSED = 1 << 9  # CLOSE was emitted: the connection is gone
+
+EVENT_NAMES = (
+    "SOCK_ACCEPTED", "TAP_SYN_RCVD", "TAP_SYN_ACK_SENT", "ESTABLISHED", "SOCK_FIN_RCVD",
+    "SOCK_FIN_SENT", "TAP_FIN_RCVD", "TAP_FIN_SENT", "TAP_FIN_ACKED", "CLOSED",
+)  # fmt: skip
+
+# Timeouts (seconds) and limits.
+SYN_TIMEOUT = 10.0
+ACK_TIMEOUT = 1.0  # first retransmission; doubles per retry up to ACK_TIMEOUT_MAX
+ACK_TIMEOUT_MAX = 8.0
+FIN_TIMEOUT = 60.0
+IDLE_TIMEOUT = 7200.0
+MAX_RETRANS = 7
+DUP_ACK_THRESHOLD = 2
+MSS_DEFAULT = 536  # RFC 9293 default when the SYN carries no MSS option
+WS_TO_GUEST = 8  # our window scale: windows up to 16 MiB
+MAX_WINDOW = 1 << 30  # RFC 7323 maximum
+WINDOW_DEFAULT = 65535
+
+# Timer kinds.
+_T_NONE, _T_CONNECT, _T_HANDSHAKE, _T_RETRANS, _T_PROBE, _T_IDLE = range(6)
+
+Action = tuple
+
+
+class Segment(Protocol):
+    """What the core reads from a guest segment (``passt.packet.TcpSegment`` fits)."""
+
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    mss: int | None
+    wscale: int | None
+    payload: memoryview
+
+
+def seq_lt(a: int, b: int) -> bool:
+    """a < b in sequence space (modulo 2**32)."""
+    return 0 < ((b - a) & SEQ_MASK) < _HALF
+
+
+def seq_le(a: int, b: int) -> bool:
+    return ((b - a) & SEQ_MASK) < _HALF
+
+
+def seq_diff(a: int, b: int) -> int:
+    """a - b modulo 2**32, as a non-negative number."""
+    return (a - b) & SEQ_MASK
+
+
+def rst_for_stray(seg: Segment) -> tuple[int, int, int] | None:
+    """(flags, seq, ack) of the RST answering a segment that matches no connection.
+
+    RFC 9293 3.10.7.1: an ACK is answered by an RST at its acknowledgement
+    number; anything else by an RST-ACK acknowledging it.  An RST is never
+    answered.
+    """
+    flags = seg.flags
+    if flags & RST:
+        return None
+    if flags & ACK:
+        return RST, seg.ack, 0
+    length = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+    return RST | ACK, 0, (seg.seq + length) & SEQ_MASK
+
+
+class TcpConn:
+    """One connection's translation state; event methods return lists of actions."""
+
+    __slots__ = (
+        "events", "isn", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "fin_seq", "rcv_nxt",
+        "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
+        "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
+        "sock_pending", "ack_due", "dropped", "want_out", "pending_fin",
+    )  # fmt: skip
+
+    def __init__(self, isn: int, mss_limit: int) -> None:
+        self.events = 0
+        self.isn = isn & SEQ_MASK
+        self.snd_una = self.snd_nxt = self.snd_max = self.isn
+        self.snd_wnd = 0  # the guest's window, scaled
+        self.fin_seq = 0  # sequence number of our FIN, once SOCK_FIN_RCVD
+        self.rcv_nxt = 0
+        self.rcv_wnd = WINDOW_DEFAULT  # our window: the socket's free send space
+        self.ws_from_guest = self.ws_to_guest = 0
+        self.mss = min(MSS_DEFAULT, mss_limit)  # our segments to the guest
+        self.mss_adv = mss_limit  # what we advertise: the tap MTU's
+        self.clamped = 0  # last TCP_WINDOW_CLAMP set
+        self.dup_acks = 0
+        self.recover = self.isn
+        self.retries = 0
+        self.backoff = ACK_TIMEOUT
+        self.elapsed = 0.0  # time spent retransmitting a SYN, SYN-ACK or FIN
+        self.timer_kind = _T_NONE
+        self.activity = self.idle_mark = 0
+        self.sock_pending = False  # the socket may hold data we have not peeked
+        self.ack_due = False  # guest data taken by the socket and not acknowledged
+        self.dropped = False  # guest data the socket did not take
+        self.want_out = False
+        self.pending_fin = False  # FIN of the segment whose payload is being sent
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def outbound(cls, syn: Segment, isn: int, mss_limit: int) -> tuple[TcpConn, list[Action]]:
+        """A SYN from the guest: the driver connects a socket; SYN-ACK once connected."""
+        conn = cls(isn, mss_limit)
+        conn.events = TAP_SYN_RCVD
+        conn.rcv_nxt = (syn.seq + 1) & SEQ_MASK
+        conn._take_syn_options(syn)
+        return conn, [conn._arm(_T_CONNECT, SYN_TIMEOUT)]
+
+    @classmethod
+    def inbound(cls, isn: int, mss_limit: int, window: int) -> tuple[TcpConn, list[Action]]:
+        """An accepted socket: SYN to the guest, with our MSS and window scale."""
+        conn = cls(isn, mss_limit)
+        conn.events = SOCK_ACCEPTED
+        conn.rcv_wnd = min(window, MAX_WINDOW)
+        conn.snd_nxt = conn.snd_max = (conn.isn + 1) & SEQ_MASK
+        return conn, [conn._syn(), conn._arm(_T_HANDSHAKE, conn.backoff)]
+
+    def _take_syn_options(self, seg: Segment) -> None:
+        """MSS and window scale from the guest's SYN or SYN-ACK."""
+        self.mss = min(seg.mss or MSS_DEFAULT, self.mss_adv)
+        if seg.wscale is not None:
+            self.ws_from_guest = seg.wscale
+            self.ws_to_guest = WS_TO_GUEST
+        self.snd_wnd = seg.window  # never scaled in a SYN
+
+    def _syn(self) -> Action:
+        """Our SYN (inbound) or SYN-ACK (outbound), with MSS and window scale options."""
+        if self.events & SOCK_ACCEPTED:
+            flags, ack, wscale = SYN, 0, WS_TO_GUEST
+        else:
+            flags, ack, wscale = SYN | ACK, self.rcv_nxt, self.ws_to_guest or None
+        options = tcp_options(mss=self.mss_adv, wscale=wscale)
+        return (TAP, flags, self.isn, ack, min(self.rcv_wnd, 0xFFFF), options)
+
+    # -- state ---------------------------------------------------------------
+
+    def state_name(self) -> str:
+        """The events seen so far, for logs."""
+        names = [name for bit, name in enumerate(EVENT_NAMES) if self.events & (1 << bit)]
+        return "|".join(names) or "NEW"
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.events & CLOSED)
+
+    def window_field(self) -> int:
+        """The 16-bit window field for a segment to the guest (not a SYN)."""
+        return min(self.rcv_wnd >> self.ws_to_guest, 0xFFFF)
+
+    def _ack(self) -> Action:
+        """A bare ACK to the guest, acknowledging everything the socket took."""
+        self.ack_due = False
+        return (TAP, ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
+
+    def peek_budget(self) -> int:
+        """How many new bytes the guest's window lets us send now."""
+        if self.events & (TAP_FIN_SENT | CLOSED) or not self.events & ESTABLISHED:
+            return 0
+        budget = self.snd_wnd - ((self.snd_nxt - self.snd_una) & SEQ_MASK)
+        return budget if budget > 0 else 0
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm(self, kind: int, seconds: float) -> Action:
+        self.timer_kind = kind
+        if kind == _T_IDLE:
+            self.idle_mark = self.activity
+        return (TIMER, seconds)
+
+    def _settle_timer(self, acts: list[Action]) -> None:
+        """After an event of an established connection: the timer its state calls for."""
+        kind = self.timer_kind
+        if self.snd_max != self.snd_una:
+            if kind != _T_RETRANS:
+                acts.append(self._arm(_T_RETRANS, self.backoff))
+        elif self.sock_pending and self.snd_wnd == 0:
+            if kind != _T_PROBE:
+                acts.append(self._arm(_T_PROBE, self.backoff))
+        elif kind != _T_IDLE:
+            acts.append(self._arm(_T_IDLE, IDLE_TIMEOUT))
+
+    def on_timer(self) -> list[Action]:
+        """The connection's timer fired."""
+        kind = self.timer_kind
+        self.timer_kind = _T_NONE
+        if self.events & CLOSED:
+            return []
+        if kind == _T_CONNECT:
+            return self._reset()
+        if kind == _T_HANDSHAKE:
+            return self._handshake_timeout()
+        if kind == _T_RETRANS:
+            return self._retransmit_timeout()
+        if kind == _T_PROBE:
+            return self._probe_timeout()
+        if kind == _T_IDLE:
+            if self.activity != self.idle_mark:
+                return [self._arm(_T_IDLE, IDLE_TIMEOUT)]
+            return self._reset()
+        return []
+
+    def _back_off(self) -> None:
+        self.elapsed += self.backoff
+        self.retries += 1
+        self.backoff = min(self.backoff * 2, ACK_TIMEOUT_MAX)
+
+    def _handshake_timeout(self) -> list[Action]:
+        self._back_off()
+        if self.elapsed >= SYN_TIMEOUT:
+            return self._reset()
+        return [self._syn(), self._arm(_T_HANDSHAKE, self.backoff)]
+
+    def _retransmit_timeout(self) -> list[Action]:
+        if self.events & SOCK_FIN_RCVD:  # our FIN is out, or follows the data
+            if self.elapsed + self.backoff >= FIN_TIMEOUT:
+                return self._reset()
+        elif self.retries >= MAX_RETRANS:
+            return self._reset()
+        self._back_off()
+        acts = self._go_back()
+        acts.append(self._arm(_T_RETRANS, self.backoff))
+        return acts
+
+    def _probe_timeout(self) -> list[Action]:
+        if self.retries >= MAX_RETRANS:
+            return self._reset()
+        self._back_off()
+        # An already acknowledged sequence number: the guest answers with an
+        # ACK carrying its current window.
+        probe = (TAP, ACK, (self.snd_una - 1) & SEQ_MASK, self.rcv_nxt, self.window_field(), b"")
+        return [probe, self._arm(_T_PROBE, self.backoff)]
+
+    def _progress(self) -> None:
+        """The guest acknowledged something: it is alive, start counting afresh."""
+        self.dup_acks = self.retries = 0
+        self.elapsed = 0.0
+        self.backoff = ACK_TIMEOUT
+
+    # -- retransmission ------------------------------------------------------
+
+    def _go_back(self) -> list[Action]:
+        """Send again everything from snd_una: data (peeked again) and our FIN."""
+        data_end = self.fin_seq if self.events & TAP_FIN_SENT else self.snd_max
+        self.events &= ~TAP_FIN_SENT
+        self.snd_nxt = self.snd_una
+        if data_end != self.snd_una:
+            self.sock_pending = True
+            return [(REWIND,), (PEEK,)]
+        if self.events & SOCK_FIN_RCVD:
+            return [self._fin()]
+        return []
+
+    # -- socket side ---------------------------------------------------------
+
+    def on_connected(self) -> list[Action]:
+        """Outbound: the socket connected; answer the guest's SYN."""
+        if self.events & CLOSED:
+            return []
+        self.events |= TAP_SYN_ACK_SENT
+        self.snd_nxt = self.snd_max = (self.isn + 1) & SEQ_MASK
+        return [self._syn(), self._arm(_T_HANDSHAKE, self.backoff)]
+
+    def on_connect_failed(self) -> list[Action]:
+        """Outbound: connect() failed (refused, unreachable, timed out): RST the SYN."""
+        return self._reset()
+
+    def on_sock_readable(self) -> int:
+        """The socket has data (or EOF): returns how much may be peeked now."""
+        self.sock_pending = True
+        self.activity += 1
+        return self.peek_budget()
+
+    def on_sock_data(self, length: int) -> list[Action]:
+        """``length`` new bytes were peeked (at offset snd_nxt - snd_una): send them.
+
+        The driver cuts them into frames of at most ``mss`` bytes, acknowledging
+        ``rcv_nxt`` with ``window_field()``.
+        """
+        seq = self.snd_nxt
+        self.snd_nxt = (seq + length) & SEQ_MASK
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
+        self.ack_due = False  # data frames carry our ACK
+        if self.timer_kind == _T_RETRANS:
+            return [(DATA, seq, length)]
+        return [(DATA, seq, length), self._arm(_T_RETRANS, self.backoff)]
+
+    def on_sock_drained(self) -> None:
+        """Nothing more to read now (EAGAIN, or a short read without EOF pending)."""
+        self.sock_pending = False
+
+    def on_sock_eof(self) -> list[Action]:
+        """The peek reached end of file: all data is out, FIN to the guest."""
+        self.sock_pending = False
+        first = not self.events & SOCK_FIN_RCVD
+        self.events |= SOCK_FIN_RCVD
+        if self.events & (TAP_FIN_SENT | CLOSED) or not self.events & ESTABLISHED:
+            return []
+        if first:
+            self.elapsed = 0.0
+        acts = [self._fin()]
+        self._settle_timer(acts)
+        return acts
+
+    def _fin(self) -> Action:
+        self.events |= TAP_FIN_SENT
+        self.fin_seq = self.snd_nxt
+        self.snd_nxt = (self.snd_nxt + 1) & SEQ_MASK
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
+        self.ack_due = False
+        return (TAP, FIN | ACK, self.fin_seq, self.rcv_nxt, self.window_field(), b"")
+
+    def on_sock_error(self) -> list[Action]:
+        """The socket failed (reset by the peer, error): reset the guest's side."""
+        if self.events & CLOSED:
+            return []
+        return self._reset()
+
+    def on_sock_accepted(self, accepted: int, offered: int) -> list[Action]:
+        """The socket took ``accepted`` of the ``offered`` bytes of the last SOCK_SEND."""
+        acts: list[Action] = []
+        if accepted > 0:
+            self.rcv_nxt = (self.rcv_nxt + accepted) & SEQ_MASK
+            self.ack_due = True
+        if accepted < offered:
+            self.dropped = True
+            self.pending_fin = False
+            if not self.want_out:
+                self.want_out = True
+                acts.append((WANT_OUT, True))
+        elif self.pending_fin:
+            self.pending_fin = False
+            acts.extend(self._guest_fin())
+        return acts
+
+    def on_sock_writable(self, space: int) -> list[Action]:
+        """Send buffer space freed: tell the guest (window update, and duplicate
+        ACKs so that it retransmits at once what we had to drop)."""
+        if self.events & CLOSED:
+            return []
+        self.rcv_wnd = min(space, MAX_WINDOW)
+        acts: list[Action] = []
+        if self.want_out and self._window_comfortable():
+            self.want_out = False
+            acts.append((WANT_OUT, False))
+        if not self.events & ESTABLISHED:
+            return acts
+        ack = self._ack()
+        acts.append(ack)
+        if self.dropped:
+            self.dropped = False
+            acts.extend((ack, ack, ack))
+        return acts
+
+    def _window_comfortable(self) -> bool:
+        return self.rcv_wnd >= 2 * self.mss_adv
+
+    def flush_ack(self, space: int) -> list[Action]:
+        """End of a batch of guest segments: acknowledge what the socket took.
+
+        ``space`` is the socket's free send space now: our new window.
+        """
+        self.rcv_wnd = min(space, MAX_WINDOW)
+        if not self.ack_due or self.events & CLOSED:
+            return []
+        acts: list[Action] = [self._ack()]
+        if not self.want_out and not self._window_comfortable():
+            self.want_out = True
+            acts.append((WANT_OUT, True))
+        return acts
+
+    # -- guest side ----------------------------------------------------------
+
+    def on_segment(self, seg: Segment) -> list[Action]:
+        """A segment from the guest for this connection."""
+        events = self.events
+        if events & CLOSED:
+            return []
+        self.activity += 1
+        flags = seg.flags
+        if flags & RST:
+            return self._guest_rst(seg)
+        if events & ESTABLISHED:
+            if flags & SYN:  # RFC 5961 4.2: challenge ACK (a reused port gets RST from it)
+                return [self._ack()]
+            if not flags & ACK:
+                return []
+            acts: list[Action] = []
+            opened = False
+        else:
+            acts = self._handshake(seg)
+            if not self.events & ESTABLISHED or flags & SYN:
+                if self.events & ESTABLISHED:
+                    self._settle_timer(acts)
+                return acts
+            opened = True
+        opened |= self._guest_ack(seg, acts)
+        if self.events & CLOSED:
+            return acts
+        if len(seg.payload) or flags & FIN:
+            self._guest_data(seg, acts)
+        if opened and self.sock_pending and self.peek_budget():
+            acts.append((PEEK,))
+        if not self.events & CLOSED:
+            self._settle_timer(acts)
+        return acts
+
+    def _guest_rst(self, seg: Segment) -> list[Action]:
+        """Accept an RST that fits the connection (RFC 5961 3.2, leniently)."""
+        if not self.events & ESTABLISHED:
+            if self.events & SOCK_ACCEPTED and seg.flags & ACK and seg.ack != self.snd_nxt:
+                return []
+        elif ((seg.seq - self.rcv_nxt) & SEQ_MASK) > max(self.rcv_wnd, 0xFFFF):
+            return []
+        return self._close(rst=True)
+
+    def _handshake(self, seg: Segment) -> list[Action]:
+        """A guest segment before the connection is established."""
+        flags = seg.flags
+        if self.events & SOCK_ACCEPTED:  # we sent SYN, expect SYN-ACK
+            if flags & (SYN | ACK) != SYN | ACK or seg.ack != self.snd_nxt:
+                return []
+            self.rcv_nxt = (seg.seq + 1) & SEQ_MASK
+            self._take_syn_options(seg)
+            self._establish()
+            return [self._ack(), (PEEK,)]
+        if flags & SYN:  # the guest repeats its SYN: repeat our SYN-ACK, if sent
+            if self.events & TAP_SYN_ACK_SENT and not flags & ACK:
+                return [self._syn()]
+            return []
+        if not self.events & TAP_SYN_ACK_SENT or not flags & ACK or seg.ack != self.snd_nxt:
+            return []
+        self._establish()
+        return []
+
+    def _establish(self) -> None:
+        self.events = (self.events | ESTABLISHED) & ~(TAP_SYN_RCVD | TAP_SYN_ACK_SENT)
+        self.snd_una = self.snd_max = self.recover = self.snd_nxt
+        self._progress()
+        self.timer_kind = _T_NONE
+        self.sock_pending = True  # data may have arrived before the handshake completed
+
+    def _guest_ack(self, seg: Segment, acts: list[Action]) -> bool:
+        """Acknowledgement and window of a guest segment; True if the window opened."""
+        ack = seg.ack
+        acked = (ack - self.snd_una) & SEQ_MASK
+        outstanding = (self.snd_max - self.snd_una) & SEQ_MASK
+        window = seg.window << self.ws_from_guest
+        if window > MAX_WINDOW:
+            window = MAX_WINDOW
+        previous = self.snd_wnd
+        self.snd_wnd = window
+        if window != previous:
+            self._clamp(window, acts)
+        if 0 < acked <= outstanding:
+            self._acked(ack, acked, acts)
+            return True
+        if (
+            acked == 0 and outstanding and window == previous
+            and not len(seg.payload) and not seg.flags & FIN
+        ):  # fmt: skip
+            self._duplicate_ack(acts)
+        return window > previous
+
+    def _acked(self, ack: int, acked: int, acts: list[Action]) -> None:
+        data = acked
+        if self.events & TAP_FIN_SENT and seq_lt(self.fin_seq, ack):
+            data -= 1
+            self.events |= TAP_FIN_ACKED
+        if data:
+            acts.append((DISCARD, data))
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack
+        self._progress()
+        if self.snd_max != ack:  # progress: restart the retransmission timer
+            acts.append(self._arm(_T_RETRANS, self.backoff))
+        elif self.timer_kind == _T_RETRANS:
+            self.timer_kind = _T_NONE
+        if self.events & TAP_FIN_ACKED and self.events & SOCK_FIN_SENT:
+            acts.extend(self._close(rst=False))
+
+    def _duplicate_ack(self, acts: list[Action]) -> None:
+        if not seq_le(self.recover, self.snd_una):
+            return  # a retransmission is under way already
+        self.dup_acks += 1
+        if self.dup_acks < DUP_ACK_THRESHOLD:
+            return
+        self.dup_acks = 0
+        self.recover = self.snd_max
+        acts.extend(self._go_back())
+
+    def _clamp(self, window: int, acts: list[Action]) -> None:
+        """Mirror the guest's window on the socket, skipping small changes."""
+        previous = self.clamped
+        if not window or (previous and abs(window - previous) < (previous >> 4)):
+            return
+        self.clamped = window
+        acts.append((CLAMP, window))
+
+    def _guest_data(self, seg: Segment, acts: list[Action]) -> None:
+        """Payload and FIN of a guest segment."""
+        if self.events & TAP_FIN_RCVD:  # after the guest's FIN: only retransmissions
+            acts.append(self._ack())
+            return
+        payload = seg.payload
+        length = len(payload)
+        fin = seg.flags & FIN
+        offset = (self.rcv_nxt - seg.seq) & SEQ_MASK
+        if offset:
+            if offset >= _HALF or offset >= length + (1 if fin else 0):
+                acts.append(self._ack())  # a gap, or all old: say what we expect
+                return
+            payload = payload[offset:]
+            length -= offset
+        if length:
+            self.pending_fin = bool(fin)
+            acts.append((SOCK_SEND, payload))
+        else:
+            acts.extend(self._guest_fin())
+
+    def _guest_fin(self) -> list[Action]:
+        """The guest closed its side (all its data is in the socket): shut ours."""
+        self.events |= TAP_FIN_RCVD | SOCK_FIN_SENT
+        self.rcv_nxt = (self.rcv_nxt + 1) & SEQ_MASK
+        acts: list[Action] = [(SHUT_WR,), self._ack()]
+        if self.events & TAP_FIN_ACKED:
+            acts.extend(self._close(rst=False))
+        return acts
+
+    # -- endings -------------------------------------------------------------
+
+    def _reset(self) -> list[Action]:
+        """Abort: RST to the guest and to the socket's peer."""
+        if self.events & ESTABLISHED:
+            rst: Action = (TAP, RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
+        elif self.events & SOCK_ACCEPTED:
+            rst = (TAP, RST, self.snd_nxt, 0, 0, b"")
+        else:  # refusing the guest's SYN (or abandoning our SYN-ACK)
+            rst = (TAP, RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
+        return [rst, *self._close(rst=True)]
+
+    def _close(self, rst: bool) -> list[Action]:
+        self.events |= CLOSED
+        self.timer_kind = _T_NONE
+        return [(TIMER, None), (CLOSE, rst)]
