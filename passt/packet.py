@@ -114,7 +114,7 @@ TCPOPT_SACK_PERM = 4
 TCPOPT_TIMESTAMP = 8
 _TCPOPT_SIZE = {TCPOPT_MSS: 4, TCPOPT_WSCALE: 3, TCPOPT_SACK_PERM: 2, TCPOPT_TIMESTAMP: 10}
 TCP_MAX_WSCALE = 14  # RFC 7323 2.3: larger shift counts are read as 14
-_NOP_NOP_TS = b"\x01\x01\x08\x0a"  # how Linux lays out timestamps on data segments
+_NOP_NOP_TS = 0x0101080A  # how Linux lays out timestamps on data segments
 
 _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")  # ver/ihl tos len id frag ttl proto csum src dst
@@ -127,6 +127,7 @@ _ICMP = struct.Struct("!BBHHH")  # type code csum ident seq
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 _U16 = struct.Struct("!H")
 _TS = struct.Struct("!II")
+_TS_WORD = struct.Struct("!III")  # the first option word and the two timestamps
 
 _unpack_eth = _ETH.unpack_from
 _unpack_ipv4 = _IPV4.unpack_from
@@ -135,6 +136,9 @@ _unpack_tcp = _TCP.unpack_from
 _unpack_udp = _UDP.unpack_from
 _unpack_icmp = _ICMP.unpack_from
 _unpack_ts = _TS.unpack_from
+_unpack_ts_word = _TS_WORD.unpack_from
+# Named tuples built without the Python-level __new__ they generate: per-frame saving.
+_new = tuple.__new__
 
 _IPV4_DF = 0x4000
 _IPV4_FRAG_MASK = 0x3FFF  # MF flag and fragment offset
@@ -220,9 +224,9 @@ def parse_frame(buf: Buffer) -> Packet:
     if ethertype == ETH_P_IPV6:
         return _parse_ipv6(frame, eth_dst, eth_src)
     payload = frame[ETH_HLEN:]
-    return Packet(
+    return _new(Packet, (
         frame, eth_dst, eth_src, ethertype, 0, None, None, 0, 0, False, ETH_HLEN, ETH_HLEN, payload
-    )
+    ))  # fmt: skip
 
 
 def _parse_ipv4(frame: memoryview, eth_dst: bytes, eth_src: bytes) -> Packet:
@@ -239,10 +243,10 @@ def _parse_ipv4(frame: memoryview, eth_dst: bytes, eth_src: bytes) -> Packet:
             f"IPv4 header length {hlen}, total length {total}, frame {size} bytes", "ipv4_length"
         )
     l4_offset = ETH_HLEN + hlen
-    return Packet(
+    return _new(Packet, (
         frame, eth_dst, eth_src, ETH_P_IP, 4, src, dst, proto, ttl,
         bool(frag & _IPV4_FRAG_MASK), ETH_HLEN, l4_offset, frame[l4_offset:end],
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _parse_ipv6(frame: memoryview, eth_dst: bytes, eth_src: bytes) -> Packet:
@@ -259,10 +263,10 @@ def _parse_ipv6(frame: memoryview, eth_dst: bytes, eth_src: bytes) -> Packet:
     fragment = False
     if proto in _IPV6_EXT:
         proto, offset, fragment = _walk_ipv6_extensions(frame, proto, offset, end)
-    return Packet(
+    return _new(Packet, (
         frame, eth_dst, eth_src, ETH_P_IPV6, 6, src, dst, proto, hop, fragment,
         ETH_HLEN, offset, frame[offset:end],
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _walk_ipv6_extensions(
@@ -305,14 +309,17 @@ def parse_tcp(l4: Buffer) -> TcpSegment:
     view = l4 if type(l4) is memoryview else memoryview(l4)
     mss = wscale = ts_val = ts_ecr = None
     sack_ok = False
-    if hlen == 32 and view[20:24] == _NOP_NOP_TS:
-        ts_val, ts_ecr = _unpack_ts(view, 24)
-    elif hlen > 20:
-        mss, wscale, sack_ok, ts_val, ts_ecr = _parse_tcp_options(view, hlen)
-    return TcpSegment(
+    if hlen > 20:
+        if hlen == 32:
+            word, ts_val, ts_ecr = _unpack_ts_word(view, 20)
+            if word != _NOP_NOP_TS:
+                mss, wscale, sack_ok, ts_val, ts_ecr = _parse_tcp_options(view, hlen)
+        else:
+            mss, wscale, sack_ok, ts_val, ts_ecr = _parse_tcp_options(view, hlen)
+    return _new(TcpSegment, (
         sport, dport, seq, ack, off_flags & 0xFF, window,
         mss, wscale, sack_ok, ts_val, ts_ecr, view[hlen:],
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _parse_tcp_options(
@@ -456,22 +463,35 @@ def _ethertype_of(src: bytes) -> int:
     return ETH_P_IP if len(src) == 4 else ETH_P_IPV6
 
 
-def _tcp_header(
-    src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
-    flags: int, window: int, payload: Buffer, options: bytes,
-) -> bytes:  # fmt: skip
+def _tcp_header_len(options: bytes) -> int:
+    """20 bytes plus the options, which must fill whole 32-bit words."""
     if len(options) & 3:
         raise ValueError("TCP options must be padded to a multiple of 4 bytes")
-    hlen = 20 + len(options)
-    off_flags = hlen << 10 | flags  # data offset in words, in the top 4 bits
+    return 20 + len(options)
+
+
+def _tcp_checksum(
+    acc: int, seq: int, ack: int, off_flags: int, window: int, options: bytes, payload: Buffer
+) -> int:
+    """Finish a TCP checksum: ``acc`` holds the pseudo-header and the ports."""
     # 2**16 == 1 (mod 0xffff): 32-bit fields add to the sum as they are.
-    acc = pseudo_sum(src, dst, IPPROTO_TCP, hlen + len(payload))
-    acc += sport + dport + seq + ack + off_flags + window
+    acc += seq + ack + off_flags + window
     if options:
         acc = csum_partial(options, acc)
     if payload:
         acc = csum_partial(payload, acc)
-    return _TCP.pack(sport, dport, seq, ack, off_flags, window, csum_fold(acc), 0) + options
+    return csum_fold(acc)
+
+
+def _tcp_header(
+    src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+    flags: int, window: int, payload: Buffer, options: bytes,
+) -> bytes:  # fmt: skip
+    hlen = _tcp_header_len(options)
+    off_flags = hlen << 10 | flags  # data offset in words, in the top 4 bits
+    acc = pseudo_sum(src, dst, IPPROTO_TCP, hlen + len(payload)) + sport + dport
+    csum = _tcp_checksum(acc, seq, ack, off_flags, window, options, payload)
+    return _TCP.pack(sport, dport, seq, ack, off_flags, window, csum, 0) + options
 
 
 def _udp_header(src: bytes, dst: bytes, sport: int, dport: int, payload: Buffer) -> bytes:
@@ -684,13 +704,10 @@ class TcpFrameTemplate:
         options: bytes = b"",
     ) -> bytearray:  # fmt: skip
         """Ethernet + IP + TCP headers (and ``options``) for a segment carrying ``payload``."""
+        tcp_hlen = _tcp_header_len(options)
         header = bytearray(self._header)
-        tcp_hlen = 20
         if options:
-            if len(options) & 3:
-                raise ValueError("TCP options must be padded to a multiple of 4 bytes")
             header += options
-            tcp_hlen += len(options)
         tcp_len = tcp_hlen + len(payload)
         if self._ipv4:
             total = self._tcp_offset - ETH_HLEN + tcp_len
@@ -699,14 +716,9 @@ class TcpFrameTemplate:
         else:
             _U16.pack_into(header, ETH_HLEN + 4, tcp_len)
         off_flags = tcp_hlen << 10 | flags
-        acc = self._tcp_acc + tcp_len + seq + ack + off_flags + window
-        if options:
-            acc = csum_partial(options, acc)
-        if payload:
-            acc = csum_partial(payload, acc)
-        _TCP_PATCH.pack_into(
-            header, self._tcp_offset + 4, seq, ack, off_flags, window, csum_fold(acc)
-        )
+        acc = self._tcp_acc + tcp_len
+        csum = _tcp_checksum(acc, seq, ack, off_flags, window, options, payload)
+        _TCP_PATCH.pack_into(header, self._tcp_offset + 4, seq, ack, off_flags, window, csum)
         return header
 
     def build(

@@ -1,0 +1,104 @@
+"""The Internet checksum against a textbook RFC 1071 implementation."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from passt import checksum as cs
+
+
+def reference_checksum(data: bytes) -> int:
+    """RFC 1071 word by word, with end-around carry after every addition."""
+    if len(data) & 1:
+        data += b"\0"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# Sizes around every branch: odd/even, the NumPy threshold, 32-bit tails.
+EDGE_SIZES = [0, 1, 2, 3, 4, 5, 7, 8, 20, 21, 40, 63, 64, 65]
+EDGE_SIZES += [cs.NUMPY_THRESHOLD + d for d in range(-3, 6)]
+EDGE_SIZES += [1500, 1501, 65535, 65536]
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x5A])
+def test_uniform_buffers_match_reference(size: int, fill: int) -> None:
+    data = bytes([fill]) * size
+    assert cs.checksum(data) == reference_checksum(data)
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+def test_patterned_buffers_match_reference(size: int) -> None:
+    data = bytes((i * 7 + 3) & 0xFF for i in range(size))
+    assert cs.checksum(data) == reference_checksum(data)
+
+
+@given(st.binary(max_size=4000))
+def test_random_buffers_match_reference(data: bytes) -> None:
+    assert cs.checksum(data) == reference_checksum(data)
+
+
+@given(st.binary(min_size=cs.NUMPY_THRESHOLD, max_size=3 * cs.NUMPY_THRESHOLD))
+def test_numpy_and_integer_paths_agree(data: bytes) -> None:
+    n = len(data)
+    assert cs.csum_fold(cs._sum_numpy(data, n)) == cs.csum_fold(cs._sum_small(data, n))
+    assert cs.checksum(data) == reference_checksum(data)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_accepts_any_byte_buffer(kind: type) -> None:
+    data = bytes(range(256)) * 9 + b"\x01"  # large and odd
+    assert cs.checksum(kind(data)) == reference_checksum(data)
+    assert cs.checksum(kind(data[:33])) == reference_checksum(data[:33])
+
+
+@given(st.lists(st.binary(max_size=1500), max_size=5), st.binary(max_size=1500))
+def test_accumulators_chain_over_even_pieces(pieces: list[bytes], last: bytes) -> None:
+    pieces = [p + b"\0" if len(p) & 1 else p for p in pieces]
+    acc = 0
+    for piece in pieces + [last]:
+        acc = cs.csum_partial(piece, acc)
+    assert cs.csum_fold(acc) == reference_checksum(b"".join(pieces) + last)
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4),
+       st.integers(0, 255), st.integers(0, 0xFFFF))  # fmt: skip
+def test_ipv4_pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> None:
+    pseudo = src + dst + struct.pack("!BBH", 0, proto, length)
+    payload = b"\x12\x34\x56"
+    acc = cs.csum_partial(payload, cs.pseudo_sum(src, dst, proto, length))
+    assert cs.csum_fold(acc) == reference_checksum(pseudo + payload)
+
+
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16),
+       st.integers(0, 255), st.integers(0, 0xFFFFFFFF))  # fmt: skip
+def test_ipv6_pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> None:
+    pseudo = src + dst + struct.pack("!IxxxB", length, proto)
+    acc = cs.pseudo_sum(src, dst, proto, length)
+    assert cs.csum_fold(acc) == reference_checksum(pseudo)
+
+
+@given(st.binary(min_size=2, max_size=200).filter(lambda b: len(b) % 2 == 0),
+       st.integers(0, 0xFFFF))  # fmt: skip
+def test_incremental_update_with_negative_accumulator(data: bytes, new_word: int) -> None:
+    """RFC 1624 style: subtract the old word, add the new one; fold copes with < 0."""
+    old_word = int.from_bytes(data[:2], "big")
+    acc = cs.csum_partial(data) - old_word + new_word
+    updated = new_word.to_bytes(2, "big") + data[2:]
+    # Both zeros of ones' complement are correct checksums for the same sum.
+    assert cs.csum_fold(acc) % 0xFFFF == reference_checksum(updated) % 0xFFFF
+
+
+def test_a_buffer_with_its_checksum_sums_to_zero() -> None:
+    header = bytearray.fromhex("450000730000400040110000c0a80001c0a800c7")
+    struct.pack_into("!H", header, 10, cs.checksum(header))
+    assert header[10:12] == bytes.fromhex("b861")  # the example of Wikipedia's article
+    assert cs.checksum(header) == 0
