@@ -128,7 +128,8 @@ def serve(argv: list[str]) -> int:
                 forwarder.open(listen, target)
     loop.add_signal(signal.SIGTERM, lambda: loop.stop(0))
     loop.add_signal(signal.SIGINT, lambda: loop.stop(0))
-    loop.add_signal(signal.SIGUSR1, lambda: print(json.dumps(flows.stats()), flush=True))
+    loop.add_signal(signal.SIGUSR1, lambda: print(json.dumps(
+        {**flows.stats(), "pool_fds": tcp.pools.open_fds()}), flush=True))
     print("ready", flush=True)
     status = loop.run()
     udp.close()

@@ -176,6 +176,10 @@ class SplicePools:
             if len(pool) < SOCK_POOL_SIZE // 2:
                 pool.extend(self.ns_call(new_stream_sockets, family, SOCK_POOL_SIZE - len(pool)))
 
+    def open_fds(self) -> int:
+        """Descriptors held by the pools (for leak accounting)."""
+        return 2 * len(self.pipes) + sum(len(pool) for pool in self.ns_socks.values())
+
     def close(self) -> None:
         if self._refill_timer is not None:
             self._refill_timer.cancel()
