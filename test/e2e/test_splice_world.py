@@ -73,6 +73,13 @@ class SpliceWorld:
             self._servers[key] = s
         return self._servers[key]
 
+    def drop_server(self, side: bench.NsThread, family: int, port: int,
+                    kind: int = socket.SOCK_STREAM) -> None:
+        """Close the server socket there, if any: nobody listens on that port any more."""
+        s = self._servers.pop((id(side), family, port, kind), None)
+        if s is not None:
+            s.close()
+
     def connect(self, client_side: bench.NsThread, server_side: bench.NsThread, family: int,
                 port: int) -> tuple[socket.socket, socket.socket]:
         """A client on ``client_side`` connected to ``port`` through the splice, and the
