@@ -42,6 +42,10 @@ SOURCE_DIR = Path(__file__).resolve().parent.parent / "doc" / "man"
 MODES = ("passt", "pasta")
 
 _INCLUDE = re.compile(r"^@INCLUDE ([\w.-]+)@$")
+_HELP_OPTIONS = re.compile(r"\s*((?:--?[A-Za-z0-9][\w-]*)(?:,\s*--?[A-Za-z0-9][\w-]*)*)")
+_PAGE_OPTION = re.compile(r"(?<![\w-])--?[A-Za-z0-9][\w-]*")
+# Hyphen, non-breaking hyphen, minus sign: how groff may print "-".
+_HYPHENS = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2212": "-"})
 
 
 class OptionLike(Protocol):
@@ -131,6 +135,21 @@ def render(mode: str, options: Iterable[OptionLike], version: str,
         raise ValueError(f"unknown mode {mode!r}, expected one of {', '.join(MODES)}")
     template = (source_dir / f"{mode}.1.in").read_text()
     return expand(template, source_dir, options, mode, version)
+
+
+def help_option_names(help_text: str) -> set[str]:
+    """Option names at the start of ``--help`` lines (``-x``, ``--long``)."""
+    found: set[str] = set()
+    for line in help_text.splitlines():
+        lead = _HELP_OPTIONS.match(line)
+        if lead:
+            found.update(name.strip() for name in lead.group(1).split(","))
+    return found
+
+
+def page_option_names(rendered: str) -> set[str]:
+    """Every ``-x``/``--long`` word of a rendered page (any Unicode hyphen)."""
+    return set(_PAGE_OPTION.findall(rendered.translate(_HYPHENS)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def groff(page: str) -> tuple[str, str]:
         ["groff", "-ww", "-man", "-Tutf8", "-P-cbou", "-rLL=100n"],
         input=page, capture_output=True, text=True, check=True, timeout=60,
     )
-    return normalise(result.stdout), result.stderr
+    return result.stdout, result.stderr
 
 
 def man_warnings(path: Path) -> str:
@@ -85,30 +85,11 @@ def man_warnings(path: Path) -> str:
     return result.stderr
 
 
-def normalise(text: str) -> str:
-    """Unicode hyphens and minus signs as ASCII, for searching option names."""
-    return text.replace("\u2010", "-").replace("\u2212", "-").replace("\u2011", "-")
-
-
-def help_options(help_text: str) -> set[str]:
-    """Option names at the start of --help lines (``-x``, ``--long``)."""
-    found: set[str] = set()
-    for line in help_text.splitlines():
-        lead = re.match(r"\s*((?:--?[A-Za-z0-9][\w-]*)(?:,\s*--?[A-Za-z0-9][\w-]*)*)", line)
-        if lead:
-            found.update(name.strip() for name in lead.group(1).split(","))
-    return found
-
-
-def page_options(text: str) -> set[str]:
-    return set(re.findall(r"(?<![\w-])--?[A-Za-z0-9][\w-]*", text))
-
-
 def test_fake_table_page_lists_every_option_of_its_help_and_renders_cleanly():
     for mode in MODES:
         text, warnings = groff(genman.render(mode, FAKE_OPTIONS, "9.9"))
         assert warnings == ""
-        missing = help_options(fake_help_text(mode)) - page_options(text)
+        missing = genman.help_option_names(fake_help_text(mode)) - genman.page_option_names(text)
         assert not missing, f"{mode}: on --help but not in the page: {sorted(missing)}"
 
 
@@ -185,9 +166,9 @@ def test_real_pages_list_every_option_help_lists(tmp_path):
         text, warnings = groff(path.read_text())
         assert warnings == "", f"{mode}: groff warns:\n{warnings}"
         assert man_warnings(path) == "", f"{mode}: man --warnings complains"
-        listed = help_options(conf.help_text(mode))
+        listed = genman.help_option_names(conf.help_text(mode))
         assert len(listed) > 20, f"{mode}: --help parsed to too few options: {listed}"
-        missing = listed - page_options(text)
+        missing = listed - genman.page_option_names(text)
         assert not missing, f"{mode}: on --help but not in the page: {sorted(missing)}"
 
 
@@ -198,4 +179,4 @@ def test_real_pages_carry_every_option_of_their_mode_in_the_table(tmp_path):
     for opt in conf.OPTIONS:
         for mode in opt.modes:
             for name in genman.option_names(opt):
-                assert name in page_options(pages[mode]), f"{name} missing from {mode}(1)"
+                assert name in genman.page_option_names(pages[mode]), f"{name} missing from {mode}(1)"
