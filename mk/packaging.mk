@@ -49,11 +49,12 @@ man: $(MAN_PAGES)
 $(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py)
 	PYTHONPATH=. $(PYTHON) tools/genman.py $* $@
 
-profiles: apparmor selinux
+# `make check` installs the tools first (deps); `make install` only needs them.
+profiles: deps apparmor selinux
 
 # apparmor_parser always notes that it has no kernel interface for its cache:
 # only other output is a problem.
-apparmor: deps
+apparmor:
 	@for profile in $(APPARMOR_PROFILES); do \
 		out=$$(apparmor_parser -Q -K -I apparmor -I /etc/apparmor.d $$profile 2>&1) \
 			|| { echo "$$out"; echo "apparmor: $$profile does not parse"; exit 1; }; \
@@ -62,12 +63,14 @@ apparmor: deps
 		echo "apparmor: $$profile parses"; \
 	done
 
-selinux: deps $(SELINUX_MODULES)
+selinux: $(SELINUX_MODULES)
 
 # The refpolicy devel Makefile runs m4, checkmodule and semodule_package; its
 # warnings (deprecated interfaces) fail the build as errors do.  MAKEFLAGS is
 # dropped so that our command-line variables do not leak into it.
 $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
+	@test -f $(SELINUX_DEVEL_MAKEFILE) \
+		|| { echo "selinux: $(SELINUX_DEVEL_MAKEFILE) missing (apt-get install selinux-policy-dev)"; exit 1; }
 	rm -rf $(BUILD)/selinux && mkdir -p $(BUILD)/selinux
 	cp $(SELINUX_SOURCES) $(BUILD)/selinux/
 	cd $(BUILD)/selinux && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
