@@ -91,7 +91,10 @@ class NsThread:
         return value
 
 
-def parse_port_map(text: str) -> tuple[int, int]:
+def parse_port_map(text: str) -> tuple[int, int] | str:
+    """``P`` or ``P:Q``, or ``auto``."""
+    if text == "auto":
+        return text
     port, _, target = text.partition(":")
     return int(port), int(target or port)
 
@@ -122,16 +125,27 @@ def serve(argv: list[str]) -> int:
     forwarder.handlers.udp_splice = udp.forward
     plan = [(fwd.TCP, fwd.HOST, args.t), (fwd.TCP, fwd.NS, args.T),
             (fwd.UDP, fwd.HOST, args.u), (fwd.UDP, fwd.NS, args.U)]
+    rules = []
     for proto, origin, maps in plan:
-        for port, target in maps:
+        for port_map in maps:
+            if port_map == "auto":
+                rules.append(fwd.AutoRule(proto, origin, lambda _port: True))
+                continue
+            port, target = port_map
             for listen in fwd.default_listens(proto, origin, port, families):
                 forwarder.open(listen, target)
+    for tcp_opt, udp_opt, origin in ((args.t, args.u, fwd.HOST), (args.T, args.U, fwd.NS)):
+        if "auto" in tcp_opt and not udp_opt:  # upstream: TCP implies UDP unless told
+            rules.append(fwd.AutoRule(fwd.UDP, origin, lambda _port: True, follow_tcp=True))
+    scanner = fwd.AutoScanner(forwarder, rules, families)
+    scanner.start()
     loop.add_signal(signal.SIGTERM, lambda: loop.stop(0))
     loop.add_signal(signal.SIGINT, lambda: loop.stop(0))
     loop.add_signal(signal.SIGUSR1, lambda: print(json.dumps(
         {**flows.stats(), "pool_fds": tcp.pools.open_fds()}), flush=True))
     print("ready", flush=True)
     status = loop.run()
+    scanner.close()
     udp.close()
     tcp.close()
     forwarder.close()

@@ -388,10 +388,13 @@ class AutoScanner:
         return {p for p in ports if rule.allowed(p)}
 
     def scan(self) -> None:
-        """One pass over every rule: open what appeared, close what went away."""
-        ours = self.fwd.own_inodes()
+        """One pass over every rule: open what appeared, close what went away.
+
+        Our own sockets are listed afresh for each rule: the previous rule may
+        just have opened listeners that the next one's tables will show.
+        """
         for rule in self.rules:
-            self.apply(rule, self.wanted(rule, ours))
+            self.apply(rule, self.wanted(rule, self.fwd.own_inodes()))
 
     def apply(self, rule: AutoRule, wanted: set[int]) -> None:
         fwd = self.fwd
