@@ -30,7 +30,10 @@ PYSITEDIR              ?=
 SOURCE_DATE_EPOCH      ?= $(shell git log -1 --format=%ct 2>/dev/null)
 export SOURCE_DATE_EPOCH
 
-APT_EXTRA_DEPS += apparmor selinux-policy-dev checkpolicy semodule-utils
+# The profile tools, and the .deb's dependencies: with these present, the
+# installed-package test installs the .deb without downloading anything.
+APT_EXTRA_DEPS += apparmor selinux-policy-dev checkpolicy semodule-utils \
+	python3-numpy python3-pyroute2
 CHECK_PREREQS  += profiles
 
 MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1

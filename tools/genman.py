@@ -72,7 +72,7 @@ def text_line(text: str) -> str:
 
 def option_tag(opt: OptionLike) -> str:
     """The bold option names and italic argument of one ``.TP`` tag line."""
-    names = [f"\\fB{escape(name)}\\fR" for name in (option_names(opt))]
+    names = [f"\\fB{escape(name)}\\fR" for name in option_names(opt)]
     tag = ", ".join(names)
     if opt.metavar:
         tag += f" \\fI{escape(opt.metavar)}\\fR"

@@ -12,11 +12,13 @@ run.  So the package is installed in a throw-away copy of the machine: an
 overlay mount whose lower layer is ``/`` and whose upper layer is a tmpfs, in
 a private mount and PID namespace (``unshare``), entered with ``nsenter`` and
 ``chroot``.  Inside, apt really removes ``passt`` and installs ``passt-py``
-with its dependencies from Debian's archive (the host's package cache is
-shared, so they are fetched once).  Outside, nothing changes.  When the test
+resolving its dependencies.  Outside, nothing changes.  When the test
 ends, or dies, the holder process of the namespaces reads end-of-file on its
 standard input and exits: as the PID namespace's init it takes every process
 started inside with it, and the mounts disappear with the namespace.
+apt may not download anything (its proxy is a closed port on the loopback):
+the package's dependencies, Debian's python3-numpy and python3-pyroute2, are
+installed on the machine by ``make deps``, so apt has all it needs.
 
 Inside, the installed programs must run with Debian's python3, their manual
 pages must list every option their ``--help`` lists, the profiles must be in
@@ -44,6 +46,10 @@ PROGRAMS = ("passt", "pasta")
 # The part of the end-to-end suite run against the installed programs:
 # the pasta cells (namespaces only; the passt cells boot QEMU guests, which
 # `make check` already does for the working tree).
+# apt must find everything installed or cached: a download would go to a
+# closed port on the loopback and fail, instead of leaving the machine.
+APT_OFFLINE = ("-o", "Acquire::http::Proxy=http://127.0.0.1:9/",
+               "-o", "Acquire::https::Proxy=http://127.0.0.1:9/", "-o", "Acquire::Retries=0")
 INSTALLED_E2E_ARGS = shlex.split(os.environ.get("PASST_INSTALLED_E2E_ARGS", "-k pasta"))
 
 
@@ -145,7 +151,6 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$W/r
 mount -t proc proc "$W/root/proc"
 mount --rbind /sys "$W/root/sys"
 mount --rbind /dev "$W/root/dev"
-mount --bind /var/cache/apt/archives "$W/root/var/cache/apt/archives"
 echo ready
 exec cat >/dev/null
 """
@@ -204,9 +209,9 @@ def machine(deb: Path, tmp_path_factory) -> Iterator[Overlay]:
     overlay = Overlay(tmp_path_factory.mktemp("overlay"))
     try:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        result = overlay.run(["apt-get", "install", "-y", "--no-install-recommends", str(deb)],
-                             timeout=1200, env=env)
-        assert result.returncode == 0, tail(result)
+        result = overlay.run(["apt-get", "install", "-y", "--no-install-recommends",
+                              *APT_OFFLINE, str(deb)], timeout=1200, env=env)
+        assert result.returncode == 0, "(`make deps` installs the dependencies)\n" + tail(result)
         assert re.search(r"Removing passt\b", result.stdout), tail(result)
         yield overlay
     finally:
