@@ -30,6 +30,7 @@ import os
 import queue
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -232,8 +233,15 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def iperf3(server_ns: str, client_ns: str, port: int, seconds: float) -> float:
-    """Gbit/s received by an iperf3 server in ``server_ns`` from a client via 127.0.0.1."""
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf3(server_ns: str, client_ns: str, port: int, seconds: float) -> tuple[float, int]:
+    """(Gbit/s, bytes) received by an iperf3 server in ``server_ns`` via 127.0.0.1."""
     server = subprocess.Popen(netns_exec(server_ns, "iperf3", "-s", "-1", "-p", str(port)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -242,16 +250,27 @@ def iperf3(server_ns: str, client_ns: str, port: int, seconds: float) -> float:
             netns_exec(client_ns, "iperf3", "-J", "-c", "127.0.0.1", "-p", str(port),
                        "-t", str(seconds)),
             capture_output=True, text=True, timeout=seconds + 30).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        received = json.loads(out)["end"]["sum_received"]
+        return received["bits_per_second"] / 1e9, int(received["bytes"])
     finally:
         stop(server)
 
 
-def bench(seconds: float, rounds: int) -> dict[str, dict[str, list[float]]]:
+Results = dict[str, dict[str, list[tuple[float, float]]]]
+"""impl → direction → [(Gbit/s, CPU seconds of the forwarder per GiB moved)]."""
+
+
+def measure(proc: subprocess.Popen, server_ns: str, client_ns: str, port: int,
+            seconds: float) -> tuple[float, float]:
+    cpu0 = cpu_seconds(proc.pid)
+    gbps, moved = iperf3(server_ns, client_ns, port, seconds)
+    return gbps, (cpu_seconds(proc.pid) - cpu0) / (moved / (1 << 30))
+
+
+def bench(seconds: float, rounds: int) -> Results:
     opts = ["-t", str(T_PORT), "-T", str(T_NS_PORT), "-u", "none", "-U", "none"]
     ours_opts = ["-t", str(T_PORT), "-T", str(T_NS_PORT)]
-    results: dict[str, dict[str, list[float]]] = {
-        impl: {"host->ns": [], "ns->host": []} for impl in ("ours", "upstream")}
+    results: Results = {impl: {"host->ns": [], "ns->host": []} for impl in ("ours", "upstream")}
     with world(str(os.getpid() % 10000)) as ns:
         for _ in range(rounds):
             for impl in ("upstream", "ours"):
@@ -261,20 +280,27 @@ def bench(seconds: float, rounds: int) -> dict[str, dict[str, list[float]]]:
                 else:
                     proc = start_upstream(ns["host"], target, *opts)
                 try:
-                    results[impl]["host->ns"].append(iperf3(target, ns["host"], T_PORT, seconds))
+                    results[impl]["host->ns"].append(
+                        measure(proc, target, ns["host"], T_PORT, seconds))
                     results[impl]["ns->host"].append(
-                        iperf3(ns["host"], target, T_NS_PORT, seconds))
+                        measure(proc, ns["host"], target, T_NS_PORT, seconds))
                 finally:
                     stop(proc)
     return results
 
 
-def report(results: dict[str, dict[str, list[float]]]) -> None:
-    print(f"{'direction':10} {'upstream':>10} {'ours':>10} {'ratio':>7}   (Gbit/s, best of runs)")
+def report(results: Results) -> None:
+    print("Gbit/s: best of runs; CPU: the forwarder's CPU seconds per GiB moved (median)")
+    print(f"{'direction':10} {'upstream':>9} {'ours':>9} {'ratio':>6}"
+          f" {'CPU up':>8} {'CPU ours':>9}")
     for direction in ("host->ns", "ns->host"):
-        up = max(results["upstream"][direction])
-        ours = max(results["ours"][direction])
-        print(f"{direction:10} {up:10.2f} {ours:10.2f} {ours / up:7.2f}")
+        up = results["upstream"][direction]
+        ours = results["ours"][direction]
+        best_up = max(g for g, _ in up)
+        best_ours = max(g for g, _ in ours)
+        print(f"{direction:10} {best_up:9.2f} {best_ours:9.2f} {best_ours / best_up:6.2f}"
+              f" {statistics.median(c for _, c in up):8.3f}"
+              f" {statistics.median(c for _, c in ours):9.3f}")
     print(json.dumps(results))
 
 
