@@ -47,6 +47,7 @@ does, with ``-t auto`` and no ``-u``, UDP follows the TCP ports too.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -70,11 +71,13 @@ IP_FREEBIND = 15
 IPV6_FREEBIND = 78
 ACCEPT_BATCH = 64
 RECV_BATCH = 64
+ACCEPT_PAUSE = 0.1
 SCAN_INTERVAL = 1.0
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"
 DATAGRAM_MAX = 65536
 
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ANY = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 _LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _PROC_FILES = {
@@ -183,9 +186,12 @@ class Listener:
                 fd, peer = sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
-            except OSError as e:  # out of descriptors, aborted handshakes...
+            except OSError as e:
                 self.fwd.stats[f"accept_error.{e.errno}"] += 1
-                return
+                if e.errno in _RESOURCE_ERRORS:
+                    self.pause()
+                    return
+                continue  # the peer gave up during the handshake: next one
             conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fileno=fd)
             conn.setblocking(False)
             if handlers.tcp_splice is not None and is_loopback(peer[0]):
@@ -195,6 +201,21 @@ class Listener:
             else:
                 self.fwd.stats["tcp_unhandled"] += 1
                 conn.close()
+
+    def pause(self) -> None:
+        """Out of descriptors or memory: stop accepting for a moment.
+
+        The connection stays in the backlog and the listener, being
+        level-triggered, would report it again at once: without a pause
+        we would spin until a descriptor is freed.
+        """
+        loop = self.fwd.loop
+        loop.modify(self.fd, 0)
+        loop.call_later(ACCEPT_PAUSE, self.resume)
+
+    def resume(self) -> None:
+        if self.fwd.listeners.get(self.listen) is self:
+            self.fwd.loop.modify(self.fd, ev.IN)
 
     def on_datagram(self, _mask: int) -> None:
         """Receive pending datagrams (bounded batch) and hand each to its handler."""

@@ -254,7 +254,12 @@ class SpliceConn:
             return
         self.connecting = False
         pools = self.splicer.pools
-        self.pipes = [pools.take_pipe(), pools.take_pipe()]
+        try:
+            self.pipes.append(pools.take_pipe())
+            self.pipes.append(pools.take_pipe())
+        except OSError:  # out of descriptors: give this connection up, not others
+            self.abort()
+            return
         self.move(0)
         if not self.closed:
             self.move(1)
@@ -399,7 +404,7 @@ class TcpSplice:
                 s1 = self.pools.take_ns_socket(family)
             else:
                 s1 = new_stream_socket(family)
-        except OSError:
+        except Exception:  # out of descriptors, or the namespace helper is gone
             reset_and_close(sock)
             return
         conn = SpliceConn(self, key, sock, s1)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import resource
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -321,3 +324,36 @@ def test_non_loopback_source_takes_the_tap_path(forwarder: tuple[fwd.Forwarder, 
     assert [c[0] for c in rec.calls] == ["tcp_tap"]
     assert rec.calls[0][1][1][0] == "192.0.2.5"
     client.close()
+
+
+def test_descriptor_exhaustion_pauses_accepting_instead_of_spinning(
+        forwarder: tuple[fwd.Forwarder, Recorder]) -> None:
+    f, _ = forwarder
+    kept: list[socket.socket] = []
+    f.handlers.tcp_splice = lambda sock, *rest: kept.append(sock)
+    listener = f.open(fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET, "127.0.0.1", 0), 1)
+    clients = [socket.create_connection(listener.sock.getsockname()) for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # no descriptor left: fill every free number below the limit we then set
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers = [os.open("/dev/null", os.O_RDONLY)]
+    while fillers[-1] <= highest:
+        fillers.append(os.open("/dev/null", os.O_RDONLY))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1], hard))
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            f.loop.run_once(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+    failures = f.stats[f"accept_error.{errno.EMFILE}"]
+    assert 1 <= failures <= 10, failures
+    assert kept == []
+    deadline = time.monotonic() + 2
+    while len(kept) < 3 and time.monotonic() < deadline:
+        f.loop.run_once(0.05)
+    assert len(kept) == 3
+    for s in kept + clients:
+        s.close()
