@@ -14,14 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from .test_splice_world import SpliceWorld, read_to_eof
+from .test_splice_world import (
+    SpliceWorld,
+    expect_reset,
+    fill_until_blocked,
+    read_to_eof,
+    reset,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +81,16 @@ def receive_stream(sock: socket.socket) -> tuple[int, bytes]:
         total += n
 
 
+def exchange_after_half_close(sender: socket.socket, receiver: socket.socket,
+                              data: bytes) -> None:
+    """``receiver`` already sent its FIN: ``sender`` can still talk to it; close both."""
+    sender.sendall(data)
+    sender.shutdown(socket.SHUT_WR)
+    assert read_to_eof(receiver) == data
+    sender.close()
+    receiver.close()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_256mib_sha256_then_reply_over_half_closed(world: SpliceWorld, direction: str,
@@ -93,11 +108,7 @@ def test_256mib_sha256_then_reply_over_half_closed(world: SpliceWorld, direction
     assert total == BIG
     assert sent and digest == sent[0]
     # the client half-closed: the other direction still works
-    server.sendall(b"after half-close")
-    server.shutdown(socket.SHUT_WR)
-    assert read_to_eof(client) == b"after half-close"
-    client.close()
-    server.close()
+    exchange_after_half_close(server, client, b"after half-close")
     assert world.wait_idle() == 0
 
 
@@ -107,11 +118,7 @@ def test_server_half_closes_first(world: SpliceWorld, direction: str) -> None:
     server.sendall(b"hello")
     server.shutdown(socket.SHUT_WR)
     assert read_to_eof(client) == b"hello"
-    client.sendall(b"request after FIN")
-    client.shutdown(socket.SHUT_WR)
-    assert read_to_eof(server) == b"request after FIN"
-    client.close()
-    server.close()
+    exchange_after_half_close(client, server, b"request after FIN")
     assert world.wait_idle() == 0
 
 
@@ -122,41 +129,21 @@ def test_reset_reaches_the_other_side(world: SpliceWorld, direction: str, victim
     client.sendall(b"ping")
     assert server.recv(4) == b"ping"
     gone, survivor = (client, server) if victim == "client" else (server, client)
-    gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    gone.close()
-    with pytest.raises(ConnectionResetError):
-        for _ in range(100):
-            if not survivor.recv(4096):
-                break
-    survivor.close()
+    reset(gone)
+    expect_reset(survivor)
     assert world.wait_idle() == 0
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_stalled_reader_uses_no_cpu(world: SpliceWorld, direction: str) -> None:
     client, server = pair(world, direction, socket.AF_INET)
-    client.setblocking(False)
-    chunk = b"s" * 65536
-    sent = 0
-    blocked_since = None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            sent += client.send(chunk)
-            blocked_since = None
-        except BlockingIOError:
-            blocked_since = blocked_since or time.monotonic()
-            if time.monotonic() - blocked_since > 0.5:
-                break
-            time.sleep(0.01)
-    assert blocked_since is not None, "the stalled reader never pushed back"
+    sent = fill_until_blocked(client)
     cpu0 = world.cpu_seconds()
     time.sleep(3.0)
     cpu = world.cpu_seconds() - cpu0
     print(f"stalled {direction}: {sent / MIB:.1f} MiB in flight, pasta CPU over 3 s: "
           f"{cpu * 1000:.0f} ms")
     assert cpu <= 0.06
-    client.setblocking(True)
     client.shutdown(socket.SHUT_WR)
     assert len(read_to_eof(server)) == sent
     client.close()
@@ -171,11 +158,7 @@ def test_no_descriptor_pipe_or_flow_left_after_every_way_of_closing(world: Splic
         direction = "host->ns" if i % 2 else "ns->host"
         client, server = pair(world, direction, socket.AF_INET if i % 3 else socket.AF_INET6)
         client.sendall(b"x" * 1000)
-        if i % 5 == 0:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-        if i % 2:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        server.close()
+        (reset if i % 5 == 0 else socket.socket.close)(client)
+        (reset if i % 2 else socket.socket.close)(server)
     assert world.wait_idle() == 0
     assert world.fds() == fds_before

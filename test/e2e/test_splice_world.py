@@ -13,9 +13,12 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import pytest
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_splice.py"
 _spec = importlib.util.spec_from_file_location("bench_splice", _BENCH)
@@ -36,6 +39,41 @@ def read_to_eof(sock: socket.socket, limit: int = 1 << 30) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close so that the peer sees a reset (SO_LINGER zero)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def expect_reset(sock: socket.socket) -> None:
+    """Read until the reset our peer's reset should have caused; fail on a clean EOF."""
+    with pytest.raises(ConnectionResetError):
+        for _ in range(100):
+            if not sock.recv(4096):
+                break
+    sock.close()
+
+
+def fill_until_blocked(sock: socket.socket, limit_s: float = 20.0) -> int:
+    """Send until nothing moves for half a second (the reader is stalled); bytes sent."""
+    sock.setblocking(False)
+    chunk = b"s" * 65536
+    sent = 0
+    blocked_since = None
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+            blocked_since = None
+        except BlockingIOError:
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since > 0.5:
+                sock.setblocking(True)
+                return sent
+            time.sleep(0.01)
+    raise AssertionError("the stalled reader never pushed back")
 
 
 class SpliceWorld:

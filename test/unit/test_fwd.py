@@ -176,12 +176,22 @@ def forwarder() -> Iterator[tuple[fwd.Forwarder, Recorder]]:
         loop.close()
 
 
+def connect_through(f: fwd.Forwarder, listen: fwd.Listen, target_port: int = 4242
+                    ) -> tuple[socket.socket, int]:
+    """Open ``listen``, connect a client to it, let the loop accept: (client, port)."""
+    listener = f.open(listen, target_port)
+    port = listener.sock.getsockname()[1]
+    client = socket.create_connection((listen.addr, port))
+    f.loop.run_once(1)
+    return client, port
+
+
+V4_LOOPBACK = fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET, "127.0.0.1", 0)
+
+
 def test_tcp_dispatch_by_source(forwarder: tuple[fwd.Forwarder, Recorder]) -> None:
     f, rec = forwarder
-    listener = f.open(fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET, "127.0.0.1", 0), 4242)
-    port = listener.sock.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    f.loop.run_once(1)
+    client, _ = connect_through(f, V4_LOOPBACK)
     assert [c[0] for c in rec.calls] == ["tcp_splice"]
     _sock, peer, origin, target = rec.calls[0][1]
     assert (peer[0], origin, target) == ("127.0.0.1", fwd.HOST, 4242)
@@ -192,10 +202,7 @@ def test_tcp_without_splice_handler_goes_to_tap(forwarder: tuple[fwd.Forwarder, 
                                                 ) -> None:
     f, rec = forwarder
     f.handlers.tcp_splice = None  # passt: no spliced path
-    listener = f.open(fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET, "127.0.0.1", 0), 4242)
-    port = listener.sock.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    f.loop.run_once(1)
+    client, port = connect_through(f, V4_LOOPBACK)
     assert [c[0] for c in rec.calls] == ["tcp_tap"]
     sock, peer, local, target = rec.calls[0][1]
     assert local == ("127.0.0.1", port) and target == 4242 and peer == client.getsockname()
@@ -206,9 +213,7 @@ def test_namespace_side_listener_never_hands_to_tap(forwarder: tuple[fwd.Forward
                                                     ) -> None:
     f, rec = forwarder
     f.handlers.tcp_splice = None
-    listener = f.open(fwd.Listen(fwd.TCP, fwd.NS, socket.AF_INET, "127.0.0.1", 0), 4242)
-    client = socket.create_connection(listener.sock.getsockname())
-    f.loop.run_once(1)
+    client, _ = connect_through(f, fwd.Listen(fwd.TCP, fwd.NS, socket.AF_INET, "127.0.0.1", 0))
     assert rec.calls == [] and f.stats["tcp_unhandled"] == 1
     assert client.recv(1) == b""  # closed
     client.close()
@@ -218,9 +223,7 @@ def test_accepted_sockets_are_non_blocking(forwarder: tuple[fwd.Forwarder, Recor
     f, rec = forwarder
     kept: list[socket.socket] = []
     f.handlers.tcp_splice = lambda sock, *rest: kept.append(sock)
-    listener = f.open(fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET6, "::1", 0), 1)
-    client = socket.create_connection(listener.sock.getsockname()[:2])
-    f.loop.run_once(1)
+    client, _ = connect_through(f, fwd.Listen(fwd.TCP, fwd.HOST, socket.AF_INET6, "::1", 0))
     assert len(kept) == 1 and kept[0].gettimeout() == 0.0
     with pytest.raises(BlockingIOError):
         kept[0].recv(1)

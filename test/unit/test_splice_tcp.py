@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from e2e.test_splice_world import expect_reset, fill_until_blocked, read_to_eof, reset
 
 from passt import fwd as fwdmod
 from passt.flow import FlowTable
@@ -132,18 +132,6 @@ def send_all_then_fin(sock: socket.socket, data: bytes) -> threading.Thread:
     return t
 
 
-def read_to_eof(sock: socket.socket, limit: int = 1 << 30) -> bytes:
-    chunks = []
-    total = 0
-    while total <= limit:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
 @pytest.mark.parametrize("size", [1, 100_000, 16 << 20])
 def test_transfer_both_directions_with_half_close(harness: Harness, size: int) -> None:
     client, server = harness.connect()
@@ -175,11 +163,6 @@ def test_server_half_close_first(harness: Harness) -> None:
     assert harness.wait_no_flows() == 0
 
 
-def reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 @pytest.mark.parametrize("who", ["server", "client"])
 def test_reset_propagates(harness: Harness, who: str) -> None:
     client, server = harness.connect()
@@ -187,11 +170,7 @@ def test_reset_propagates(harness: Harness, who: str) -> None:
     assert server.recv(1) == b"x"
     victim, survivor = (server, client) if who == "server" else (client, server)
     reset(victim)
-    with pytest.raises(ConnectionResetError):
-        for _ in range(100):
-            if not survivor.recv(1024):
-                break
-    survivor.close()
+    expect_reset(survivor)
     assert harness.wait_no_flows() == 0
 
 
@@ -208,29 +187,14 @@ def test_refused_target_resets_client(harness: Harness) -> None:
 
 def test_stalled_reader_costs_no_cpu_and_nothing_grows(harness: Harness) -> None:
     client, server = harness.connect()
-    client.setblocking(False)
-    chunk = b"z" * 65536
-    sent = 0
-    deadline = time.monotonic() + 10
-    blocked_since = None
     # fill everything up to the stalled server: client send buffer, pipe, receive buffers
-    while time.monotonic() < deadline:
-        try:
-            sent += client.send(chunk)
-            blocked_since = None
-        except BlockingIOError:
-            blocked_since = blocked_since or time.monotonic()
-            if time.monotonic() - blocked_since > 0.5:
-                break
-            time.sleep(0.01)
-    assert blocked_since is not None, "the stalled path never pushed back"
+    sent = fill_until_blocked(client)
     cpu0 = harness.runner.cpu
     time.sleep(2.0)
     cpu = harness.runner.cpu - cpu0
     print(f"stalled: {sent} bytes in flight, loop CPU over 2 s: {cpu * 1000:.1f} ms")
     assert cpu < 0.05
     # now drain: every byte arrives
-    client.setblocking(True)
     client.shutdown(socket.SHUT_WR)
     assert len(read_to_eof(server)) == sent
     client.close()
