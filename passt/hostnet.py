@@ -254,7 +254,7 @@ def parse_resolv_conf(text: str) -> Resolv:
     search: tuple[str, ...] = ()
     for line in text.splitlines():
         words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
+        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
             try:
                 servers.append(ip_address(words[1]))
             except ValueError:

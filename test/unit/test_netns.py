@@ -1,0 +1,205 @@
+"""netns: the pure decisions, the helper thread, and the tap's error cases.
+
+Whole-program behaviour (commands, attaching, quitting, rootless) is in
+test/e2e/test_pasta_ns.py; here each piece on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+from ipaddress import ip_address
+from types import SimpleNamespace
+
+import pytest
+
+from passt import netns, tap
+from passt.hostnet import NetInfo
+from passt.netns import NetnsError, NsRunner, Target, make_target
+
+
+def target(*command: str, pid: int | None = None, ns: str | None = None,
+           userns: str | None = None, netns_only: bool = False,
+           no_quit: bool = False, env: dict[str, str] | None = None) -> Target:
+    return make_target(command, pid, ns, userns, netns_only, no_quit, env or {})
+
+
+def test_command_target_creates_user_and_network_namespaces() -> None:
+    t = target("ip", "-j", "addr")
+    assert t.spawns and t.create_userns
+    assert (t.program, t.argv) == ("ip", ("ip", "-j", "addr"))
+    assert t.netns_path is None and t.quit_pid is None and t.quit_path is None
+    assert not target("true", netns_only=True).create_userns
+
+
+def test_default_command_is_a_login_shell() -> None:
+    t = target(env={"SHELL": "/bin/bash"})
+    assert (t.program, t.argv) == ("/bin/bash", ("-/bin/bash",))
+    t = target(env={})
+    assert (t.program, t.argv) == ("/bin/sh", ("-/bin/sh",))
+
+
+def test_pid_target_joins_its_user_namespace_unless_told_otherwise() -> None:
+    t = target(pid=42)
+    assert not t.spawns
+    assert t.netns_path == "/proc/42/ns/net" and t.userns_path == "/proc/42/ns/user"
+    assert t.quit_pid == 42 and t.quit_path is None
+    assert target(pid=42, netns_only=True).userns_path is None
+    assert target(pid=42, userns="/run/u").userns_path == "/run/u"
+    assert target(pid=42, no_quit=True).quit_pid is None
+
+
+def test_netns_target_by_name_or_path() -> None:
+    t = target(ns="blue")
+    assert t.netns_path == "/run/netns/blue" and t.quit_path == "/run/netns/blue"
+    assert t.userns_path is None  # --netns-only is implied without --userns
+    t = target(ns="/var/run/ns/red", userns="/proc/7/ns/user", no_quit=True)
+    assert t.netns_path == "/var/run/ns/red" and t.userns_path == "/proc/7/ns/user"
+    assert t.quit_path is None
+    assert target(ns="blue", userns="/u", netns_only=True).userns_path is None
+
+
+def test_daemonizes_only_when_attaching_in_background() -> None:
+    def conf(**kw: object) -> SimpleNamespace:
+        base = dict(command=(), pid=None, netns=None, userns=None, netns_only=False,
+                    no_netns_quit=False, foreground=False)
+        base.update(kw)
+        return SimpleNamespace(**base)
+
+    assert not netns.daemonizes(conf())
+    assert not netns.daemonizes(conf(command=("sh",)))
+    assert netns.daemonizes(conf(pid=1))
+    assert netns.daemonizes(conf(netns="x"))
+    assert not netns.daemonizes(conf(netns="x", foreground=True))
+
+
+def test_id_map_and_exit_status() -> None:
+    assert netns.id_map(1000) == "0 1000 1\n"
+    assert netns.exit_status(7 << 8) == 7
+    assert netns.exit_status(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert netns.exit_status(0) == 0
+
+
+def inotify_event(mask: int, name: bytes, pad: int = 16) -> bytes:
+    padded = name + b"\0" * (pad - len(name))
+    return struct.pack("iIII", 1, mask, 0, len(padded)) + padded
+
+
+def test_inotify_names() -> None:
+    buf = (inotify_event(netns.IN_DELETE, b"blue") + inotify_event(0x100, b"green")
+           + inotify_event(netns.IN_MOVED_FROM, b"red", 32))
+    assert netns.inotify_names(buf, netns.IN_DELETE | netns.IN_MOVED_FROM) == ["blue", "red"]
+    assert netns.inotify_names(buf[:-3], netns.IN_DELETE) == ["blue"]
+    assert netns.inotify_names(b"", netns.IN_DELETE) == []
+
+
+# -- NsRunner ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_netns():
+    """A fresh network namespace of our own; yields an fd to it."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to build namespaces")
+    name = f"nst-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield name, fd
+    finally:
+        os.close(fd)
+        subprocess.run(["ip", "netns", "del", name], timeout=20)
+
+
+def netns_inode_of_thread() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def test_runner_runs_calls_inside_and_propagates_exceptions(scratch_netns) -> None:
+    name, fd = scratch_netns
+    runner = NsRunner(fd)
+    try:
+        assert runner.call(netns_inode_of_thread) == os.fstat(fd).st_ino
+        assert netns_inode_of_thread() != os.fstat(fd).st_ino  # we stayed outside
+        sock = runner.call(socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            assert sock.getsockname()[1] > 0  # the namespace's loopback is down but bindable
+        finally:
+            sock.close()
+        with pytest.raises(ZeroDivisionError):
+            runner.call(lambda: 1 // 0)
+        assert runner.call(lambda a, b=0: a + b, 2, b=3) == 5
+        assert runner.call(runner.call, int, "12") == 12  # re-entrant from inside
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(runner.call(str, i)))
+                   for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(results) == [str(i) for i in range(8)]
+    finally:
+        runner.close()
+    runner.close()
+    with pytest.raises(RuntimeError):
+        runner.call(int)
+
+
+def test_runner_refuses_what_is_not_a_network_namespace() -> None:
+    fd = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(NetnsError, match="Couldn't enter network namespace"):
+            NsRunner(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the tap device -----------------------------------------------------------------
+
+
+NET = NetInfo(mac=b"\x02\x00\x00\x00\x00\x01", ifname4="eth0",
+              addr4=ip_address("198.51.100.1"), prefix4=24, gw4=ip_address("198.51.100.2"))
+
+
+def spec(ifname: str = "tap9", config_net: bool = False) -> netns.TapSpec:
+    return netns.TapSpec(ifname, b"\x02\x00\x00\x00\x00\x42", config_net, NET)
+
+
+def test_tap_created_inside_with_mac_and_loopback_up(scratch_netns) -> None:
+    name, fd = scratch_netns
+    runner = NsRunner(fd)
+    try:
+        tap_fd, mac = runner.call(netns.set_up_inside, spec())
+    finally:
+        runner.close()
+    try:
+        assert mac == b"\x02\x00\x00\x00\x00\x42"
+        assert not os.get_blocking(tap_fd)
+        out = subprocess.run(["ip", "-n", name, "-br", "link"], capture_output=True, text=True,
+                             check=True, timeout=20).stdout
+        assert "tap9" in out and "02:00:00:00:00:42" in out
+        assert "lo               UNKNOWN" in out  # up
+        assert "tap9             DOWN" in out  # left to DHCP/SLAAC without --config-net
+    finally:
+        os.close(tap_fd)
+
+
+def test_tap_errors_are_one_line(scratch_netns, monkeypatch) -> None:
+    name, fd = scratch_netns
+    subprocess.run(["ip", "-n", name, "link", "add", "busy0", "type", "veth"], check=True,
+                   timeout=20)
+    runner = NsRunner(fd)
+    try:
+        with pytest.raises(NetnsError, match="^Failed to set up tap device busy0: .* "
+                                             r"\(interface name in use\)$"):
+            runner.call(netns.set_up_inside, spec("busy0"))
+        monkeypatch.setattr(tap, "TUN_DEVICE", "/nonexistent/tun")
+        with pytest.raises(NetnsError, match="^Failed to open /nonexistent/tun: No such file"):
+            runner.call(netns.set_up_inside, spec())
+    finally:
+        runner.close()
