@@ -162,7 +162,9 @@ class NdpResponder:
             check_options(msg.body)
             if not self.send_ra:
                 raise ParseError("router solicitation with --no-ra", "ndp_no_ra")
-            return self.router_advertisement(pkt.eth_src, _reply_to(pkt.src))
+            if pkt.src is None or pkt.src == _UNSPECIFIED:  # RFC 4861 6.2.6
+                return self.unsolicited_ra()
+            return self.router_advertisement(pkt.eth_src, pkt.src)
         raise ParseError(f"NDP type {msg.type} is not for us to answer", "ndp_type")
 
     def _neighbour_advertisement(self, pkt: Packet, body: memoryview) -> bytes:
@@ -190,12 +192,8 @@ class NdpResponder:
         )  # fmt: skip
 
     def unsolicited_ra(self) -> bytes:
+        """A router advertisement to all nodes."""
         return self.router_advertisement(ALL_NODES_MAC, ALL_NODES)
-
-
-def _reply_to(src: bytes | None) -> bytes:
-    """A solicitation's source, or all-nodes for the unspecified address (RFC 4861 6.2.6)."""
-    return ALL_NODES if src is None or src == _UNSPECIFIED else src
 
 
 # ---------------------------------------------------------------- the handler
