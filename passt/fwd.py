@@ -48,7 +48,6 @@ does, with ``-t auto`` and no ``-u``, UDP follows the TCP ports too.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 from collections import Counter
@@ -56,9 +55,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import log
 from . import loop as ev
-
-log = logging.getLogger(__name__)
 
 NsCall = Callable[..., Any]
 
@@ -429,7 +427,7 @@ class AutoScanner:
             for listen, err in fwd.open_all((lst, port) for lst in listens):
                 if listen not in self.failed:
                     self.failed.add(listen)
-                    log.warning("auto forwarding: cannot bind %s port %d (%s): %s",
+                    log.warn("auto forwarding: cannot bind %s port %d (%s): %s",
                                 listen.proto.upper(), port, listen.origin, err.strerror)
 
     def close(self) -> None:

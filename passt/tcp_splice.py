@@ -70,7 +70,7 @@ MAX_PIPE_SIZE = 8 << 20
 MIN_PIPE_SIZE = 64 << 10
 PIPE_POOL_SIZE = 16
 SOCK_POOL_SIZE = 16
-LOWAT_TICK = 0.02
+LOWAT_TICK = 0.01
 """Seconds without a large read after which SO_RCVLOWAT goes back to 1."""
 
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK

@@ -216,3 +216,27 @@ def test_many_short_connections_leave_nothing_behind(harness: Harness) -> None:
     # pools may have been refilled to their size again, nothing else remains
     pool_fds = int(harness.runner.call(harness.splice.pools.open_fds))
     assert open_fds() <= baseline + pool_fds
+
+
+def test_interactive_after_bulk_is_not_held_by_rcvlowat(harness: Harness) -> None:
+    client, server = harness.connect()
+    bulk = os.urandom(8 << 20)
+    sender = threading.Thread(target=client.sendall, args=(bulk,), daemon=True)
+    sender.start()
+    got = 0
+    while got < len(bulk):
+        got += len(server.recv(1 << 20))
+    sender.join(10)
+    rtts = []
+    for i in range(20):
+        start = time.monotonic()
+        client.sendall(b"%02d" % i)
+        assert server.recv(2) == b"%02d" % i
+        server.sendall(b"ok")
+        assert client.recv(2) == b"ok"
+        rtts.append(time.monotonic() - start)
+    print(f"round trips after bulk: first {rtts[0] * 1000:.1f} ms, "
+          f"max {max(rtts) * 1000:.1f} ms, last {rtts[-1] * 1000:.2f} ms")
+    assert max(rtts) < 2.0
+    client.close()
+    server.close()
