@@ -19,8 +19,12 @@ connected to the destination, so the kernel only hands it that
 destination's replies, and is watched by the event loop.  We first bind
 the socket to the guest's own identifier, so that the far end sees the id
 the guest chose, as upstream did; if another socket holds that identifier
-(a second guest, the host's own ping), the kernel picks one.  Either way the
-kernel writes the socket's identifier into what it sends and expects it in
+(another flow of the same id, the host's own ping), the kernel picks one.
+Ping sockets are created with ``SO_REUSEADDR`` set, which lets two of them
+bind one identifier, and the kernel then delivers a reply to whichever it
+finds first, ignoring where the reply came from: we clear the option before
+binding, so an identifier we hold is ours alone.  Either way the kernel
+writes the socket's identifier into what it sends and expects it in
 replies, so replies are translated back: the guest gets its own identifier
 and sequence number, from the address it pinged, never the socket's.
 
@@ -148,6 +152,7 @@ class IcmpService:
         except OSError as e:
             self._socket_failed(e)
             return None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)  # see "Flows"
         try:
             sock.bind(("0.0.0.0" if v4 else "::", ident))
         except OSError:
