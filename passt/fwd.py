@@ -248,6 +248,8 @@ class Forwarder:
         self.stats: Counter[str] = Counter()
         self.dgram_buf = bytearray(DATAGRAM_MAX)
         self.dgram_view = memoryview(self.dgram_buf)
+        self.udp_splice: Any = None
+        self.scanner: AutoScanner | None = None
 
     def own_inodes(self) -> set[int]:
         return {lst.inode for lst in self.listeners.values()}
@@ -438,3 +440,78 @@ class AutoScanner:
             for fd in fds.values():
                 os.close(fd)
             fds.clear()
+
+
+# -- "all" (passt): every non-ephemeral port nobody else has bound ----------
+
+
+def non_ephemeral_ports(range_file: str = "/proc/sys/net/ipv4/ip_local_port_range") -> range:
+    """Ports below the kernel's ephemeral range (1 to 32767 if it cannot be read)."""
+    try:
+        with open(range_file) as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return range(1, max(first, 2))
+
+
+def open_all_ports(fwd: Forwarder, proto: str, allowed: Callable[[int], bool],
+                   families: tuple[int, ...]) -> int:
+    """Listen on every allowed non-ephemeral port that is free; returns how many.
+
+    Ports someone else has bound, or that we may not bind (below
+    ``ip_unprivileged_port_start`` without the capability), are skipped
+    quietly: "all" means all that can be had.
+    """
+    wanted = ((lst, lst.port) for port in non_ephemeral_ports() if allowed(port)
+              for lst in default_listens(proto, HOST, port, families))
+    before = len(fwd.listeners)
+    fwd.open_all(wanted)
+    return len(fwd.listeners) - before
+
+
+# -- wiring into the context ---------------------------------------------
+
+
+def families_of(net: Any) -> tuple[int, ...]:
+    """Address families in use: those ``NetInfo`` enables (both if unknown)."""
+    if net is None:
+        return (socket.AF_INET, socket.AF_INET6)
+    return tuple(f for f, on in ((socket.AF_INET, net.ipv4), (socket.AF_INET6, net.ipv6)) if on)
+
+
+def setup(ctx: Any, ns_call: NsCall | None = None) -> Forwarder:
+    """Create ``ctx.fwd``; with ``ns_call`` (pasta) also the spliced paths.
+
+    Call before the protocol handlers' initialisation (the TCP translator
+    registers ``handlers.tcp_tap`` on ``ctx.fwd``) and ``start`` after it.
+    """
+    from .tcp_splice import TcpSplice
+    from .udp_splice import UdpSplice
+
+    assert ctx.loop is not None
+    fwd = Forwarder(ctx.loop, ns_call)
+    ctx.fwd = fwd
+    if ns_call is not None:
+        families = families_of(ctx.net)
+        ctx.tcp_splice = TcpSplice(ctx.loop, ctx.flows, ns_call, families)
+        fwd.udp_splice = UdpSplice(ctx.loop, ctx.flows, ns_call)
+        fwd.handlers.tcp_splice = ctx.tcp_splice.accept
+        fwd.handlers.udp_splice = fwd.udp_splice.forward
+    return fwd
+
+
+def close(ctx: Any) -> None:
+    """Stop scanning, close listeners and every spliced flow (at exit)."""
+    fwd: Forwarder | None = ctx.fwd
+    if fwd is None:
+        return
+    if fwd.scanner is not None:
+        fwd.scanner.close()
+    if fwd.udp_splice is not None:
+        fwd.udp_splice.close()
+    if ctx.tcp_splice is not None:
+        ctx.tcp_splice.close()
+        ctx.tcp_splice = None
+    fwd.close()
+    ctx.fwd = None

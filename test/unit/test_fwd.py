@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import pathlib
 import resource
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import TypeVar
 import pytest
 
 from passt import fwd
+from passt.context import Ctx
 from passt.loop import EventLoop
 
 T = TypeVar("T")
@@ -360,3 +362,52 @@ def test_descriptor_exhaustion_pauses_accepting_instead_of_spinning(
     assert len(kept) == 3
     for s in kept + clients:
         s.close()
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("32768\t60999\n", range(1, 32768)), ("1024 65535", range(1, 1024)),
+    ("garbage", range(1, 32768)), ("", range(1, 32768)),
+])
+def test_non_ephemeral_ports(tmp_path: pathlib.Path, content: str, expected: range) -> None:
+    path = tmp_path / "ip_local_port_range"
+    path.write_text(content)
+    assert fwd.non_ephemeral_ports(str(path)) == expected
+
+
+def free_low_port(start: int) -> int:
+    """A non-ephemeral TCP port nobody holds on 0.0.0.0 right now, from ``start`` up."""
+    for port in range(start, start + 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port")
+
+
+def test_all_skips_ports_someone_else_holds(forwarder: tuple[fwd.Forwarder, Recorder]) -> None:
+    f, _ = forwarder
+    held = free_low_port(23000)
+    busy = socket.create_server(("0.0.0.0", held))
+    free = free_low_port(held + 1)
+    opened = fwd.open_all_ports(f, fwd.TCP, {held, free}.__contains__, (socket.AF_INET,))
+    assert opened == 1
+    assert f.ports(fwd.TCP, fwd.HOST) == {free}
+    busy.close()
+
+
+def test_setup_wires_splicing_for_pasta_only() -> None:
+    ctx = Ctx(loop=EventLoop())
+    try:
+        fwd.setup(ctx)
+        assert ctx.fwd.handlers.tcp_splice is None and ctx.tcp_splice is None
+        fwd.close(ctx)
+        assert ctx.fwd is None
+        fwd.setup(ctx, lambda fn, *args: fn(*args))
+        assert ctx.fwd.handlers.tcp_splice == ctx.tcp_splice.accept
+        assert ctx.fwd.handlers.udp_splice == ctx.fwd.udp_splice.forward
+        fwd.close(ctx)
+        assert ctx.fwd is None and ctx.tcp_splice is None
+    finally:
+        ctx.loop.close()
