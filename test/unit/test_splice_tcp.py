@@ -240,3 +240,20 @@ def test_interactive_after_bulk_is_not_held_by_rcvlowat(harness: Harness) -> Non
     assert max(rtts) < 2.0
     client.close()
     server.close()
+
+
+def test_full_flow_table_resets_new_connections_only(harness: Harness) -> None:
+    client, server = harness.connect()
+    harness.runner.call(lambda: setattr(harness.flows, "max_flows", 1))
+    refused = socket.socket(harness.family, socket.SOCK_STREAM)
+    refused.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        refused.connect((LOOPBACK[harness.family], harness.port))
+        refused.recv(1)
+    refused.close()
+    client.sendall(b"old one still works")
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_eof(server) == b"old one still works"
+    client.close()
+    server.close()
+    assert harness.wait_no_flows() == 0
