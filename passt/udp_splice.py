@@ -155,7 +155,7 @@ class UdpSplice:
         make = self.ns_call if listener.origin == HOST else _call_here
         try:
             sock = make(new_flow_socket, listener.family, peer[1], listener.target_port)
-        except OSError:
+        except Exception:  # out of descriptors, or the namespace helper is gone
             self.stats["udp_splice.socket_error"] += 1
             return None
         flow = UdpFlow(self, key, listener, peer, sock)
