@@ -202,10 +202,10 @@ class NsRunner:
 class Target:
     """Where pasta connects to: a new namespace for ``command``, or an existing one.
 
-    ``program`` is executed with ``argv``.  ``netns_path``/``userns_path`` are
-    the files to open (``None``: no user namespace to join; for a command,
-    the namespaces it creates are used).  ``create_userns`` applies to a
-    command.  ``quit_path``/``quit_pid`` are what ends pasta when it goes away.
+    ``program`` is executed with ``argv`` in new namespaces, unless
+    ``netns_path`` names an existing one.  ``userns_path`` is the user
+    namespace to join (``None``: none, or, for a command, the one it creates
+    if ``create_userns``).  ``quit_path``/``quit_pid`` end pasta when they go.
     """
 
     program: str = ""
@@ -249,7 +249,8 @@ def make_target(command: Sequence[str], pid: int | None, netns: str | None,
         return Target(pid=pid, netns_path=f"/proc/{pid}/ns/net", userns_path=userns,
                       quit_pid=None if no_netns_quit else pid)
     program, argv = (command[0], tuple(command)) if command else default_command(env)
-    return Target(program=program, argv=argv, create_userns=not netns_only)
+    return Target(program=program, argv=argv, userns_path=userns,
+                  create_userns=not netns_only and userns is None)
 
 
 def target_from_conf(conf: Any) -> Target:
@@ -285,8 +286,12 @@ class _Child:
     go_fd: int
 
 
-def _spawn(target: Target) -> _Child:
-    """Fork the command into new namespaces; it waits for ``_Child.go_fd`` to exec."""
+def _spawn(target: Target, userns_fd: int | None) -> _Child:
+    """Fork the command into new namespaces; it waits for ``_Child.go_fd`` to exec.
+
+    With ``userns_fd`` (``--userns``), the command joins that user namespace
+    instead of creating one.
+    """
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -295,7 +300,7 @@ def _spawn(target: Target) -> _Child:
         try:
             os.close(ready_r)
             os.close(go_w)
-            _child(target, parent, ready_w, go_r)
+            _child(target, userns_fd, parent, ready_w, go_r)
         finally:
             os._exit(1)
     os.close(ready_w)
@@ -321,10 +326,13 @@ def _wait_child_ready(ready_r: int, pid: int) -> None:
         raise NetnsError(f"Couldn't create namespaces for the command: {reason}")
 
 
-def _child(target: Target, parent: int, ready_w: int, go_r: int) -> None:
+def _child(target: Target, userns_fd: int | None, parent: int, ready_w: int,
+           go_r: int) -> None:
     """In the forked child: unshare, map IDs, report, wait for the go, exec."""
     uid, gid = os.geteuid(), os.getegid()
     try:
+        if userns_fd is not None:
+            setns(userns_fd, CLONE_NEWUSER)
         unshare(CLONE_NEWNET | (CLONE_NEWUSER if target.create_userns else 0))
         if target.create_userns:
             _write_file("/proc/self/uid_map", id_map(uid))
@@ -523,6 +531,7 @@ class PastaNamespace:
             self.loop.remove(fd)
             os.close(fd)
         self._fds.clear()
+        self.loop.remove(self.tap_fd)
         os.close(self.tap_fd)
         if self._go_fd is not None:
             os.close(self._go_fd)
@@ -576,19 +585,25 @@ def tap_spec_from_conf(conf: Any, net: NetInfo) -> TapSpec:
 
 def setup_target(target: Target, spec: TapSpec, loop: EventLoop) -> PastaNamespace:
     """``setup_pasta`` for an explicit ``Target`` and ``TapSpec``."""
-    child = _spawn(target) if target.spawns else None
+    child: _Child | None = None
     ns_fds: list[int] = []
     try:
-        netns_file = f"/proc/{child.pid}/ns/net" if child else target.netns_path
-        userns_file = (f"/proc/{child.pid}/ns/user" if child and target.create_userns
-                       else target.userns_path)
-        assert netns_file is not None
-        ns_fds.append(_open_ns(netns_file, "network"))
+        if target.spawns:
+            given = _open_ns(target.userns_path, "user") if target.userns_path else None
+            if given is not None:
+                ns_fds.append(given)
+            child = _spawn(target, given)
+            netns_file = f"/proc/{child.pid}/ns/net"
+            userns_file: str | None = f"/proc/{child.pid}/ns/user"
+        else:
+            netns_file, userns_file = str(target.netns_path), target.userns_path
+        netns_fd = _open_ns(netns_file, "network")
+        ns_fds.append(netns_fd)
         if userns_file is not None:
             ns_fds.append(_open_ns(userns_file, "user"))
             if os.geteuid() != 0:
-                _join_userns(ns_fds[1])
-        runner = NsRunner(ns_fds[0])
+                _join_userns(ns_fds[-1])
+        runner = NsRunner(netns_fd)
         try:
             tap_fd, ns_mac = runner.call(set_up_inside, spec)
         except BaseException:

@@ -34,6 +34,8 @@ def test_command_target_creates_user_and_network_namespaces() -> None:
     assert (t.program, t.argv) == ("ip", ("ip", "-j", "addr"))
     assert t.netns_path is None and t.quit_pid is None and t.quit_path is None
     assert not target("true", netns_only=True).create_userns
+    t = target("true", userns="/proc/9/ns/user")  # joined by the command, as upstream
+    assert t.spawns and not t.create_userns and t.userns_path == "/proc/9/ns/user"
 
 
 def test_default_command_is_a_login_shell() -> None:
