@@ -31,7 +31,9 @@ and sequence number, from the address it pinged, never the socket's.
 Destinations are translated like every flow's: the gateway address means
 the host itself and is mapped to its loopback (``127.0.0.1``, ``::1``),
 unless ``--no-map-gw``.  The guest still sees its replies come from the
-gateway.
+gateway.  A link-local destination (our own link-local address: the
+guest's default router) is reached through the host's template interface,
+as upstream does, so it needs that interface's index as scope.
 
 A flow lives while it is used: 60 s after the last request or reply (as
 upstream's ICMP_ECHO_TIMEOUT) its timer closes the socket and removes the
@@ -100,6 +102,7 @@ class IcmpService:
         self.ctx = ctx
         self.timeout = timeout
         self.targets = _gateway_map(ctx)
+        self.scope6 = _interface_index(ctx.net.ifname6)
         self._warned = False
 
     # -- from the guest --------------------------------------------------
@@ -157,8 +160,11 @@ class IcmpService:
             sock.bind(("0.0.0.0" if v4 else "::", ident))
         except OSError:
             pass  # the identifier is taken: connect() picks a free one
+        address: tuple[str, int] | tuple[str, int, int, int] = (socket.inet_ntop(family, target), 0)
+        if not v4 and target[0] == 0xFE and target[1] & 0xC0 == 0x80:  # fe80::/10
+            address = (address[0], 0, 0, self.scope6)
         try:
-            sock.connect((socket.inet_ntop(family, target), 0))
+            sock.connect(address)
         except OSError as e:
             sock.close()
             self.ctx.stats["drop.icmp_connect"] += 1
@@ -242,6 +248,14 @@ def _gateway_map(ctx: Ctx) -> dict[bytes, bytes]:
     if net.gw6 is not None:
         targets[net.gw6.packed] = socket.inet_pton(socket.AF_INET6, "::1")
     return targets
+
+
+def _interface_index(name: str) -> int:
+    """The index of the host interface link-local destinations are reached through."""
+    try:
+        return socket.if_nametoindex(name) if name else 0
+    except OSError:
+        return 0
 
 
 def init(ctx: Ctx) -> IcmpService:
