@@ -267,7 +267,14 @@ class SpliceConn:
     # -- data --------------------------------------------------------------
 
     def move(self, d: int) -> None:
-        """Move bytes in direction ``d`` until the source or destination blocks."""
+        """Move bytes in direction ``d`` until the source or destination blocks.
+
+        Edge-triggered rules for stopping: the destination said ``EAGAIN``
+        (its ``OUT`` edge will call us again), or the source said ``EAGAIN``
+        while the pipe was empty (its next ``IN`` edge will).  An ``EAGAIN``
+        from the source with bytes still in the pipe may only mean that the
+        pipe is full, so after writing we read again.
+        """
         src = self.fds[d]
         dst = self.fds[1 - d]
         pipe_r, pipe_w = self.pipes[d]
@@ -278,7 +285,6 @@ class SpliceConn:
         big = size >> 3
         try:
             while True:
-                n = -1
                 if not eof:
                     try:
                         n = splice(src, pipe_w, size, flags=_SPLICE_FLAGS)
@@ -298,7 +304,7 @@ class SpliceConn:
                 except BlockingIOError:
                     break
                 pending -= written
-                if (n <= 0 and not pending) or not written:
+                if not written or (eof and not pending):
                     break
         except OSError:  # ECONNRESET, EPIPE...: one side is gone
             self.abort()
