@@ -19,6 +19,7 @@ device and points ``tap.TUN_DEVICE`` at it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -82,6 +83,11 @@ CONF_DEFAULTS = dict(
 )
 
 
+def as_user(user: pwd.struct_passwd) -> list[str]:
+    """Command prefix running the rest as ``user``, without supplementary groups."""
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+
+
 class Pasta:
     """The driver process: pasta's namespace side, started in the world's host."""
 
@@ -92,8 +98,7 @@ class Pasta:
         if user is None:
             argv = [*prefix, "python3", "-c", DRIVER, json.dumps(conf)]
         else:
-            argv = [*prefix, "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                    "--clear-groups", SYSTEM_PYTHON, "-c", DRIVER, json.dumps(conf)]
+            argv = [*prefix, *as_user(user), SYSTEM_PYTHON, "-c", DRIVER, json.dumps(conf)]
         env = {"PATH": PATH, "PYTHONPATH": REPO, "SHELL": "/bin/sh", "LC_ALL": "C"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, cwd="/")
@@ -178,16 +183,37 @@ def waiting_command(workdir: str, status: int) -> list[str]:
     return ["sh", "-c", f"{check}; {wait}"]
 
 
-def assert_configured(links: list[dict], routes4: list[dict], routes6: list[dict],
+def assert_configured(pid: int | None = None, netns: str | None = None,
                       mtu: int = 65520) -> None:
+    """The tap in the namespace of ``pid`` (or ``netns``) is up with the world's config."""
+    links = ip_json("addr", "show", pid=pid, netns=netns)
+    routes4 = ip_json("-4", "route", pid=pid, netns=netns)
+    routes6 = ip_json("-6", "route", pid=pid, netns=netns)
     by_name = {link["ifname"]: link for link in links}
     tap = by_name[IFNAME]
     assert "UP" in tap["flags"] and tap["mtu"] == mtu
     addrs = {(a["local"], a["prefixlen"]) for a in tap["addr_info"] if a["scope"] == "global"}
     assert addrs == {(V4.host, V4.prefix), (V6.host, V6.prefix)}
     assert "UP" in by_name["lo"]["flags"]
-    assert {(r["dst"], r.get("gateway")) for r in routes4} >= {("default", V4.gateway)}
+    assert ("default", V4.gateway) in {(r["dst"], r.get("gateway")) for r in routes4}
     assert ("default", V6.gateway) in {(r["dst"], r.get("gateway")) for r in routes6}
+
+
+@contextlib.contextmanager
+def sleeping_target(world: World, *prefix: str) -> Iterator[subprocess.Popen]:
+    """``sleep 30`` in a new network namespace (``unshare -n``, after ``prefix``)."""
+    target = subprocess.Popen(["ip", "netns", "exec", world.host_ns, *prefix, "unshare",
+                               "-rn" if prefix else "-n", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # ip → (setpriv →) unshare → sleep, one PID
+            if os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"):
+                break
+            time.sleep(0.02)
+        yield target
+    finally:
+        target.kill()
+        target.wait(EXIT_TIMEOUT)
 
 
 def process_gone(pid: int) -> bool:
@@ -225,8 +251,7 @@ def test_command_sees_configured_tap_and_its_status_is_ours(world, drivers, work
                   command=waiting_command(workdir, 7)).ready()
     pid = pasta.child_pid
     assert pasta.ifname == IFNAME  # named after the host's template interface
-    assert_configured(ip_json("addr", "show", pid=pid), ip_json("-4", "route", pid=pid),
-                      ip_json("-6", "route", pid=pid))
+    assert_configured(pid=pid)
     with open(f"/proc/{pid}/uid_map") as f:
         assert f.read().split() == ["0", "0", "1"]  # a user namespace, as upstream
     assert os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
@@ -286,9 +311,7 @@ def target_ns(world) -> Iterator[str]:
 def test_attach_by_name_configures_and_quits_when_deleted(world, drivers, target_ns) -> None:
     pasta = start(drivers, world, netns=target_ns, config_net=True, mtu=1500).ready()
     assert pasta.child_pid == 0
-    assert_configured(ip_json("addr", "show", netns=target_ns),
-                      ip_json("-4", "route", netns=target_ns),
-                      ip_json("-6", "route", netns=target_ns), mtu=1500)
+    assert_configured(netns=target_ns, mtu=1500)
     subprocess.run(["ip", "netns", "del", target_ns], check=True, timeout=20)
     assert pasta.wait() == 0
 
@@ -329,24 +352,11 @@ def test_attach_in_background_writes_pid_file(world, drivers, target_ns, workdir
 
 
 def test_attach_by_pid_quits_when_the_process_exits(world, drivers) -> None:
-    target = subprocess.Popen(["ip", "netns", "exec", world.host_ns, "unshare", "-n",
-                               "sleep", "30"])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # ip netns exec → unshare → sleep (same PID)
-            if os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"):
-                break
-            time.sleep(0.02)
+    with sleeping_target(world) as target:
         pasta = start(drivers, world, pid=target.pid, config_net=True).ready()
-        assert_configured(ip_json("addr", "show", pid=target.pid),
-                          ip_json("-4", "route", pid=target.pid),
-                          ip_json("-6", "route", pid=target.pid))
+        assert_configured(pid=target.pid)
         target.kill()
-        target.wait(EXIT_TIMEOUT)
         assert pasta.wait() == 0
-    finally:
-        target.kill()
-        target.wait(EXIT_TIMEOUT)
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -426,8 +436,7 @@ def test_rootless_command_in_its_own_user_namespace(world, drivers, workdir, use
     pasta = start(drivers, world, user=user, tun=user_tun, config_net=True,
                   command=waiting_command(workdir, 5)).ready()
     pid = pasta.child_pid
-    assert_configured(ip_json("addr", "show", pid=pid), ip_json("-4", "route", pid=pid),
-                      ip_json("-6", "route", pid=pid))
+    assert_configured(pid=pid)
     with open(f"/proc/{pid}/uid_map") as f:
         assert f.read().split() == ["0", str(user.pw_uid), "1"]
     with open(f"/proc/{pid}/gid_map") as f:
@@ -441,26 +450,12 @@ def test_rootless_command_in_its_own_user_namespace(world, drivers, workdir, use
 
 
 def test_rootless_attach_by_pid_joins_the_user_namespace(world, drivers, user, user_tun) -> None:
-    target = subprocess.Popen(["ip", "netns", "exec", world.host_ns, "setpriv",
-                               f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                               "--clear-groups", "unshare", "-Urn", "sleep", "30"])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"):
-                break
-            time.sleep(0.02)
+    with sleeping_target(world, *as_user(user)) as target:
         pasta = start(drivers, world, user=user, tun=user_tun, pid=target.pid,
                       config_net=True).ready()
-        assert_configured(ip_json("addr", "show", pid=target.pid),
-                          ip_json("-4", "route", pid=target.pid),
-                          ip_json("-6", "route", pid=target.pid))
+        assert_configured(pid=target.pid)
         target.kill()
-        target.wait(EXIT_TIMEOUT)
         assert pasta.wait() == 0
-    finally:
-        target.kill()
-        target.wait(EXIT_TIMEOUT)
 
 
 def test_rootless_without_user_namespace_is_refused(world, drivers, user, user_tun,
