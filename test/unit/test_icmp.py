@@ -25,10 +25,21 @@ from passt import icmp
 from passt.loop import EventLoop
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 
-from .l2_fixtures import GUEST4, GUEST6, GUEST_MAC_STR, GW4, GW6, OUR_MAC_STR, drops, make_ctx
+from .l2_fixtures import (
+    GUEST4,
+    GUEST6,
+    GUEST_MAC_STR,
+    GW4,
+    GW6,
+    OUR_MAC_STR,
+    drops,
+    make_ctx,
+    net_with,
+)
 
 REMOTE4 = "203.0.113.1"
 REMOTE6 = "2001:db8:2::1"
+LINK_LOCAL = "fe80::99"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -56,6 +67,10 @@ def netns() -> Iterator[str]:
         _ip(name, "link", "set", "lo", "up")
         _ip(name, "addr", "add", f"{REMOTE4}/32", "dev", "lo")
         _ip(name, "addr", "add", f"{REMOTE6}/128", "dev", "lo", "nodad")
+        _ip(name, "link", "add", "ll0", "type", "veth", "peer", "name", "ll1")
+        _ip(name, "link", "set", "ll0", "up")
+        _ip(name, "link", "set", "ll1", "up")
+        _ip(name, "addr", "add", f"{LINK_LOCAL}/64", "dev", "ll0", "nodad")
         _ping_group_range(name, "0 2147483647")
         target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -134,6 +149,18 @@ def test_no_map_gw_sends_to_the_gateway_itself(netns: str) -> None:
         icmp.from_tap(context, parse_frame(echo_request(GW4, 7, 1)))  # unreachable here
         assert replies(context, 1, timeout=0.5) == []
         assert drops(context) == {"drop.icmp_connect": 1}
+    finally:
+        context.icmp.close()
+        loop.close()
+
+
+def test_link_local_destination_is_reached_through_the_template_interface(netns: str) -> None:
+    loop = EventLoop()
+    context = make_ctx(net_with(ifname6="ll0"), loop=loop)
+    try:
+        icmp.from_tap(context, parse_frame(echo_request(LINK_LOCAL, 5, 1)))
+        [reply] = replies(context, 1)
+        assert (reply[IPv6].src, reply[ICMPv6EchoReply].id) == (LINK_LOCAL, 5)
     finally:
         context.icmp.close()
         loop.close()
