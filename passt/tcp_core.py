@@ -97,7 +97,7 @@ DISCARD = 6  # (DISCARD, n): drop n acknowledged bytes from the socket's receive
 CLAMP = 7  # (CLAMP, window): TCP_WINDOW_CLAMP on the socket
 SHUT_WR = 8  # (SHUT_WR,): shutdown(SHUT_WR) on the socket
 TIMER = 9  # (TIMER, seconds or None): (re)arm or cancel the connection's timer
-WANT_OUT = 10  # (WANT_OUT, bool): watch (or stop watching) the socket for writability
+WANT_OUT = 10  # (WANT_OUT, bool): (re)arm, or stop, watching the socket for writability
 CLOSE = 11  # (CLOSE, rst): close the socket (with RST if rst) and free the flow
 
 # Events (bits of TcpConn.events).
@@ -403,6 +403,14 @@ class TcpConn:
             return [(DATA, seq, length)]
         return [(DATA, seq, length), self._arm(_T_RETRANS, self.backoff)]
 
+    def on_window_full(self) -> list[Action]:
+        """Data waits on the socket but the guest's window is full: the timer says when
+        to look again (retransmission, or a zero-window probe)."""
+        acts: list[Action] = []
+        if self.events & ESTABLISHED and not self.events & CLOSED:
+            self._settle_timer(acts)
+        return acts
+
     def on_sock_drained(self) -> None:
         """Nothing more to read now (EAGAIN, or a short read without EOF pending)."""
         self.sock_pending = False
@@ -431,6 +439,10 @@ class TcpConn:
 
     def on_sock_error(self) -> list[Action]:
         """The socket failed (reset by the peer, error): reset the guest's side."""
+        return self.abort()
+
+    def abort(self) -> list[Action]:
+        """Reset both sides now (socket error, shutting down)."""
         if self.events & CLOSED:
             return []
         return self._reset()
@@ -453,13 +465,20 @@ class TcpConn:
         return acts
 
     def on_sock_writable(self, space: int) -> list[Action]:
-        """Send buffer space freed: tell the guest (window update, and duplicate
-        ACKs so that it retransmits at once what we had to drop)."""
+        """The kernel says the send buffer has room again: a window update for the
+        guest, and duplicate ACKs so that it retransmits at once what we dropped.
+
+        The notification may be stale (more was written since): with no room
+        at all, watch again instead (the kernel then waits for real room).
+        """
         if self.events & CLOSED:
             return []
         self.rcv_wnd = min(space, MAX_WINDOW)
+        if not space:
+            self.want_out = True
+            return [(WANT_OUT, True)]
         acts: list[Action] = []
-        if self.want_out and self._window_comfortable():
+        if self.want_out:
             self.want_out = False
             acts.append((WANT_OUT, False))
         if not self.events & ESTABLISHED:
@@ -472,6 +491,7 @@ class TcpConn:
         return acts
 
     def _window_comfortable(self) -> bool:
+        """Room for a couple of full segments: no need to watch for more."""
         return self.rcv_wnd >= 2 * self.mss_adv
 
     def flush_ack(self, space: int) -> list[Action]:
@@ -518,6 +538,8 @@ class TcpConn:
             return acts
         if len(seg.payload) or flags & FIN:
             self._guest_data(seg, acts)
+        elif seg.seq != self.rcv_nxt:  # keepalive or window probe: answer (fresh window)
+            self.ack_due = True
         if opened and self.sock_pending and self.peek_budget():
             acts.append((PEEK,))
         if not self.events & CLOSED:

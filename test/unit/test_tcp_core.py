@@ -360,7 +360,19 @@ def test_small_window_asks_for_writability():
     conn.on_sock_accepted(100, 100)
     acts = conn.flush_ack(1000)
     assert (WANT_OUT, True) in acts
-    assert conn.on_sock_writable(500) == [taps(conn.on_sock_writable(500))[0]]
+    # A stale notification (no room after all): watch again, say nothing.
+    assert conn.on_sock_writable(0) == [(WANT_OUT, True)]
+    acts = conn.on_sock_writable(500)
+    assert acts[0] == (WANT_OUT, False)
+    assert taps(acts)[0][4] == 500 >> tc.WS_TO_GUEST
+
+
+def test_keepalive_or_window_probe_from_guest_is_answered_with_a_fresh_window():
+    conn = established_outbound()
+    acts = conn.on_segment(seg(GUEST_ISN, OUR_ISN + 1, ACK, 1000))  # seq one below rcv_nxt
+    assert not taps(acts) and conn.ack_due
+    (ack,) = taps(conn.flush_ack(1 << 20))
+    assert ack[3] == GUEST_ISN + 1 and ack[4] == (1 << 20) >> tc.WS_TO_GUEST
 
 
 def test_out_of_order_guest_data_is_dropped_with_a_duplicate_ack():

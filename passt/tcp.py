@@ -1,0 +1,751 @@
+"""TCP over the tap: the driver that gives ``tcp_core`` its sockets, timers and frames.
+
+Theory of operation
+-------------------
+Each TCP connection of the guest (or namespace) is carried by one ordinary
+host socket: for a SYN from the guest we ``connect()`` a non-blocking socket
+to the destination (outbound), for a connection accepted on a forwarded port
+(``fwd.py`` calls ``on_accept``) we open the connection toward the guest
+(inbound).  Every decision about the connection (``passt.tcp_core``) is made
+without I/O; this module turns the core's actions into system calls and
+frames, and the socket's events, the guest's segments and the passing of
+time into the core's events.  Nothing here checks whether we are passt or
+pasta: frames go through ``ctx.tap.send_frames``, whatever carries them.
+
+Flows
+~~~~~
+A ``TcpFlow`` is registered in ``ctx.flows`` under ``("tcp", guest address,
+guest port, remote address, remote port)``, the addresses being those the
+guest sees (raw bytes), so a frame finds its flow with one dictionary
+lookup.  Addresses as the guest sees them are not always those of the
+socket: connections to the gateway address go to the host's loopback
+(unless ``--no-map-gw``), and inbound connections from the host's loopback
+(or from the host's own address, which is the guest's too) appear to come
+from the gateway.  Inbound connections keep the peer's port; the forwarding
+spec's port mapping gives the guest's port.
+
+Every way out of a connection ends in ``_free``: the socket is unregistered
+and closed (with ``SO_LINGER`` zero for a reset), its timer forgotten, its
+flow-table entry removed.  A flow owns exactly one descriptor and no timer
+descriptor (timers live in the event loop), so existing connections never
+need a new descriptor: under descriptor pressure (``EMFILE``) or at the
+connection limit only new connections are refused, with an RST.
+
+Data from the socket to the guest
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Sockets are registered edge-triggered (``EPOLLIN | EPOLLRDHUP | EPOLLET``):
+an edge means "something new", and we read until the kernel or the guest's
+window says stop, remembering in the core that data may be left
+(``sock_pending``) when it is the window; the guest's next ACK that opens it
+makes the core ask for a read (``PEEK``).  Level-triggered ``EPOLLHUP``
+would spin once both sides have shut down while the guest has not yet
+acknowledged everything; edge-triggering avoids that too.
+
+Reads are ``recv_into(buffer, n, MSG_PEEK)`` into one preallocated buffer
+shared by all connections, with ``SO_PEEK_OFF`` so that the kernel returns
+only the bytes after those already sent (the offset moves back when
+acknowledged bytes are discarded, and to zero on retransmission).  One read
+produces many frames of up to the guest's MSS (64 KiB with the default MTU)
+built from the connection's ``TcpFrameTemplate`` (headers patched per
+frame, checksums from pre-summed constants plus one NumPy sum of the
+payload), and all frames of one event go out in one ``send_frames`` call.
+Acknowledged bytes are discarded with ``MSG_TRUNC``, which frees them in the
+kernel without copying: the scratch buffer it names is an anonymous mapping
+that is never touched.  A kernel without ``SO_PEEK_OFF`` for TCP (before
+6.9) gets the same behaviour by peeking from the start and skipping what was
+sent, which costs a copy.
+
+Data from the guest to the socket
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+The dispatcher hands us runs of consecutive frames of one flow
+(``from_tap_batch``); their payloads are written with ``send()`` and the
+whole run is acknowledged once, as far as the kernel took it, with the
+socket's free send space (``SO_SNDBUF`` minus ``SIOCOUTQ``) as our window.
+When that window gets small we watch the socket for ``EPOLLOUT`` (polling it
+also marks the socket as short of space, which lets the kernel grow its send
+buffer) and send a window update when room comes back.  Sockets have
+``TCP_NODELAY``: the guest's own TCP already coalesces small writes.
+
+Timers
+~~~~~~
+The core asks for one timer per connection (``TIMER``).  Re-arming happens
+on most ACKs, so it is lazy: the flow keeps its deadline, and a loop timer
+is scheduled only when the deadline moves earlier than the one pending;
+a loop timer that fires early just schedules the next.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import mmap
+import random
+import resource
+import socket
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from passt import log
+from passt.flow import FlowTableFull
+from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
+from passt.packet import ACK, PSH, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
+from passt.tcp_core import (
+    CLAMP,
+    CLOSE,
+    DATA,
+    DISCARD,
+    PEEK,
+    REWIND,
+    SHUT_WR,
+    SOCK_SEND,
+    TAP,
+    TIMER,
+    WANT_OUT,
+    WINDOW_DEFAULT,
+    TcpConn,
+    rst_for_stray,
+)
+
+if TYPE_CHECKING:
+    from passt.context import Ctx
+    from passt.loop import EventLoop, Timer
+
+SO_PEEK_OFF = 42
+SIOCOUTQ = 0x5411
+TCP_WINDOW_CLAMP = 10
+MTU_DEFAULT = 65520
+PEEK_BUF_SIZE = 4 << 20  # one read per wake-up: up to 64 frames of 64 KiB
+DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
+FD_RESERVE = 64  # descriptors left for listeners, the tap, pipes...
+READ_ROUNDS = 16  # reads per socket event, to stay fair to other flows
+SOCK_EVENTS = IN | RDHUP | ET
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
+_LINGER_RST = struct.pack("ii", 1, 0)
+_INT = struct.Struct("i")
+_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_PACKED_LOOPBACK = {4: socket.inet_pton(socket.AF_INET, "127.0.0.1"), 16: bytes(15) + b"\1"}
+
+
+# ---------------------------------------------------------------- state
+
+
+class TcpState:
+    """``ctx.tcp``: what all TCP flows share (buffers, addresses, limits)."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        net = ctx.net
+        conf = ctx.conf
+        self.map_gw = not getattr(conf, "no_map_gw", False)
+        self.mtu = (getattr(net, "mtu", 0) or MTU_DEFAULT) if net is not None else MTU_DEFAULT
+        self.our_mac = net.mac if net is not None else b"\x9a\x55\x9a\x55\x9a\x55"
+        self.guest4 = _packed(getattr(net, "addr4", None))
+        self.guest6 = _packed(getattr(net, "addr6", None))
+        self.gw4 = _packed(getattr(net, "gw4", None))
+        gateways6 = {_packed(getattr(net, "gw6", None)), _packed(getattr(net, "ll6", None))}
+        self.gw6s = frozenset(a for a in gateways6 if a)
+        self.gw6 = _packed(getattr(net, "gw6", None)) or _packed(getattr(net, "ll6", None))
+        self.ifname6 = getattr(net, "ifname6", "") or ""
+        self.bind4, self.bind6 = _outbound_addresses(conf)
+        self.bind_if4 = getattr(conf, "outbound_if4", None) or None
+        self.bind_if6 = getattr(conf, "outbound_if6", None) or None
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
+        self.conns = 0
+        self.peek_buf = bytearray(PEEK_BUF_SIZE)
+        self.peek_view = memoryview(self.peek_buf)
+        self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
+        self.peek_off = _peek_off_supported()
+        self.out: list[bytes | bytearray] = []  # frames of the event being handled
+        self.data_offset = 0  # where in peek_buf the bytes of a DATA action start
+        self.rng = random.SystemRandom()
+
+    def mss_limit(self, v6: bool) -> int:
+        """Largest TCP payload in one frame: MTU minus IP and TCP headers."""
+        return self.mtu - (60 if v6 else 40)
+
+
+def _packed(addr: Any) -> bytes | None:
+    return None if addr is None else ipaddress.ip_address(addr).packed
+
+
+def _outbound_addresses(conf: Any) -> tuple[str | None, str | None]:
+    """``--outbound`` addresses (zero to two, one per family) as strings."""
+    given = getattr(conf, "outbound", None)
+    if given is None:
+        return None, None
+    if isinstance(given, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        given = (given,)
+    bind4 = bind6 = None
+    for addr in given:
+        parsed = ipaddress.ip_address(addr)
+        if parsed.version == 4:
+            bind4 = str(parsed)
+        else:
+            bind6 = str(parsed)
+    return bind4, bind6
+
+
+def _peek_off_supported() -> bool:
+    """Whether TCP sockets take SO_PEEK_OFF (Linux 6.9 and later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            return False
+    return True
+
+
+def init(ctx: Ctx) -> TcpState:
+    """Set up ``ctx.tcp`` and take inbound connections from ``ctx.fwd``, if any."""
+    state = TcpState(ctx)
+    ctx.tcp = state
+    fwd = ctx.fwd
+    if fwd is not None:
+        fwd.handlers.tcp_tap = lambda sock, peer, local, port: on_accept(
+            ctx, sock, peer, local, port
+        )
+    return state
+
+
+def close(ctx: Ctx) -> None:
+    """Reset every TCP flow (shutting down)."""
+    for key, flow in ctx.flows.items():
+        if key[0] == "tcp":
+            _run(flow, flow.core.abort())
+    _send_out(ctx)
+
+
+# ---------------------------------------------------------------- flows
+
+
+class TcpFlow:
+    """One connection: its core, socket, frame template and timer."""
+
+    __slots__ = (
+        "ctx", "core", "sock", "fd", "key", "tpl", "v6", "epoll_mask", "deadline",
+        "timer", "timer_at", "rdhup", "connecting", "freed",
+    )  # fmt: skip
+
+    def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
+        self.ctx = ctx
+        self.core = core
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.key = key
+        self.v6 = len(key[1]) == 16
+        self.tpl = _template(ctx, key)
+        self.epoll_mask = 0
+        self.deadline: float | None = None
+        self.timer: Timer | None = None
+        self.timer_at = 0.0
+        self.rdhup = False  # the peer's FIN may be queued: read until EOF or EAGAIN
+        self.connecting = False
+        self.freed = False
+
+    def __repr__(self) -> str:
+        _, gaddr, gport, raddr, rport = self.key
+        family = socket.AF_INET6 if self.v6 else socket.AF_INET
+        return (
+            f"<tcp {socket.inet_ntop(family, gaddr)}:{gport} <-> "
+            f"{socket.inet_ntop(family, raddr)}:{rport} {self.core.state_name()}>"
+        )
+
+
+def _template(ctx: Ctx, key: tuple) -> TcpFrameTemplate:
+    """Headers of frames to the guest: from the remote address to the guest's."""
+    _, guest_addr, guest_port, remote_addr, remote_port = key
+    state: TcpState = ctx.tcp
+    return TcpFrameTemplate(
+        ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port
+    )
+
+
+def guest_mac_changed(ctx: Ctx) -> None:
+    """The guest's MAC changed: rebuild every flow's frame headers."""
+    for key, flow in ctx.flows.items():
+        if key[0] == "tcp":
+            flow.tpl = _template(ctx, key)
+
+
+def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
+    """Add the flow to the table and its socket to the loop; False if refused."""
+    state: TcpState = ctx.tcp
+    if state.conns >= state.max_conns:
+        ctx.stats["tcp.refused_limit"] += 1
+        return False
+    try:
+        ctx.flows.add(flow.key, flow)
+    except (FlowTableFull, KeyError):
+        ctx.stats["tcp.refused_table"] += 1
+        return False
+    state.conns += 1
+    flow.epoll_mask = mask
+    assert ctx.loop is not None
+    ctx.loop.add(flow.fd, mask, lambda events: _on_sock_event(flow, events))
+    return True
+
+
+def _free(flow: TcpFlow, rst: bool) -> None:
+    """Forget a connection entirely: socket, loop registration, timer, flow entry."""
+    ctx = flow.ctx
+    state: TcpState = ctx.tcp
+    flow.freed = True
+    assert ctx.loop is not None
+    ctx.loop.remove(flow.fd)
+    if flow.timer is not None:
+        flow.timer.cancel()
+        flow.timer = None
+    flow.deadline = None
+    sock = flow.sock
+    if rst:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    sock.close()
+    if ctx.flows.remove(flow.key) is not None:
+        state.conns -= 1
+    ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
+    if log.DEBUG:
+        log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
+
+
+# ---------------------------------------------------------------- actions
+
+
+def _run(flow: TcpFlow, acts: list) -> None:
+    """Carry out the core's actions, in order."""
+    for act in acts:
+        if flow.freed:
+            return  # closed by a nested action: nothing left to act on
+        op = act[0]
+        if op == TAP:
+            _, flags, seq, ack, window, options = act
+            flow.ctx.tcp.out.append(flow.tpl.build(seq, ack, flags, window, b"", options))
+        elif op == DATA:
+            _frames_from_peek(flow, act[1], act[2])
+        elif op == SOCK_SEND:
+            _sock_send(flow, act[1])
+        elif op == DISCARD:
+            _discard(flow, act[1])
+        elif op == TIMER:
+            _set_timer(flow, act[1])
+        elif op == PEEK:
+            _read_sock(flow)
+        elif op == CLAMP:
+            _setsockopt(flow, socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, min(act[1], 1 << 30))
+        elif op == REWIND:
+            if flow.ctx.tcp.peek_off:
+                _setsockopt(flow, socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        elif op == WANT_OUT:
+            _watch_out(flow, act[1])
+        elif op == SHUT_WR:
+            try:
+                flow.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        elif op == CLOSE:
+            _free(flow, act[1])
+
+
+def _send_out(ctx: Ctx) -> None:
+    """Send the frames the current event produced, in one call."""
+    state: TcpState = ctx.tcp
+    out = state.out
+    if not out:
+        return
+    state.out = []
+    tap = ctx.tap
+    if tap is None:
+        ctx.stats["drop.tcp_no_tap"] += len(out)
+        return
+    tap.send_frames(out)
+
+
+def _setsockopt(flow: TcpFlow, level: int, option: int, value: int) -> None:
+    try:
+        flow.sock.setsockopt(level, option, value)
+    except OSError:
+        pass
+
+
+def _watch_out(flow: TcpFlow, on: bool) -> None:
+    """Watch for writability: modifying the registration polls the socket again,
+    which makes the kernel report room when there is some now, or as soon as
+    there is (it marks the socket as short of space)."""
+    mask = SOCK_EVENTS | OUT if on else SOCK_EVENTS
+    if flow.connecting or (not on and mask == flow.epoll_mask):
+        return
+    flow.epoll_mask = mask
+    assert flow.ctx.loop is not None
+    flow.ctx.loop.modify(flow.fd, mask)
+
+
+def _send_space(sock: socket.socket) -> int:
+    """Free room in the socket's send buffer: our window to the guest."""
+    try:
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+    space = sndbuf - queued
+    return space if space > 0 else 0
+
+
+# ---------------------------------------------------------------- socket side
+
+
+def _read_sock(flow: TcpFlow) -> None:
+    """Peek new data (within the guest's window) and send it; detect end of file."""
+    core = flow.core
+    state: TcpState = flow.ctx.tcp
+    sock = flow.sock
+    buf = state.peek_buf
+    for _ in range(READ_ROUNDS):
+        if core.closed:
+            return
+        budget = core.on_sock_readable()
+        if not budget:
+            _run(flow, core.on_window_full())
+            return
+        offset = 0 if state.peek_off else (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
+        want = min(budget, PEEK_BUF_SIZE - offset)
+        if want <= 0:
+            return
+        try:
+            peeked = sock.recv_into(buf, offset + want, _PEEK)
+        except BlockingIOError:
+            core.on_sock_drained()
+            return
+        except OSError:
+            _run(flow, core.on_sock_error())
+            return
+        got = peeked - offset
+        if got <= 0:  # end of file, or (without SO_PEEK_OFF) nothing new
+            if not peeked or flow.rdhup:
+                _run(flow, core.on_sock_eof())
+            else:
+                core.on_sock_drained()
+            return
+        state.data_offset = offset
+        _run(flow, core.on_sock_data(got))
+        if got < want and not flow.rdhup:
+            core.on_sock_drained()
+            return
+
+
+def _frames_from_peek(flow: TcpFlow, seq: int, length: int) -> None:
+    """Cut freshly peeked bytes into frames of at most the guest's MSS."""
+    core = flow.core
+    state: TcpState = flow.ctx.tcp
+    view = state.peek_view
+    build = flow.tpl.build
+    out = state.out
+    mss = core.mss
+    ack = core.rcv_nxt
+    window = core.window_field()
+    start = state.data_offset
+    end = start + length
+    pos = start
+    while pos < end:
+        chunk = min(mss, end - pos)
+        flags = ACK | PSH if pos + chunk == end else ACK
+        out.append(build((seq + pos - start) & 0xFFFFFFFF, ack, flags, window,
+                         view[pos:pos + chunk]))
+        pos += chunk
+
+
+def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
+    core = flow.core
+    try:
+        sent = flow.sock.send(payload, _SEND_FLAGS)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        _run(flow, core.on_sock_error())
+        return
+    _run(flow, core.on_sock_accepted(sent, len(payload)))
+
+
+def _discard(flow: TcpFlow, length: int) -> None:
+    """Drop acknowledged bytes from the receive buffer without copying them."""
+    state: TcpState = flow.ctx.tcp
+    sock = flow.sock
+    target = state.discard_map
+    while length > 0:
+        chunk = min(length, DISCARD_CHUNK)
+        try:
+            got = sock.recv_into(target, chunk, _TRUNC)
+        except OSError:
+            return
+        if got <= 0:
+            return
+        length -= got
+
+
+def _on_sock_event(flow: TcpFlow, events: int) -> None:
+    core = flow.core
+    if core.closed:
+        return
+    if flow.connecting:
+        _connect_done(flow, events)
+    elif events & ERR and flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        _run(flow, core.on_sock_error())
+    else:
+        if events & (RDHUP | HUP):
+            flow.rdhup = True
+        if events & (IN | RDHUP | HUP):
+            _read_sock(flow)
+        if events & OUT and not core.closed:
+            _run(flow, core.on_sock_writable(_send_space(flow.sock)))
+    _send_out(flow.ctx)
+
+
+def _connect_done(flow: TcpFlow, events: int) -> None:
+    error = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error or events & (ERR | HUP) and not events & OUT:
+        flow.ctx.stats["tcp.connect_failed"] += 1
+        _run(flow, flow.core.on_connect_failed())
+        return
+    if not events & OUT:
+        return
+    flow.connecting = False
+    flow.epoll_mask = SOCK_EVENTS
+    assert flow.ctx.loop is not None
+    flow.ctx.loop.modify(flow.fd, SOCK_EVENTS)
+    _run(flow, flow.core.on_connected())
+    if events & (IN | RDHUP):
+        flow.rdhup = bool(events & RDHUP)
+
+
+# ---------------------------------------------------------------- timers
+
+
+def _set_timer(flow: TcpFlow, seconds: float | None) -> None:
+    """(Re)arm the flow's timer lazily (see "Timers" above)."""
+    if seconds is None:
+        flow.deadline = None
+        return
+    loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
+    deadline = loop.now() + seconds
+    flow.deadline = deadline
+    if flow.timer is None or flow.timer_at > deadline:
+        if flow.timer is not None:
+            flow.timer.cancel()
+        flow.timer_at = deadline
+        flow.timer = loop.call_at(deadline, lambda: _on_timer(flow))
+
+
+def _on_timer(flow: TcpFlow) -> None:
+    flow.timer = None
+    deadline = flow.deadline
+    if deadline is None or flow.core.closed:
+        return
+    loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
+    if loop.now() < deadline:
+        flow.timer_at = deadline
+        flow.timer = loop.call_at(deadline, lambda: _on_timer(flow))
+        return
+    flow.deadline = None
+    _run(flow, flow.core.on_timer())
+    _send_out(flow.ctx)
+
+
+# ---------------------------------------------------------------- guest side
+
+
+def from_tap(ctx: Ctx, pkt: Packet) -> None:
+    """One TCP frame from the guest."""
+    from_tap_batch(ctx, (pkt,))
+
+
+def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
+    """Consecutive frames of one flow from the guest; one ACK for the run."""
+    flow: TcpFlow | None = None
+    key: tuple | None = None
+    for pkt in pkts:
+        try:
+            seg = parse_tcp(pkt.l4)
+        except ParseError as e:
+            ctx.stats["drop." + e.reason] += 1
+            continue
+        k = ("tcp", pkt.src, seg.sport, pkt.dst, seg.dport)
+        if k != key:
+            if flow is not None:
+                _flush_ack(flow)
+            key = k
+            flow = ctx.flows.get(k)
+        if flow is None or flow.core.closed:
+            flow = _new_from_guest(ctx, pkt, seg, k)
+            continue
+        _run(flow, flow.core.on_segment(seg))
+    if flow is not None:
+        _flush_ack(flow)
+    _send_out(ctx)
+
+
+def _flush_ack(flow: TcpFlow) -> None:
+    core = flow.core
+    if core.ack_due and not core.closed:
+        _run(flow, core.flush_ack(_send_space(flow.sock)))
+
+
+def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: tuple) -> TcpFlow | None:
+    """A segment of no known connection: a SYN opens one, anything else gets an RST."""
+    if seg.flags & (SYN | ACK) != SYN:
+        _reply_rst(ctx, pkt, seg)
+        return None
+    flow = _connect(ctx, pkt, seg, key)
+    if flow is None:
+        _reply_rst(ctx, pkt, seg)
+    return flow
+
+
+def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
+    answer = rst_for_stray(seg)
+    if answer is None:
+        return
+    ctx.stats["tcp.rst_stray"] += 1
+    flags, seq, ack = answer
+    state: TcpState = ctx.tcp
+    tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport)
+    state.out.append(tpl.build(seq, ack, flags, 0))
+
+
+def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
+    """Outbound: a socket connecting to where the guest's SYN goes; None if refused."""
+    state: TcpState = ctx.tcp
+    dst = pkt.dst
+    target = _outbound_target(state, dst)
+    if target is None or syn.dport == 0:
+        ctx.stats["tcp.refused_addr"] += 1
+        return None
+    family = socket.AF_INET6 if len(dst) == 16 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as e:
+        ctx.stats["tcp.refused_socket"] += 1
+        log.debug("TCP: no socket for new connection: %s", e.strerror)
+        return None
+    isn = state.rng.getrandbits(32)
+    core, acts = TcpConn.outbound(syn, isn, state.mss_limit(family == socket.AF_INET6))
+    flow = TcpFlow(ctx, core, sock, key)
+    try:
+        _prepare_socket(state, sock, family, outbound=True)
+        address: tuple = (target, syn.dport)
+        if family == socket.AF_INET6:
+            address = (target, syn.dport, 0, _scope_id(state, target))
+        error = sock.connect_ex(address)
+    except OSError as e:
+        error = e.errno or 1
+    if error not in (0, 115):  # EINPROGRESS
+        sock.close()
+        ctx.stats["tcp.connect_failed"] += 1
+        return None
+    flow.connecting = error != 0
+    if not _register(ctx, flow, SOCK_EVENTS | OUT if flow.connecting else SOCK_EVENTS):
+        sock.close()
+        return None
+    ctx.stats["tcp.conns_out"] += 1
+    if len(dst) == 16:
+        state.guest6 = pkt.src  # the address the guest uses (SLAAC picks its own)
+    if log.DEBUG:
+        log.debug("TCP: %r connecting", flow)
+    _run(flow, acts)
+    if not flow.connecting:
+        _run(flow, core.on_connected())
+    return flow
+
+
+def _outbound_target(state: TcpState, dst: bytes) -> str | None:
+    """Where a connection to ``dst`` (as the guest sees it) really goes, or None."""
+    v6 = len(dst) == 16
+    if state.map_gw and (dst in state.gw6s if v6 else dst == state.gw4):
+        return "::1" if v6 else "127.0.0.1"
+    address = ipaddress.ip_address(dst)
+    if address.is_multicast or address.is_unspecified or (not v6 and dst == b"\xff" * 4):
+        return None
+    return str(address)
+
+
+def _scope_id(state: TcpState, target: str) -> int:
+    if not target.lower().startswith("fe80") or not state.ifname6:
+        return 0
+    try:
+        return socket.if_nametoindex(state.ifname6)
+    except OSError:
+        return 0
+
+
+def _prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
+    """Options every connection socket gets (and outbound binding)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if state.peek_off:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if not outbound:
+        return
+    ifname = state.bind_if6 if family == socket.AF_INET6 else state.bind_if4
+    if ifname:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+    bind = state.bind6 if family == socket.AF_INET6 else state.bind4
+    if bind:
+        sock.bind((bind, 0))
+
+
+# ---------------------------------------------------------------- inbound
+
+
+def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_port: int) -> None:
+    """A connection accepted on a forwarded port: open it toward the guest."""
+    state: TcpState = ctx.tcp
+    v6 = sock.family == socket.AF_INET6
+    guest = state.guest6 if v6 else state.guest4
+    if guest is None:
+        ctx.stats["tcp.refused_family"] += 1
+        _abort(sock)
+        return
+    remote = _inbound_source(state, ipaddress.ip_address(peer[0].split("%")[0]).packed, guest)
+    if remote is None:
+        ctx.stats["tcp.refused_addr"] += 1
+        _abort(sock)
+        return
+    key = ("tcp", guest, target_port, remote, peer[1])
+    try:
+        sock.setblocking(False)
+        _prepare_socket(state, sock, sock.family, outbound=False)
+    except OSError:
+        _abort(sock)
+        return
+    window = _send_space(sock) or WINDOW_DEFAULT
+    core, acts = TcpConn.inbound(state.rng.getrandbits(32), state.mss_limit(v6), window)
+    flow = TcpFlow(ctx, core, sock, key)
+    if not _register(ctx, flow, SOCK_EVENTS):
+        _abort(sock)
+        return
+    ctx.stats["tcp.conns_in"] += 1
+    if log.DEBUG:
+        log.debug("TCP: %r accepted", flow)
+    _run(flow, acts)
+    _send_out(ctx)
+
+
+def _inbound_source(state: TcpState, peer: bytes, guest: bytes) -> bytes | None:
+    """The source address the guest sees for a connection from ``peer``."""
+    if len(peer) == 16 and peer[:12] == bytes(10) + b"\xff\xff":
+        peer = peer[12:]  # an IPv4-mapped peer on a dual-stack socket
+    if peer == _PACKED_LOOPBACK[len(peer)] or peer[0] == 127 and len(peer) == 4 or peer == guest:
+        gateway = state.gw6 if len(peer) == 16 else state.gw4
+        return gateway if state.map_gw else None
+    return peer
+
+
+def _abort(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+    sock.close()
