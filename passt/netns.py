@@ -317,11 +317,13 @@ def _spawn(target: Target, userns_fd: int | None) -> _Child:
 
 
 def _wait_child_ready(ready_r: int, pid: int) -> None:
+    """Wait for the child's "R"; it sends "E<reason>" or dies if it can't unshare."""
     readable, _, _ = select.select([ready_r], [], [], SYNC_TIMEOUT)
-    message = os.read(ready_r, 512) if readable else b"Ttimed out"
+    if not readable:
+        os.kill(pid, signal.SIGKILL)
+        raise NetnsError("Couldn't create namespaces for the command: timed out")
+    message = os.read(ready_r, 512)
     if message != b"R":
-        if message[:1] == b"T":
-            os.kill(pid, signal.SIGKILL)
         reason = message[1:].decode(errors="replace") or "child exited"
         raise NetnsError(f"Couldn't create namespaces for the command: {reason}")
 
@@ -340,7 +342,7 @@ def _child(target: Target, userns_fd: int | None, parent: int, ready_w: int,
             _write_file("/proc/self/gid_map", id_map(gid))
         _set_parent_death_signal(signal.SIGTERM)
     except OSError as e:
-        os.write(ready_w, b"E" + str(e).encode())
+        os.write(ready_w, b"E" + (e.strerror or str(e)).encode())
         return
     if os.getppid() != parent:
         return
@@ -458,10 +460,10 @@ def _add_default_route(ipr: Any, index: int, gateway: Any, subnet: str) -> None:
     """Default route via ``gateway``, marked on-link if it is outside our subnet."""
     if gateway is None:
         return
-    onlink = gateway.is_link_local or gateway in ip_network(subnet, strict=False)
+    reachable = gateway.is_link_local or gateway in ip_network(subnet, strict=False)
     dst = "0.0.0.0/0" if gateway.version == 4 else "::/0"
     ipr.route("add", dst=dst, gateway=str(gateway), oif=index, proto=RTPROT_BOOT,
-              flags=0 if onlink else RTNH_F_ONLINK)
+              flags=0 if reachable else RTNH_F_ONLINK)
 
 
 # -- quitting when the target goes away ---------------------------------------------

@@ -466,6 +466,14 @@ def test_rootless_without_user_namespace_is_refused(world, drivers, user, user_t
         "Couldn't enter network namespace: Operation not permitted"]
 
 
+def test_rootless_command_without_user_namespace_is_refused(world, drivers, user,
+                                                           user_tun) -> None:
+    pasta = start(drivers, world, user=user, tun=user_tun, netns_only=True, command=["true"])
+    assert pasta.wait() == 1
+    assert pasta.stderr().splitlines() == [
+        "Couldn't create namespaces for the command: Operation not permitted"]
+
+
 def test_world_tools_present() -> None:
     for tool in ("nsenter", "setpriv", "unshare", "useradd"):
         assert shutil.which(tool, path=PATH), tool

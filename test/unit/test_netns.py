@@ -6,12 +6,14 @@ test/e2e/test_pasta_ns.py; here each piece on its own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import struct
 import subprocess
 import threading
+from dataclasses import replace
 from ipaddress import ip_address
 from types import SimpleNamespace
 
@@ -205,3 +207,36 @@ def test_tap_errors_are_one_line(scratch_netns, monkeypatch) -> None:
             runner.call(netns.set_up_inside, spec())
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize("gw4, gw6, flags4", [
+    ("198.51.100.2", "2001:db8:1::2", []),
+    ("203.0.113.1", "fe80::1", ["onlink"]),  # outside the subnet: on-link route
+])
+def test_config_net_addresses_routes_mtu(scratch_netns, gw4, gw6, flags4) -> None:
+    name, fd = scratch_netns
+    net = replace(NET, mtu=9000, gw4=ip_address(gw4), ifname6="eth0",
+                  addr6=ip_address("2001:db8:1::1"), prefix6=64, gw6=ip_address(gw6),
+                  ll6=ip_address("fe80::2"))
+    runner = NsRunner(fd)
+    try:
+        tap_fd, _ = runner.call(netns.set_up_inside, netns.TapSpec("eth0", None, True, net))
+    finally:
+        runner.close()
+    try:
+        def ip_j(*args: str) -> list[dict]:
+            return json.loads(subprocess.run(["ip", "-n", name, "-j", *args], check=True,
+                                             capture_output=True, text=True, timeout=20).stdout)
+
+        (link,) = ip_j("addr", "show", "eth0")
+        assert link["mtu"] == 9000 and "UP" in link["flags"]
+        assert {(a["local"], a["prefixlen"]) for a in link["addr_info"]
+                if a["scope"] == "global"} == {("198.51.100.1", 24), ("2001:db8:1::1", 64)}
+        v6 = next(a for a in link["addr_info"] if a["local"] == "2001:db8:1::1")
+        assert v6.get("nodad") is True
+        for family, gateway, flags in (("-4", gw4, flags4), ("-6", gw6, [])):
+            (route,) = [r for r in ip_j(family, "route") if r["dst"] == "default"]
+            assert route["gateway"] == gateway and route["dev"] == "eth0"
+            assert route["flags"] == flags
+    finally:
+        os.close(tap_fd)
