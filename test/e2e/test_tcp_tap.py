@@ -451,16 +451,16 @@ def world() -> Iterator[TapWorld]:
             print("driver stderr:", err[-3000:])
 
 
-CELLS = [(cell, version) for cell in ("out", "host", "in") for version in (4, 6)]
+ROUTES = [(route, version) for route in ("out", "host", "in") for version in (4, 6)]
 
 
 @needs_root
-@pytest.mark.parametrize(("cell", "version"), CELLS, ids=[f"{c}-v{v}" for c, v in CELLS])
-def test_transfer_64mib_each_way(world: TapWorld, cell: str, version: int):
+@pytest.mark.parametrize(("route", "version"), ROUTES, ids=[f"{r}-v{v}" for r, v in ROUTES])
+def test_transfer_64mib_each_way(world: TapWorld, route: str, version: int):
     size = 64 * MIB
-    up, down = run_cell(world, cell, FAMILIES[version], size)
-    print(f"\n{cell} v{version}: guest->world {size * 8 / up / 1e9:.2f} Gbit/s, "
-          f"world->guest {size * 8 / down / 1e9:.2f} Gbit/s")
+    up, down = run_cell(world, route, FAMILIES[version], size)
+    print(f"\n{route} v{version}: upload {size * 8 / up / 1e9:.2f} Gbit/s, "
+          f"download {size * 8 / down / 1e9:.2f} Gbit/s")
     assert world.wait_no_flows() == 0
 
 
