@@ -1,13 +1,19 @@
 """Entry points for the ``passt`` and ``pasta`` programs.
 
 One core, two modes: the mode is fixed by the entry point (``main_passt`` or
-``main_pasta``), or, for ``python -m passt``, by the program name.
+``main_pasta``), or, for ``python -m passt``, by the program name.  This
+module owns the contract with callers: bad options are one line on stderr
+and exit status 1 before anything starts; a start-up failure is one logged
+line and exit status 1; otherwise the exit status is the run's (pasta: its
+command's).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from . import log
 
 
 def main_passt() -> None:
@@ -24,4 +30,26 @@ def main() -> None:
 
 
 def run(mode: str, argv: list[str]) -> int:
-    raise NotImplementedError("filled in as the foundation lands")
+    from .conf import ConfError, parse
+
+    try:
+        conf = parse(mode, argv)
+    except ConfError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    log.setup(conf, ident=mode)
+    return start(mode, conf)
+
+
+def start(mode: str, conf: object) -> int:
+    from . import runtime
+
+    try:
+        if mode == "pasta":
+            return runtime.run_pasta(conf)
+        return runtime.run_passt(conf)
+    except runtime.STARTUP_ERRORS as exc:
+        log.err("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130

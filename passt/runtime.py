@@ -1,0 +1,234 @@
+"""Start-up, run and tear-down of passt and pasta: the order of things.
+
+Theory of operation
+-------------------
+Both programs go through the same stages; only the tap side differs.
+
+1. *Host discovery* (``hostnet.discover``): what the guest will be told,
+   read while we still see the host's network namespace.
+2. *Files named on the command line* (PID file, pcap) are opened now: once
+   isolated we could not open them any more, and an unwritable path must be
+   refused before anything starts.
+3. *Daemonizing* forks before any thread exists (pasta's namespace helper is
+   a thread).  The parent waits and exits 0 only when the child says it is
+   ready: libvirt treats passt's exit status as "the socket listens".
+4. *The tap side*: passt listens on its UNIX socket (``qemu``), pasta creates
+   or joins the namespace and its tap device (``netns``).
+5. *Handlers*: the forwarder (listening sockets, spliced paths) first, then
+   the protocol handlers, each registering itself in ``Ctx``; ``--no-tcp``
+   and friends simply leave a handler out of the dispatcher's table.
+6. *Ready*: the parent is released, pasta's command may start.
+7. *Isolation* (``isolation``), then the event loop runs until a signal, the
+   command's exit, the namespace's disappearance or (``--one-off``) the
+   client's departure says stop.
+8. *Tear-down* in reverse order; the exit status is the loop's.
+
+Every stage raises its own one-line exception type on failure; ``cli``
+prints it and exits 1 (``STARTUP_ERRORS``).
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from . import (
+    arp,
+    daemon,
+    dhcp,
+    dhcpv6,
+    fwd,
+    hostnet,
+    icmp,
+    log,
+    ndp,
+    netns,
+    tcp,
+)
+from .context import Ctx
+from .daemon import DaemonError, PidFile, Readiness
+from .flow import FlowTable
+from .hostnet import HostNetError, NetInfo
+from .loop import EventLoop
+from .netns import NetnsError
+from .pcap import Pcap, PcapError
+from .tap import Dispatcher, SourceFilter, TapError, TunTap
+
+# Exceptions whose message is the one line a user sees before exit status 1.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (
+    HostNetError,
+    DaemonError,
+    PcapError,
+    TapError,
+    NetnsError,
+    OSError,
+)
+
+# Flows per descriptor budget: every flow owns at most two descriptors (a
+# spliced connection: two sockets; pipes come from a pool), and some are
+# kept for listeners, the tap and pools.
+RESERVED_FDS = 128
+
+
+def _handler_table(conf: Any) -> dict[str, ModuleType]:
+    """Route name → handler module, leaving out what the options disable."""
+    table: dict[str, ModuleType] = {}
+    if not conf.no_tcp:
+        table["tcp"] = tcp
+    if not conf.no_udp:
+        udp = _optional("udp")
+        if udp is not None:
+            table["udp"] = udp
+    if not conf.no_icmp:
+        table["icmp"] = icmp
+    if not conf.no_dhcp:
+        table["dhcp"] = dhcp
+    if not conf.no_dhcpv6:
+        table["dhcpv6"] = dhcpv6
+    if not conf.no_ndp:
+        table["ndp"] = ndp
+    table["arp"] = arp
+    return table
+
+
+def _optional(name: str) -> ModuleType | None:
+    """A handler module that may not exist yet in this tree."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"passt.{name}")
+    except ModuleNotFoundError:
+        return None
+
+
+def max_flows() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return max(16, (soft - RESERVED_FDS) // 2)
+
+
+class Runtime:
+    """One run of passt or pasta: the context, the handlers, the tap side."""
+
+    def __init__(self, conf: Any) -> None:
+        self.conf = conf
+        self.net: NetInfo = hostnet.discover(conf)
+        self.pidfile = PidFile.open(conf.pid) if conf.pid else None
+        self.pcap = Pcap.open(conf.pcap) if conf.pcap else None
+        self.loop = EventLoop()
+        self.ctx = Ctx(
+            conf=conf, net=self.net, loop=self.loop, flows=FlowTable(max_flows()), pcap=self.pcap
+        )
+        self.handlers = _handler_table(conf)
+        self.dispatcher: Dispatcher | None = None
+        self._cleanups: list[Callable[[], None]] = []
+
+    # -- stages --------------------------------------------------------------
+
+    def daemonize(self, detach: bool) -> Readiness:
+        if detach:
+            return daemon.daemonize(self.pidfile)
+        return daemon.foreground(self.pidfile)
+
+    def start_handlers(self, ns_call: Callable[..., Any] | None) -> None:
+        """Forwarder, then protocol handlers, then the dispatcher."""
+        fwd.setup(self.ctx, ns_call)
+        self._cleanups.append(lambda: fwd.close(self.ctx))
+        for handler in dict.fromkeys(self.handlers.values()):
+            init = getattr(handler, "init", None)
+            if init is not None:
+                init(self.ctx)
+            close = getattr(handler, "close", None)
+            if close is not None:
+                self._cleanups.append(lambda close=close: close(self.ctx))
+        start = getattr(fwd, "start", None)
+        if start is not None:
+            start(self.ctx)
+        self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
+        self._cleanups.append(self.dispatcher.detach)
+
+    def run_loop(self) -> int:
+        status = self.loop.run()
+        log.debug("event loop stopped, status %d", status)
+        return status
+
+    def close(self) -> None:
+        """Undo the stages in reverse order; every step runs even if one fails."""
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception as exc:  # noqa: BLE001 - tear-down must finish
+                log.debug("tear-down step failed: %s", exc)
+        if self.pcap is not None:
+            self.pcap.close()
+        if self.pidfile is not None:
+            self.pidfile.close()
+        self.loop.close()
+
+
+def run_pasta(conf: Any) -> int:
+    rt = Runtime(conf)
+    readiness = rt.daemonize(netns.daemonizes(conf))
+    try:
+        ns = netns.setup_pasta(conf, rt.net, rt.loop)
+        rt.ctx.netns = ns
+        rt._cleanups.append(ns.teardown)
+        rt.start_handlers(ns.runner.call)
+        assert rt.dispatcher is not None
+        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
+        readiness.ready()
+        ns.start_command()
+        return rt.run_loop()
+    finally:
+        rt.close()
+
+
+def run_passt(conf: Any) -> int:
+    """passt: ``qemu.listen(conf)`` gives a listener with ``start(loop, on_client)``,
+    ``resume()`` (accept the next client) and ``close()``; a client is a ``TapBackend``."""
+    from . import qemu
+
+    rt = Runtime(conf)
+    listener = qemu.listen(conf)
+    rt._cleanups.append(listener.close)
+    readiness = rt.daemonize(not conf.foreground)
+    try:
+        rt.start_handlers(None)
+        dispatcher = rt.dispatcher
+        assert dispatcher is not None
+
+        def on_client(backend: Any) -> None:
+            dispatcher.attach(backend, on_hangup=on_hangup)
+
+        def on_hangup() -> None:
+            dispatcher.detach()
+            if conf.one_off:
+                rt.loop.stop(0)
+            else:
+                listener.resume()
+
+        listener.start(rt.loop, on_client)
+        stop_on_signals(rt.loop)
+        readiness.ready()
+        return rt.run_loop()
+    finally:
+        rt.close()
+
+
+def stop_on_signals(loop: EventLoop) -> None:
+    """SIGTERM and SIGINT end the loop cleanly, with status 128 + signal."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal(signum, lambda signum=signum: loop.stop(128 + signum))
+
+
+class _NonClosingTunTap(TunTap):
+    """pasta's tap: the namespace owns the descriptor and closes it at tear-down."""
+
+    def close(self) -> None:
+        pass
