@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from passt.l2common import answer
 from passt.packet import ARP_REPLY, ARP_REQUEST, Packet, ParseError, build_frame_arp, parse_arp
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 _ANY4 = bytes(4)
 
 
-def answer(our_mac: bytes, guest_address: bytes, pkt: Packet) -> bytes:
+def reply_to(our_mac: bytes, guest_address: bytes, pkt: Packet) -> bytes:
     """The ARP reply to the request in ``pkt``; ``ParseError`` to stay silent."""
     msg = parse_arp(pkt.l4)
     if msg.op != ARP_REQUEST:
@@ -48,17 +49,14 @@ def answer(our_mac: bytes, guest_address: bytes, pkt: Packet) -> bytes:
     )
 
 
-def from_tap(ctx: Ctx, pkt: Packet) -> None:
-    """Answer an ARP request for any address but the guest's; count whatever is dropped."""
+def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
+    """The reply to an ARP request and its counter (see ``l2common``)."""
     net = ctx.net
     if net is None or net.addr4 is None:
-        ctx.stats["drop.arp_no_ipv4"] += 1
-        return
-    try:
-        frame = answer(net.mac, net.addr4.packed, pkt)
-    except ParseError as e:
-        ctx.stats["drop." + e.reason] += 1
-        return
-    ctx.stats["arp.replies"] += 1
-    if ctx.tap is not None:
-        ctx.tap.send_frames((frame,))
+        raise ParseError("ARP without IPv4", "arp_no_ipv4")
+    return reply_to(net.mac, net.addr4.packed, pkt), "arp.replies"
+
+
+def from_tap(ctx: Ctx, pkt: Packet) -> None:
+    """Answer an ARP request for any address but the guest's; count whatever is dropped."""
+    answer(ctx, pkt, respond)

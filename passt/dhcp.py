@@ -46,11 +46,12 @@ is counted as ``drop.dhcp_<reason>``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, NamedTuple
 
 from passt.checksum import Buffer
+from passt.l2common import answer, encode_domain_names
 from passt.packet import Packet, ParseError, build_frame_udp, parse_udp
 
 if TYPE_CHECKING:
@@ -168,32 +169,6 @@ def parse_request(payload: Buffer) -> DhcpRequest:
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def encode_domain_names(names: Iterable[str]) -> bytes:
-    """Names in DNS wire format (RFC 1035 3.1), uncompressed; invalid names are skipped.
-
-    Shared by DHCP option 119, DHCPv6 option 24 and NDP's DNSSL option.
-    """
-    out = []
-    for name in names:
-        encoded = _domain_name(name)
-        if encoded is not None:
-            out.append(encoded)
-    return b"".join(out)
-
-
-def _domain_name(name: str) -> bytes | None:
-    labels = name.rstrip(".").split(".")
-    wire = []
-    for label in labels:
-        raw = label.encode("utf-8", "replace")
-        if not 0 < len(raw) < 64:
-            return None
-        wire.append(bytes((len(raw),)) + raw)
-    wire.append(b"\0")
-    encoded = b"".join(wire)
-    return encoded if len(encoded) <= 255 else None
 
 
 def encode_option(code: int, value: bytes) -> bytes:
@@ -349,20 +324,16 @@ def init(ctx: Ctx) -> DhcpServer:
     return ctx.dhcp
 
 
+def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
+    """The answer to a client message and its counter (see ``l2common``)."""
+    if ctx.net is None or ctx.net.addr4 is None:
+        raise ParseError("DHCP without IPv4", "dhcp_no_ipv4")
+    server: DhcpServer = ctx.dhcp or init(ctx)
+    reply = server.reply(pkt.eth_src, parse_request(parse_udp(pkt.l4).payload))
+    ctx.stats["dhcp.options_left_out"] += reply.left_out
+    return reply.frame, "dhcp." + _REPLY_NAMES[reply.msg_type]
+
+
 def from_tap(ctx: Ctx, pkt: Packet) -> None:
     """Answer a client message routed to UDP port 67; count whatever is dropped."""
-    stats = ctx.stats
-    if ctx.net is None or ctx.net.addr4 is None:
-        stats["drop.dhcp_no_ipv4"] += 1
-        return
-    server: DhcpServer = ctx.dhcp or init(ctx)
-    try:
-        request = parse_request(parse_udp(pkt.l4).payload)
-        answer = server.reply(pkt.eth_src, request)
-    except ParseError as e:
-        stats["drop." + e.reason] += 1
-        return
-    stats["dhcp." + _REPLY_NAMES[answer.msg_type]] += 1
-    stats["dhcp.options_left_out"] += answer.left_out
-    if ctx.tap is not None:
-        ctx.tap.send_frames((answer.frame,))
+    answer(ctx, pkt, respond)

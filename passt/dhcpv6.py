@@ -43,8 +43,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from passt.checksum import Buffer
-from passt.dhcp import encode_domain_names
-from passt.ndp import router_address
+from passt.l2common import answer, encode_domain_names, router_address
 from passt.packet import Packet, ParseError, build_frame_udp, parse_udp
 
 if TYPE_CHECKING:
@@ -237,21 +236,18 @@ def init(ctx: Ctx) -> Dhcpv6Server:
     return ctx.dhcpv6
 
 
+def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
+    """The answer to a client message and its counter (see ``l2common``)."""
+    if ctx.net is None or ctx.net.addr6 is None:
+        raise ParseError("DHCPv6 without IPv6", "dhcpv6_no_ipv6")
+    server: Dhcpv6Server = ctx.dhcpv6 or init(ctx)
+    udp = parse_udp(pkt.l4)
+    if pkt.src is None or pkt.src == bytes(16):
+        raise ParseError("DHCPv6 from the unspecified address", "dhcpv6_source")
+    frame, reply_type = server.reply(pkt.eth_src, pkt.src, udp.sport, udp.payload)
+    return frame, "dhcpv6." + _REPLY_NAMES[reply_type]
+
+
 def from_tap(ctx: Ctx, pkt: Packet) -> None:
     """Answer a client message routed to UDP port 547; count whatever is dropped."""
-    stats = ctx.stats
-    if ctx.net is None or ctx.net.addr6 is None:
-        stats["drop.dhcpv6_no_ipv6"] += 1
-        return
-    server: Dhcpv6Server = ctx.dhcpv6 or init(ctx)
-    try:
-        udp = parse_udp(pkt.l4)
-        if pkt.src is None or pkt.src == bytes(16):
-            raise ParseError("DHCPv6 from the unspecified address", "dhcpv6_source")
-        frame, reply_type = server.reply(pkt.eth_src, pkt.src, udp.sport, udp.payload)
-    except ParseError as e:
-        stats["drop." + e.reason] += 1
-        return
-    stats["dhcpv6." + _REPLY_NAMES[reply_type]] += 1
-    if ctx.tap is not None:
-        ctx.tap.send_frames((frame,))
+    answer(ctx, pkt, respond)

@@ -50,7 +50,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from passt.checksum import Buffer
-from passt.dhcp import encode_domain_names
+from passt.l2common import answer, encode_domain_names, router_address
 from passt.packet import Packet, ParseError, build_frame_icmp, parse_icmpv6
 
 if TYPE_CHECKING:
@@ -85,14 +85,6 @@ RA_INTERVAL_MAX = 600
 ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
 ALL_NODES_MAC = bytes.fromhex("333300000001")
 _UNSPECIFIED = bytes(16)
-
-
-def router_address(net: NetInfo) -> bytes:
-    """Where our NDP and DHCPv6 answers come from: a link-local gateway, else ``ll6``."""
-    if net.gw6 is not None and net.gw6.is_link_local:
-        return net.gw6.packed
-    assert net.ll6 is not None, "an IPv6-enabled NetInfo has a link-local address"
-    return net.ll6.packed
 
 
 def check_options(buf: Buffer) -> None:
@@ -151,7 +143,7 @@ class NdpResponder:
         self.ra_body = bytes(8) + ra_options(net)  # reachable time, retrans timer: unspecified
         self.na_option = _option(OPT_TARGET_LLADDR, net.mac)
 
-    def answer(self, pkt: Packet) -> bytes:
+    def respond(self, pkt: Packet) -> bytes:
         """The frame answering the solicitation in ``pkt``; ``ParseError`` to stay silent."""
         msg = parse_icmpv6(pkt.l4)
         if pkt.ttl != NDP_HOP_LIMIT or msg.code != 0:
@@ -234,18 +226,15 @@ def init(ctx: Ctx) -> NdpService:
     return ctx.ndp
 
 
+def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
+    """The answer to a solicitation and its counter (see ``l2common``)."""
+    if ctx.net is None or ctx.net.addr6 is None:
+        raise ParseError("NDP without IPv6", "ndp_no_ipv6")
+    service: NdpService = ctx.ndp or init(ctx)
+    frame = service.responder.respond(pkt)
+    return frame, "ndp.na" if pkt.l4[0] == NEIGHBOUR_SOLICITATION else "ndp.ra"
+
+
 def from_tap(ctx: Ctx, pkt: Packet) -> None:
     """Answer a neighbour or router solicitation; count whatever is dropped."""
-    stats = ctx.stats
-    if ctx.net is None or ctx.net.addr6 is None:
-        stats["drop.ndp_no_ipv6"] += 1
-        return
-    service: NdpService = ctx.ndp or init(ctx)
-    try:
-        frame = service.responder.answer(pkt)
-    except ParseError as e:
-        stats["drop." + e.reason] += 1
-        return
-    stats["ndp.na" if pkt.l4[0] == NEIGHBOUR_SOLICITATION else "ndp.ra"] += 1
-    if ctx.tap is not None:
-        ctx.tap.send_frames((frame,))
+    answer(ctx, pkt, respond)

@@ -12,7 +12,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from passt import dhcp
+from passt import dhcp, l2common
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 
 from .l2_fixtures import (
@@ -189,7 +189,7 @@ def test_long_search_list_is_split_when_the_client_takes_it() -> None:
     frame = client_frame("discover", [("max_dhcp_size", 1500)])
     area = raw_options(bytes(one_reply(ctx, frame)))
     assert area.count(b"\x77\xff") >= 2  # option 119 in 255-byte pieces (RFC 3396)
-    assert dhcp.parse_options(area)[119] == dhcp.encode_domain_names(LONG_SEARCH)
+    assert dhcp.parse_options(area)[119] == l2common.encode_domain_names(LONG_SEARCH)
     assert ctx.stats["dhcp.options_left_out"] == 0
 
 
@@ -245,7 +245,7 @@ def test_minimal_hand_made_discover_is_answered() -> None:
 
 
 def test_domain_names_that_cannot_be_encoded_are_skipped() -> None:
-    assert dhcp.encode_domain_names(["a..b", "x" * 64 + ".com", "ok.", ""]) == b"\x02ok\x00"
+    assert l2common.encode_domain_names(["a..b", "x" * 64 + ".com", "ok.", ""]) == b"\x02ok\x00"
 
 
 @settings(max_examples=300, deadline=None)
