@@ -501,6 +501,68 @@ def setup(ctx: Any, ns_call: NsCall | None = None) -> Forwarder:
     return fwd
 
 
+def start(ctx: Any) -> None:
+    """Open the listeners ``ctx.conf`` asks for and start ``auto`` scanning.
+
+    Called once every handler has registered itself in ``ctx.fwd.handlers``.
+    A port of an explicit list that cannot be bound is a warning, not an
+    error, as upstream: the others still work.
+    """
+    fwd: Forwarder = ctx.fwd
+    conf = ctx.conf
+    families = families_of(ctx.net)
+    directions = [(TCP, HOST, conf.tcp_ports), (UDP, HOST, conf.udp_ports)]
+    if fwd.ns_call is not None:
+        directions += [(TCP, NS, conf.tcp_ns), (UDP, NS, conf.udp_ns)]
+    rules: dict[tuple[str, str], AutoRule] = {}
+    for proto, origin, portfwd in directions:
+        mode = getattr(portfwd, "mode", "none")
+        if mode == "spec":
+            for listen, err in fwd.open_all(spec_listens(portfwd, proto, origin, families)):
+                log.warn("cannot bind %s port %d: %s", proto.upper(), listen.port, err.strerror)
+        elif mode == "all":
+            open_all_ports(fwd, proto, allowed_by(portfwd), families)
+        elif mode == "auto":
+            rules[(proto, origin)] = AutoRule(proto, origin, allowed_by(portfwd))
+    udp_follows_tcp(conf, directions, rules)
+    if rules:
+        fwd.scanner = AutoScanner(fwd, rules.values(), families)
+        fwd.scanner.start()
+
+
+def spec_listens(portfwd: Any, proto: str, origin: str,
+                 families: tuple[int, ...]) -> list[tuple[Listen, int]]:
+    """``(listen, target_port)`` for each port of an explicit list."""
+    addr = getattr(portfwd, "addr", None)
+    ifname = getattr(portfwd, "ifname", None)
+    return [(lst, portfwd.target(port))
+            for port in portfwd.forwarded_ports()
+            for lst in listens_for(proto, origin, port, addr and str(addr), ifname, families)]
+
+
+def allowed_by(portfwd: Any) -> Callable[[int], bool]:
+    """The spec's exclusions (``~``) as a predicate on port numbers."""
+    return lambda port: portfwd.target(port) is not None
+
+
+def udp_follows_tcp(conf: Any, directions: list[tuple[str, str, Any]],
+                    rules: dict[tuple[str, str], AutoRule]) -> None:
+    """Upstream's rule: with ``-t auto`` and no UDP option, UDP follows the TCP ports.
+
+    The UDP rule of that side (``auto`` by default in pasta) also takes the
+    ports the TCP scan finds; one rule per side, or two would fight.
+    """
+    for proto, origin, portfwd in directions:
+        udp_given = getattr(conf, "udp_ports_given" if origin == HOST else "udp_ns_given", True)
+        if proto != TCP or getattr(portfwd, "mode", None) != "auto" or udp_given:
+            continue
+        rule = rules.get((UDP, origin))
+        if rule is None:
+            rules[(UDP, origin)] = AutoRule(UDP, origin, allowed_by(portfwd), follow_tcp=True)
+        else:
+            rule.follow_tcp = True
+
+
 def close(ctx: Any) -> None:
     """Stop scanning, close listeners and every spliced flow (at exit)."""
     fwd: Forwarder | None = ctx.fwd

@@ -411,3 +411,81 @@ def test_setup_wires_splicing_for_pasta_only() -> None:
         assert ctx.fwd is None and ctx.tcp_splice is None
     finally:
         ctx.loop.close()
+
+
+class FakePortFwd:
+    """Stands in for ports.PortFwd: mode, forwarded_ports(), target(), addr, ifname."""
+
+    def __init__(self, mode: str, mapping: dict[int, int] | None = None,
+                 excluded: frozenset[int] = frozenset(), addr: str | None = None) -> None:
+        self.mode = mode
+        self.mapping = mapping or {}
+        self.excluded = excluded
+        self.addr = addr
+        self.ifname = None
+
+    def forwarded_ports(self) -> list[int]:
+        return sorted(self.mapping)
+
+    def target(self, port: int) -> int | None:
+        if port in self.excluded:
+            return None
+        return self.mapping.get(port, port if self.mode in ("auto", "all") else None)
+
+
+class FakeConf:
+    def __init__(self, **fields: object) -> None:
+        self.tcp_ports = self.udp_ports = self.tcp_ns = self.udp_ns = FakePortFwd("none")
+        self.udp_ports_given = self.udp_ns_given = True
+        self.__dict__.update(fields)
+
+
+def started(conf: FakeConf, pasta: bool) -> Ctx:
+    ctx = Ctx(loop=EventLoop(), conf=conf)
+    fwd.setup(ctx, (lambda fn, *args: fn(*args)) if pasta else None)
+    fwd.start(ctx)
+    return ctx
+
+
+def stop(ctx: Ctx) -> None:
+    fwd.close(ctx)
+    ctx.loop.close()
+
+
+def test_start_opens_spec_ports_with_their_targets() -> None:
+    p1, p2 = free_low_port(23100), free_low_port(23200)
+    ctx = started(FakeConf(tcp_ports=FakePortFwd("spec", {p1: 8080}, addr="127.0.0.1"),
+                           udp_ns=FakePortFwd("spec", {p2: p2})), pasta=True)
+    try:
+        (tcp,) = [lst for lst in ctx.fwd.listeners.values() if lst.listen.proto == fwd.TCP]
+        assert (tcp.listen.addr, tcp.port, tcp.target_port, tcp.origin) == (
+            "127.0.0.1", p1, 8080, fwd.HOST)
+        udp = sorted(lst.listen.addr for lst in ctx.fwd.listeners.values()
+                     if lst.listen.proto == fwd.UDP)
+        assert udp == ["127.0.0.1", "::1"]  # -U: the namespace's loopback, both families
+        assert ctx.fwd.scanner is None
+    finally:
+        stop(ctx)
+
+
+def test_start_passt_ignores_namespace_directions() -> None:
+    port = free_low_port(23300)
+    ctx = started(FakeConf(tcp_ns=FakePortFwd("spec", {port: port})), pasta=False)
+    try:
+        assert ctx.fwd.listeners == {}
+    finally:
+        stop(ctx)
+
+
+def test_start_auto_rules_and_udp_following_tcp() -> None:
+    conf = FakeConf(tcp_ports=FakePortFwd("auto", excluded=frozenset({22})),
+                    udp_ports=FakePortFwd("auto"), udp_ports_given=False)
+    ctx = started(conf, pasta=True)
+    try:
+        rules = {(r.proto, r.origin): r for r in ctx.fwd.scanner.rules}
+        assert set(rules) == {(fwd.TCP, fwd.HOST), (fwd.UDP, fwd.HOST)}
+        assert rules[(fwd.UDP, fwd.HOST)].follow_tcp
+        assert not rules[(fwd.TCP, fwd.HOST)].allowed(22)
+        assert rules[(fwd.TCP, fwd.HOST)].allowed(80)
+    finally:
+        stop(ctx)
