@@ -318,17 +318,17 @@ def pack_options(
 _REPLY_NAMES = {OFFER: "offer", ACK: "ack", NAK: "nak"}
 
 
-def init(ctx: Ctx) -> DhcpServer:
-    """Build the server from ``ctx.net`` into ``ctx.dhcp``."""
-    ctx.dhcp = DhcpServer(ctx.net)
+def init(ctx: Ctx) -> DhcpServer | None:
+    """Build the server from ``ctx.net`` into ``ctx.dhcp`` (``None`` without IPv4)."""
+    ctx.dhcp = DhcpServer(ctx.net) if ctx.net.addr4 is not None else None
     return ctx.dhcp
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
     """The answer to a client message and its counter (see ``l2common``)."""
-    if ctx.net is None or ctx.net.addr4 is None:
+    server = ctx.dhcp or init(ctx)
+    if server is None:
         raise ParseError("DHCP without IPv4", "dhcp_no_ipv4")
-    server: DhcpServer = ctx.dhcp or init(ctx)
     reply = server.reply(pkt.eth_src, parse_request(parse_udp(pkt.l4).payload))
     ctx.stats["dhcp.options_left_out"] += reply.left_out
     return reply.frame, "dhcp." + _REPLY_NAMES[reply.msg_type]

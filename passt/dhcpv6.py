@@ -230,17 +230,17 @@ class Dhcpv6Server:
 _REPLY_NAMES = {ADVERTISE: "advertise", REPLY: "reply"}
 
 
-def init(ctx: Ctx) -> Dhcpv6Server:
-    """Build the server from ``ctx.net`` into ``ctx.dhcpv6``."""
-    ctx.dhcpv6 = Dhcpv6Server(ctx.net)
+def init(ctx: Ctx) -> Dhcpv6Server | None:
+    """Build the server from ``ctx.net`` into ``ctx.dhcpv6`` (``None`` without IPv6)."""
+    ctx.dhcpv6 = Dhcpv6Server(ctx.net) if ctx.net.addr6 is not None else None
     return ctx.dhcpv6
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
     """The answer to a client message and its counter (see ``l2common``)."""
-    if ctx.net is None or ctx.net.addr6 is None:
+    server = ctx.dhcpv6 or init(ctx)
+    if server is None:
         raise ParseError("DHCPv6 without IPv6", "dhcpv6_no_ipv6")
-    server: Dhcpv6Server = ctx.dhcpv6 or init(ctx)
     udp = parse_udp(pkt.l4)
     if pkt.src is None or pkt.src == bytes(16):
         raise ParseError("DHCPv6 from the unspecified address", "dhcpv6_source")

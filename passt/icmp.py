@@ -264,6 +264,13 @@ def init(ctx: Ctx) -> IcmpService:
     return ctx.icmp
 
 
+def close(ctx: Ctx) -> None:
+    """Close every echo flow and its socket."""
+    if ctx.icmp is not None:
+        ctx.icmp.close()
+        ctx.icmp = None
+
+
 def from_tap(ctx: Ctx, pkt: Packet) -> None:
     """Relay an echo request from the guest; count whatever is dropped."""
     service: IcmpService = ctx.icmp or init(ctx)

@@ -220,17 +220,27 @@ class NdpService:
             self.timer = None
 
 
-def init(ctx: Ctx) -> NdpService:
-    """Build ``ctx.ndp`` from ``ctx.net`` and ``ctx.conf``; arms the periodic RA timer."""
-    ctx.ndp = NdpService(ctx)
+def init(ctx: Ctx) -> NdpService | None:
+    """Build ``ctx.ndp`` from ``ctx.net`` and ``ctx.conf`` (``None`` without IPv6).
+
+    Arms the timer of periodic router advertisements.
+    """
+    ctx.ndp = NdpService(ctx) if ctx.net.addr6 is not None else None
     return ctx.ndp
+
+
+def close(ctx: Ctx) -> None:
+    """Stop the periodic advertisements."""
+    if ctx.ndp is not None:
+        ctx.ndp.close()
+        ctx.ndp = None
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
     """The answer to a solicitation and its counter (see ``l2common``)."""
-    if ctx.net is None or ctx.net.addr6 is None:
+    service = ctx.ndp or init(ctx)
+    if service is None:
         raise ParseError("NDP without IPv6", "ndp_no_ipv6")
-    service: NdpService = ctx.ndp or init(ctx)
     frame = service.responder.respond(pkt)
     return frame, "ndp.na" if pkt.l4[0] == NEIGHBOUR_SOLICITATION else "ndp.ra"
 

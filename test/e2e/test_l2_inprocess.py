@@ -119,7 +119,7 @@ class L2Stack:
             conf=SimpleNamespace(no_ra=False, no_dhcpv6=False, no_map_gw=False), net=net,
             loop=loop,
         )  # fmt: skip
-        for module in (ndp, dhcp, dhcpv6, icmp):
+        for module in (ndp, dhcp, dhcpv6, icmp):  # as runtime.Runtime.start_handlers
             module.init(ctx)
         dispatcher = Dispatcher(ctx, self.HANDLERS, SourceFilter.for_guest(net))
         dispatcher.attach(TunTap(fd))
@@ -128,8 +128,8 @@ class L2Stack:
             while not self._stop.is_set():
                 loop.run_once(0.1)
         finally:
-            ctx.icmp.close()
-            ctx.ndp.close()
+            icmp.close(ctx)
+            ndp.close(ctx)
             dispatcher.detach()
             loop.close()
 

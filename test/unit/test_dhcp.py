@@ -263,3 +263,9 @@ def test_garbage_options_never_raise(options: bytes, op: int) -> None:
     ctx = make_ctx()
     sent = feed(ctx, dhcp, _udp_frame(_bootp(op=op, options=options)))
     assert len(sent) + sum(drops(ctx).values()) == 1
+
+
+def test_init_without_ipv4_is_harmless() -> None:
+    ctx = make_ctx(net_with(addr4=None, gw4=None))
+    assert dhcp.init(ctx) is None
+    assert feed(ctx, dhcp, client_frame("discover")) == []

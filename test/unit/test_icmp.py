@@ -89,8 +89,7 @@ def ctx(netns: str):
     loop = EventLoop()
     context = make_ctx(loop=loop)
     yield context
-    if context.icmp is not None:
-        context.icmp.close()
+    icmp.close(context)
     loop.close()
 
 
@@ -150,7 +149,7 @@ def test_no_map_gw_sends_to_the_gateway_itself(netns: str) -> None:
         assert replies(context, 1, timeout=0.5) == []
         assert drops(context) == {"drop.icmp_connect": 1}
     finally:
-        context.icmp.close()
+        icmp.close(context)
         loop.close()
 
 
@@ -162,7 +161,7 @@ def test_link_local_destination_is_reached_through_the_template_interface(netns:
         [reply] = replies(context, 1)
         assert (reply[IPv6].src, reply[ICMPv6EchoReply].id) == (LINK_LOCAL, 5)
     finally:
-        context.icmp.close()
+        icmp.close(context)
         loop.close()
 
 

@@ -187,7 +187,7 @@ def test_unsolicited_advertisements_every_200_to_600_seconds() -> None:
         assert (ra.dst, ra[IPv6].dst, ra[IPv6].src) == ("33:33:00:00:00:01", "ff02::1", OUR_LL6)
         assert ra[ICMPv6NDOptPrefixInfo].prefix == "2001:db8:1::"
         assert verify_l4(parse_frame(frame))
-    ctx.ndp.close()
+    ndp.close(ctx)
     assert loop.timers == []
 
 
@@ -215,3 +215,10 @@ def test_garbage_never_raises(kind: int, code: int, body: bytes) -> None:
                   / icmp)
     sent = feed(ctx, ndp, frame)
     assert len(sent) + sum(drops(ctx).values()) == 1
+
+
+def test_init_without_ipv6_sets_nothing_up() -> None:
+    loop = RecordingLoop()
+    ctx = make_ctx(net_with(addr6=None, gw6=None, ll6=None), loop=loop)
+    assert ndp.init(ctx) is None and loop.timers == []
+    ndp.close(ctx)
