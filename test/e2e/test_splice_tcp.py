@@ -22,6 +22,7 @@ import pytest
 
 from .test_splice_world import (
     SpliceWorld,
+    deliver_then_close,
     expect_reset,
     fill_until_blocked,
     read_to_eof,
@@ -81,16 +82,6 @@ def receive_stream(sock: socket.socket) -> tuple[int, bytes]:
         total += n
 
 
-def exchange_after_half_close(sender: socket.socket, receiver: socket.socket,
-                              data: bytes) -> None:
-    """``receiver`` already sent its FIN: ``sender`` can still talk to it; close both."""
-    sender.sendall(data)
-    sender.shutdown(socket.SHUT_WR)
-    assert read_to_eof(receiver) == data
-    sender.close()
-    receiver.close()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_256mib_sha256_then_reply_over_half_closed(world: SpliceWorld, direction: str,
@@ -108,7 +99,7 @@ def test_256mib_sha256_then_reply_over_half_closed(world: SpliceWorld, direction
     assert total == BIG
     assert sent and digest == sent[0]
     # the client half-closed: the other direction still works
-    exchange_after_half_close(server, client, b"after half-close")
+    deliver_then_close(server, client, b"after half-close")
     assert world.wait_idle() == 0
 
 
@@ -118,7 +109,7 @@ def test_server_half_closes_first(world: SpliceWorld, direction: str) -> None:
     server.sendall(b"hello")
     server.shutdown(socket.SHUT_WR)
     assert read_to_eof(client) == b"hello"
-    exchange_after_half_close(client, server, b"request after FIN")
+    deliver_then_close(client, server, b"request after FIN")
     assert world.wait_idle() == 0
 
 

@@ -41,6 +41,15 @@ def read_to_eof(sock: socket.socket, limit: int = 1 << 30) -> bytes:
     return b"".join(chunks)
 
 
+def deliver_then_close(sender: socket.socket, receiver: socket.socket, data: bytes) -> None:
+    """``data`` and a FIN from ``sender`` reach ``receiver`` intact; then close both."""
+    sender.sendall(data)
+    sender.shutdown(socket.SHUT_WR)
+    assert read_to_eof(receiver) == data
+    sender.close()
+    receiver.close()
+
+
 def reset(sock: socket.socket) -> None:
     """Close so that the peer sees a reset (SO_LINGER zero)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

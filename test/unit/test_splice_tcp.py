@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from e2e.test_splice_world import expect_reset, fill_until_blocked, read_to_eof, reset
+from e2e.test_splice_world import (
+    deliver_then_close,
+    expect_reset,
+    fill_until_blocked,
+    read_to_eof,
+    reset,
+)
 
 from passt import fwd as fwdmod
 from passt.flow import FlowTable
@@ -155,11 +161,7 @@ def test_server_half_close_first(harness: Harness) -> None:
     server.sendall(b"banner\n")
     server.shutdown(socket.SHUT_WR)
     assert read_to_eof(client) == b"banner\n"
-    client.sendall(b"still talking")
-    client.shutdown(socket.SHUT_WR)
-    assert read_to_eof(server) == b"still talking"
-    client.close()
-    server.close()
+    deliver_then_close(client, server, b"still talking")
     assert harness.wait_no_flows() == 0
 
 
@@ -251,9 +253,5 @@ def test_full_flow_table_resets_new_connections_only(harness: Harness) -> None:
         refused.connect((LOOPBACK[harness.family], harness.port))
         refused.recv(1)
     refused.close()
-    client.sendall(b"old one still works")
-    client.shutdown(socket.SHUT_WR)
-    assert read_to_eof(server) == b"old one still works"
-    client.close()
-    server.close()
+    deliver_then_close(client, server, b"old one still works")
     assert harness.wait_no_flows() == 0
