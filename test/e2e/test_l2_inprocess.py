@@ -21,6 +21,7 @@ import ctypes
 import ipaddress
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -34,7 +35,7 @@ from passt.tap import Dispatcher, SourceFilter, TunTap, open_tap
 
 from . import l2
 from .shell import Shell
-from .world import IFNAME, RESOLVERS, V6, World
+from .world import FAMILIES, IFNAME, RESOLVERS, V6, World
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +188,37 @@ def test_dhclient_gets_the_address_over_a_full_exchange(stack: tuple[L2Stack, Sh
     stats = running.ctx.stats if running.ctx else {}
     assert stats["dhcpv6.advertise"] > before.get("dhcpv6.advertise", 0)
     assert stats["dhcpv6.reply"] > before.get("dhcpv6.reply", 0)
+
+
+PINGPONG = """
+import socket, sys, time
+dst, count = sys.argv[1], int(sys.argv[2])
+v6 = ":" in dst
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM,
+                  socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+s.settimeout(1.0)
+got, began = 0, time.monotonic()
+for seq in range(count):
+    s.sendto(bytes((128 if v6 else 8, 0, 0, 0, 0, 0, seq >> 8, seq & 255)) + bytes(56), (dst, 0))
+    try:
+        got += s.recv(2048)[0] in (0, 129)
+    except socket.timeout:
+        pass
+print(got, count / (time.monotonic() - began))
+"""
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("target", ["gateway", "remote"])
+def test_echo_round_trips_lose_nothing(stack: tuple[L2Stack, Shell], target: str,
+                                       version: int) -> None:
+    """One echo request at a time, 500 of them: every reply back (the rate is printed)."""
+    _running, inner = stack
+    script = inner.path("pingpong.py")
+    with open(script, "w") as f:
+        f.write(PINGPONG)
+    inner.check("sysctl -qw net.ipv4.ping_group_range='0 2147483647'")
+    address = getattr(FAMILIES[version], target)
+    got, rate = inner.check(f"{sys.executable} {script} {address} 500", timeout=60).split()
+    print(f"echo to {address}: {got}/500 replies, {float(rate):.0f} round trips/s")
+    assert int(got) == 500
