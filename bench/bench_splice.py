@@ -29,7 +29,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -92,64 +91,44 @@ class NsThread:
         return value
 
 
-def parse_port_map(text: str) -> tuple[int, int] | str:
-    """``P`` or ``P:Q``, or ``auto``."""
-    if text == "auto":
-        return text
-    port, _, target = text.partition(":")
-    return int(port), int(target or port)
-
-
 def serve(argv: list[str]) -> int:
-    """Run fwd + tcp_splice + udp_splice until SIGTERM; print "ready" once listening."""
+    """Run fwd + tcp_splice + udp_splice until SIGTERM; print "ready" once listening.
+
+    Options take pasta's port specs; an option not given forwards nothing
+    (pasta's default would be ``auto``).  SIGUSR1 prints the flow table's
+    statistics and the descriptors the pools hold, as one JSON line.
+    """
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from passt import fwd
-    from passt.flow import FlowTable
+    from passt.context import Ctx
     from passt.loop import EventLoop
-    from passt.tcp_splice import TcpSplice
-    from passt.udp_splice import UdpSplice
+    from passt.ports import PortFwd, merge_port_fwds, parse_port_spec
 
     ap = argparse.ArgumentParser(prog="bench_splice.py serve")
     ap.add_argument("--netns", required=True)
     ap.add_argument("--udp-timeout", type=float, default=180.0)
-    for opt in ("-t", "-T", "-u", "-U"):
-        ap.add_argument(opt, action="append", default=[], type=parse_port_map)
+    options = {"-t": "tcp_ports", "-u": "udp_ports", "-T": "tcp_ns", "-U": "udp_ns"}
+    for opt in options:
+        ap.add_argument(opt, action="append", default=[])
     args = ap.parse_args(argv)
-    families = (socket.AF_INET, socket.AF_INET6)
+    specs = {"-t": args.t, "-u": args.u, "-T": args.T, "-U": args.U}
+    conf = argparse.Namespace(**{
+        field: merge_port_fwds([parse_port_spec(v, "pasta", opt) for v in specs[opt]], opt,
+                               "pasta") if specs[opt] else PortFwd("none")
+        for opt, field in options.items()})
     ns = NsThread(args.netns)
-    loop = EventLoop()
-    flows = FlowTable()
-    forwarder = fwd.Forwarder(loop, ns.call)
-    tcp = TcpSplice(loop, flows, ns.call, families)
-    udp = UdpSplice(loop, flows, ns.call, timeout=args.udp_timeout)
-    forwarder.handlers.tcp_splice = tcp.accept
-    forwarder.handlers.udp_splice = udp.forward
-    plan = [(fwd.TCP, fwd.HOST, args.t), (fwd.TCP, fwd.NS, args.T),
-            (fwd.UDP, fwd.HOST, args.u), (fwd.UDP, fwd.NS, args.U)]
-    rules = []
-    for proto, origin, maps in plan:
-        for port_map in maps:
-            if port_map == "auto":
-                rules.append(fwd.AutoRule(proto, origin, lambda _port: True))
-                continue
-            port, target = port_map
-            for listen in fwd.default_listens(proto, origin, port, families):
-                forwarder.open(listen, target)
-    for tcp_opt, udp_opt, origin in ((args.t, args.u, fwd.HOST), (args.T, args.U, fwd.NS)):
-        if "auto" in tcp_opt and not udp_opt:  # upstream: TCP implies UDP unless told
-            rules.append(fwd.AutoRule(fwd.UDP, origin, lambda _port: True, follow_tcp=True))
-    scanner = fwd.AutoScanner(forwarder, rules, families)
-    scanner.start()
+    ctx = Ctx(loop=EventLoop(), conf=conf)
+    fwd.setup(ctx, ns.call)
+    ctx.fwd.udp_splice.timeout = args.udp_timeout
+    fwd.start(ctx)
+    loop = ctx.loop
     loop.add_signal(signal.SIGTERM, lambda: loop.stop(0))
     loop.add_signal(signal.SIGINT, lambda: loop.stop(0))
     loop.add_signal(signal.SIGUSR1, lambda: print(json.dumps(
-        {**flows.stats(), "pool_fds": tcp.pools.open_fds()}), flush=True))
+        {**ctx.flows.stats(), "pool_fds": ctx.tcp_splice.pools.open_fds()}), flush=True))
     print("ready", flush=True)
     status = loop.run()
-    scanner.close()
-    udp.close()
-    tcp.close()
-    forwarder.close()
+    fwd.close(ctx)
     return status
 
 

@@ -57,6 +57,7 @@ from typing import Any
 
 from . import log
 from . import loop as ev
+from .ports import PortFwd
 
 NsCall = Callable[..., Any]
 
@@ -350,13 +351,16 @@ class AutoRule:
 
     ``allowed(port)`` applies the spec's exclusions; ``follow_tcp`` makes a
     UDP rule also forward the ports the TCP scan found (upstream's
-    TCP-implies-UDP default).
+    TCP-implies-UDP default).  ``addr`` and ``ifname`` bind the listeners
+    opened for it, as the spec said (``ADDR%IF/auto``).
     """
 
     proto: str
     origin: str
     allowed: Callable[[int], bool]
     follow_tcp: bool = False
+    addr: str | None = None
+    ifname: str | None = None
 
 
 class AutoScanner:
@@ -425,7 +429,8 @@ class AutoScanner:
                        and lst.port in to_close]:
             fwd.close_listener(listen)
         for port in sorted(to_open):
-            listens = default_listens(rule.proto, rule.origin, port, self.families)
+            listens = listens_for(rule.proto, rule.origin, port, rule.addr, rule.ifname,
+                                  self.families)
             for listen, err in fwd.open_all((lst, port) for lst in listens):
                 if listen not in self.failed:
                     self.failed.add(listen)
@@ -456,7 +461,8 @@ def non_ephemeral_ports(range_file: str = "/proc/sys/net/ipv4/ip_local_port_rang
 
 
 def open_all_ports(fwd: Forwarder, proto: str, allowed: Callable[[int], bool],
-                   families: tuple[int, ...]) -> int:
+                   families: tuple[int, ...], addr: str | None = None,
+                   ifname: str | None = None) -> int:
     """Listen on every allowed non-ephemeral port that is free; returns how many.
 
     Ports someone else has bound, or that we may not bind (below
@@ -464,7 +470,7 @@ def open_all_ports(fwd: Forwarder, proto: str, allowed: Callable[[int], bool],
     quietly: "all" means all that can be had.
     """
     wanted = ((lst, lst.port) for port in non_ephemeral_ports() if allowed(port)
-              for lst in default_listens(proto, HOST, port, families))
+              for lst in listens_for(proto, HOST, port, addr, ifname, families))
     before = len(fwd.listeners)
     fwd.open_all(wanted)
     return len(fwd.listeners) - before
@@ -516,49 +522,50 @@ def start(ctx: Any) -> None:
         directions += [(TCP, NS, conf.tcp_ns), (UDP, NS, conf.udp_ns)]
     rules: dict[tuple[str, str], AutoRule] = {}
     for proto, origin, portfwd in directions:
-        mode = getattr(portfwd, "mode", "none")
+        mode = portfwd.mode
         if mode == "spec":
             for listen, err in fwd.open_all(spec_listens(portfwd, proto, origin, families)):
                 log.warn("cannot bind %s port %d: %s", proto.upper(), listen.port, err.strerror)
         elif mode == "all":
-            open_all_ports(fwd, proto, allowed_by(portfwd), families)
+            open_all_ports(fwd, proto, portfwd.allowed, families,
+                           _addr_text(portfwd.addr), portfwd.ifname)
         elif mode == "auto":
-            rules[(proto, origin)] = AutoRule(proto, origin, allowed_by(portfwd))
-    udp_follows_tcp(conf, directions, rules)
+            rules[(proto, origin)] = AutoRule(proto, origin, portfwd.allowed,
+                                              addr=_addr_text(portfwd.addr),
+                                              ifname=portfwd.ifname)
+    udp_follows_tcp(directions, rules)
     if rules:
         fwd.scanner = AutoScanner(fwd, rules.values(), families)
         fwd.scanner.start()
 
 
-def spec_listens(portfwd: Any, proto: str, origin: str,
+def spec_listens(portfwd: PortFwd, proto: str, origin: str,
                  families: tuple[int, ...]) -> list[tuple[Listen, int]]:
-    """``(listen, target_port)`` for each port of an explicit list."""
-    addr = getattr(portfwd, "addr", None)
-    ifname = getattr(portfwd, "ifname", None)
-    return [(lst, portfwd.target(port))
-            for port in portfwd.forwarded_ports()
-            for lst in listens_for(proto, origin, port, addr and str(addr), ifname, families)]
+    """``(listen, target_port)`` for each port of an explicit list, range by range."""
+    return [(lst, r.target_of(port))
+            for r in portfwd.ranges
+            for port in r.ports()
+            for lst in listens_for(proto, origin, port, _addr_text(r.addr), r.ifname, families)]
 
 
-def allowed_by(portfwd: Any) -> Callable[[int], bool]:
-    """The spec's exclusions (``~``) as a predicate on port numbers."""
-    return lambda port: portfwd.target(port) is not None
+def _addr_text(addr: object) -> str | None:
+    return str(addr) if addr is not None else None
 
 
-def udp_follows_tcp(conf: Any, directions: list[tuple[str, str, Any]],
+def udp_follows_tcp(directions: list[tuple[str, str, PortFwd]],
                     rules: dict[tuple[str, str], AutoRule]) -> None:
     """Upstream's rule: with ``-t auto`` and no UDP option, UDP follows the TCP ports.
 
     The UDP rule of that side (``auto`` by default in pasta) also takes the
     ports the TCP scan finds; one rule per side, or two would fight.
     """
+    given = {(proto, origin): bool(portfwd.specs) for proto, origin, portfwd in directions}
     for proto, origin, portfwd in directions:
-        udp_given = getattr(conf, "udp_ports_given" if origin == HOST else "udp_ns_given", True)
-        if proto != TCP or getattr(portfwd, "mode", None) != "auto" or udp_given:
+        if proto != TCP or portfwd.mode != "auto" or given.get((UDP, origin), True):
             continue
         rule = rules.get((UDP, origin))
         if rule is None:
-            rules[(UDP, origin)] = AutoRule(UDP, origin, allowed_by(portfwd), follow_tcp=True)
+            rules[(UDP, origin)] = AutoRule(UDP, origin, portfwd.allowed, follow_tcp=True)
         else:
             rule.follow_tcp = True
 

@@ -19,6 +19,7 @@ import pytest
 from passt import fwd
 from passt.context import Ctx
 from passt.loop import EventLoop
+from passt.ports import PortFwd, parse_port_spec
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -413,30 +414,15 @@ def test_setup_wires_splicing_for_pasta_only() -> None:
         ctx.loop.close()
 
 
-class FakePortFwd:
-    """Stands in for ports.PortFwd: mode, forwarded_ports(), target(), addr, ifname."""
-
-    def __init__(self, mode: str, mapping: dict[int, int] | None = None,
-                 excluded: frozenset[int] = frozenset(), addr: str | None = None) -> None:
-        self.mode = mode
-        self.mapping = mapping or {}
-        self.excluded = excluded
-        self.addr = addr
-        self.ifname = None
-
-    def forwarded_ports(self) -> list[int]:
-        return sorted(self.mapping)
-
-    def target(self, port: int) -> int | None:
-        if port in self.excluded:
-            return None
-        return self.mapping.get(port, port if self.mode in ("auto", "all") else None)
+def spec(text: str, option: str = "-t") -> PortFwd:
+    return parse_port_spec(text, "pasta", option)
 
 
 class FakeConf:
-    def __init__(self, **fields: object) -> None:
-        self.tcp_ports = self.udp_ports = self.tcp_ns = self.udp_ns = FakePortFwd("none")
-        self.udp_ports_given = self.udp_ns_given = True
+    """The four forwarding fields of ``conf.Conf``: options not given are ``auto``."""
+
+    def __init__(self, **fields: PortFwd) -> None:
+        self.tcp_ports = self.udp_ports = self.tcp_ns = self.udp_ns = PortFwd("none")
         self.__dict__.update(fields)
 
 
@@ -454,8 +440,8 @@ def stop(ctx: Ctx) -> None:
 
 def test_start_opens_spec_ports_with_their_targets() -> None:
     p1, p2 = free_low_port(23100), free_low_port(23200)
-    ctx = started(FakeConf(tcp_ports=FakePortFwd("spec", {p1: 8080}, addr="127.0.0.1"),
-                           udp_ns=FakePortFwd("spec", {p2: p2})), pasta=True)
+    ctx = started(FakeConf(tcp_ports=spec(f"127.0.0.1/{p1}:8080"),
+                           udp_ns=spec(f"{p2}", "-U")), pasta=True)
     try:
         (tcp,) = [lst for lst in ctx.fwd.listeners.values() if lst.listen.proto == fwd.TCP]
         assert (tcp.listen.addr, tcp.port, tcp.target_port, tcp.origin) == (
@@ -468,9 +454,20 @@ def test_start_opens_spec_ports_with_their_targets() -> None:
         stop(ctx)
 
 
+def test_start_spec_range_maps_onto_target_range() -> None:
+    first = free_low_port(23400)
+    ctx = started(FakeConf(udp_ports=spec(f"::1/{first}-{first + 1}:{first + 100}-"
+                                          f"{first + 101}")), pasta=True)
+    try:
+        got = sorted((lst.port, lst.target_port) for lst in ctx.fwd.listeners.values())
+        assert got == [(first, first + 100), (first + 1, first + 101)]
+    finally:
+        stop(ctx)
+
+
 def test_start_passt_ignores_namespace_directions() -> None:
     port = free_low_port(23300)
-    ctx = started(FakeConf(tcp_ns=FakePortFwd("spec", {port: port})), pasta=False)
+    ctx = started(FakeConf(tcp_ns=spec(str(port), "-T")), pasta=False)
     try:
         assert ctx.fwd.listeners == {}
     finally:
@@ -478,8 +475,7 @@ def test_start_passt_ignores_namespace_directions() -> None:
 
 
 def test_start_auto_rules_and_udp_following_tcp() -> None:
-    conf = FakeConf(tcp_ports=FakePortFwd("auto", excluded=frozenset({22})),
-                    udp_ports=FakePortFwd("auto"), udp_ports_given=False)
+    conf = FakeConf(tcp_ports=spec("auto,~22"), udp_ports=PortFwd("auto"))  # -u not given
     ctx = started(conf, pasta=True)
     try:
         rules = {(r.proto, r.origin): r for r in ctx.fwd.scanner.rules}
@@ -487,5 +483,14 @@ def test_start_auto_rules_and_udp_following_tcp() -> None:
         assert rules[(fwd.UDP, fwd.HOST)].follow_tcp
         assert not rules[(fwd.TCP, fwd.HOST)].allowed(22)
         assert rules[(fwd.TCP, fwd.HOST)].allowed(80)
+    finally:
+        stop(ctx)
+
+
+def test_start_udp_given_does_not_follow_tcp() -> None:
+    conf = FakeConf(tcp_ports=spec("auto"), udp_ports=spec("auto", "-u"))
+    ctx = started(conf, pasta=True)
+    try:
+        assert not any(r.follow_tcp for r in ctx.fwd.scanner.rules)
     finally:
         stop(ctx)
