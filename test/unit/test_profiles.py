@@ -71,7 +71,7 @@ READ = {
     "passt": READ_BY_BOTH + ("/usr/bin/passt",),
     "pasta": READ_BY_BOTH + ("/usr/bin/pasta", "/proc/net/tcp", "/proc/net/udp6",
                              "/proc/4242/task/4243/net/tcp6", "/proc/4242/ns/net",
-                             "/proc/4242/ns/user", "/run/netns/box",
+                             "/proc/4242/ns/user", "/run/netns/box", "/run/netns/",
                              "/run/user/1000/netns/netns-1234", "/dev/net/tun"),
 }
 # Never read nor written, whatever the options say.
@@ -452,5 +452,6 @@ def test_selinux_module_reaches_what_the_program_needs(selinux_modules, program)
         assert module.allowed(domain, "tun_tap_device_t", "chr_file", {"open", "read", "write"})
         assert module.allowed(domain, "proc_net_t", "file", {"open", "read"})
         assert module.allowed(domain, "nsfs_t", "file", {"open", "read"})
+        assert module.allowed(domain, "ifconfig_runtime_t", "dir", {"read", "watch"})  # /run/netns
     else:
         assert module.allowed(domain, domain, "unix_stream_socket", {"listen", "accept"})
