@@ -49,13 +49,13 @@ Listening (``QemuListener``)
     A given ``--socket`` path that something listens on is refused ("already
     in use").  One client is served at a time, as upstream: a connection
     arriving while one is served is accepted and closed at once (QEMU's
-    ``reconnect`` option retries).  When the client goes, ``on_disconnect``
-    either waits for the next one or, with ``--one-off`` (implied by
-    ``--fd``, a connected socket passed by the parent), ends the event loop
-    with status 0.  The socket file is removed on ``close`` through a
-    directory descriptor opened at bind time, which keeps working after the
-    process has lost its view of the filesystem (isolation), and only if the
-    path still names our socket.
+    ``reconnect`` option retries).  When the client goes, the caller either
+    stops (``--one-off``) or calls ``resume`` to wait for the next one; a
+    connected socket passed by the parent (``--fd``) has no next one, so
+    ``resume`` stops the event loop with status 0 there.  The socket file is
+    removed on ``close`` through a directory descriptor opened at bind time,
+    which keeps working after the process has lost its view of the
+    filesystem (isolation), and only if the path still names our socket.
 """
 
 from __future__ import annotations
@@ -114,7 +114,6 @@ class QemuOptions(Protocol):
 
     socket: str | None
     fd: int | None
-    one_off: bool
 
 
 def frame_prefix(size: int) -> bytes:
@@ -344,16 +343,11 @@ class QemuListener:
     """The listening socket (or the ``--fd`` socket) and the one client it serves."""
 
     def __init__(
-        self,
-        sock: socket.socket,
-        path: str | None,
-        one_off: bool,
-        bound: BoundPath | None = None,
+        self, sock: socket.socket, path: str | None, bound: BoundPath | None = None
     ) -> None:
         """``sock`` listens on ``path``, or is already connected (``path`` None)."""
         self._sock: socket.socket | None = sock
         self.path = path
-        self.one_off = one_off or path is None
         self._bound = bound
         self._loop: EventLoop | None = None
         self._on_client: Callable[[QemuStream], None] | None = None
@@ -368,9 +362,10 @@ class QemuListener:
     ) -> None:
         """Serve clients from ``loop``: ``on_client(stream)`` for each accepted one.
 
-        The caller attaches the stream (``Dispatcher.attach(stream,
-        on_hangup=listener.on_disconnect)``).  With ``--fd``, the one client
-        is handed over at once.
+        The caller attaches the stream (``Dispatcher.attach``) and calls
+        ``resume`` (or stops, with ``--one-off``) when it hangs up.  With
+        ``--fd``, the one client is handed over at once.  Corrupt streams are
+        counted in ``stats``.
         """
         assert self._sock is not None
         self._loop, self._on_client, self._stats = loop, on_client, stats
@@ -402,15 +397,16 @@ class QemuListener:
         self.client = QemuStream(conn, self._loop, self._stats)
         self._on_client(self.client)
 
-    def on_disconnect(self) -> None:
-        """The client went: wait for the next one, or, with ``--one-off``, stop the loop."""
+    def resume(self) -> None:
+        """The client went: accept the next one.  A ``--fd`` socket has no next
+        one (it implies ``--one-off``): the loop stops with status 0."""
         self.client = None
-        if self.one_off:
-            log.info("Client connection closed, exiting")
-            if self._loop is not None:
-                self._loop.stop(0)
-        else:
+        if self.path is not None:
             log.info("Client connection closed")
+            return
+        log.info("Client connection closed, exiting")
+        if self._loop is not None:
+            self._loop.stop(0)
 
     def close(self) -> None:
         """Stop listening and remove the socket file (if it is still ours)."""
@@ -448,7 +444,7 @@ class BoundPath:
 def listen(opts: QemuOptions) -> QemuListener:
     """Bind and listen on the QEMU socket (or adopt ``--fd``); raises ``QemuError``."""
     if opts.fd is not None:
-        return QemuListener(_adopt_fd(opts.fd), None, True)
+        return QemuListener(_adopt_fd(opts.fd), None)
     sock, path = bind_socket(opts.socket)
     try:
         sock.listen(LISTEN_BACKLOG)
@@ -460,7 +456,7 @@ def listen(opts: QemuOptions) -> QemuListener:
     log.info("UNIX domain socket bound at %s", path)
     for line in startup_hint(path):
         log.info("%s", line)
-    return QemuListener(sock, path, opts.one_off, bound)
+    return QemuListener(sock, path, bound)
 
 
 def startup_hint(path: str) -> list[str]:

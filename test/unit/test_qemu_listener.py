@@ -14,7 +14,7 @@ import pytest
 from passt import qemu
 from passt.context import Ctx
 from passt.loop import EventLoop
-from passt.qemu import QemuError, QemuListener, QemuStream
+from passt.qemu import QemuError, QemuListener
 from passt.tap import Dispatcher
 
 
@@ -22,7 +22,6 @@ from passt.tap import Dispatcher
 class Opts:
     socket: str | None = None
     fd: int | None = None
-    one_off: bool = False
 
 
 @pytest.fixture
@@ -51,16 +50,6 @@ def live_socket(path: str) -> socket.socket:
     sock.bind(path)
     sock.listen(1)
     return sock
-
-
-class Served:
-    """Collects the streams a listener hands over, like the dispatcher would."""
-
-    def __init__(self) -> None:
-        self.streams: list[QemuStream] = []
-
-    def __call__(self, stream: QemuStream) -> None:
-        self.streams.append(stream)
 
 
 def connect(path: str) -> socket.socket:
@@ -176,10 +165,18 @@ def test_a_socket_someone_else_put_there_is_not_removed(tmp_path) -> None:
 # -- clients -------------------------------------------------------------------
 
 
-def wire(listener: QemuListener, loop: EventLoop) -> Dispatcher:
-    """What cli.py does: each client goes to the dispatcher, hang-ups to the listener."""
+def wire(listener: QemuListener, loop: EventLoop, one_off: bool = False) -> Dispatcher:
+    """What runtime.run_passt does: clients go to the dispatcher; when one hangs
+    up, stop (``--one-off``) or resume listening."""
     dispatcher = Dispatcher(Ctx(loop=loop), {})
-    listener.start(loop, lambda stream: dispatcher.attach(stream, listener.on_disconnect))
+
+    def on_hangup() -> None:
+        if one_off:
+            loop.stop(0)
+        else:
+            listener.resume()
+
+    listener.start(loop, lambda stream: dispatcher.attach(stream, on_hangup))
     return dispatcher
 
 
@@ -210,10 +207,10 @@ def test_clients_are_served_one_at_a_time_and_may_come_back(tmp_path, loop) -> N
         listener.close()
 
 
-def test_one_off_stops_the_loop_with_status_zero(tmp_path, loop) -> None:
+def test_hang_up_reaches_the_caller_and_close_removes_the_file(tmp_path, loop) -> None:
     path = str(tmp_path / "passt.sock")
-    listener = qemu.listen(Opts(socket=path, one_off=True))
-    wire(listener, loop)
+    listener = qemu.listen(Opts(socket=path))
+    wire(listener, loop, one_off=True)
     client = connect(path)
     client.sendall(struct.pack("!I", 14) + bytes(14))
     client.close()
@@ -228,15 +225,17 @@ def test_one_off_stops_the_loop_with_status_zero(tmp_path, loop) -> None:
 def test_pre_opened_socket_is_served_at_once_and_is_one_off(loop) -> None:
     ours, theirs = socket.socketpair()
     listener = qemu.listen(Opts(fd=ours.detach()))
-    served = Served()
-    listener.start(loop, served)
-    assert listener.one_off and listener.path is None
-    assert len(served.streams) == 1
+    assert listener.path is None
+    wire(listener, loop)  # not --one-off: the socket alone implies it
+    assert listener.client is not None
     theirs.sendall(struct.pack("!I", 20) + bytes(range(20)))
-    assert [bytes(f) for f in served.streams[0].recv_frames()] == [bytes(range(20))]
+    assert [bytes(f) for f in listener.client.recv_frames()] == [bytes(range(20))]
     theirs.close()
-    served.streams[0].close()
-    listener.close()
+    loop.call_later(5, lambda: loop.stop(99))
+    try:
+        assert loop.run() == 0
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,7 @@ def passt(tmp_path: Path) -> Iterator[Passt]:
     listener = qemu.listen(SimpleOpts(path))
     arp = ArpStub()
     dispatcher = Dispatcher(Ctx(loop=loop), {"arp": arp})
-    listener.start(loop, lambda s: dispatcher.attach(s, listener.on_disconnect))
+    listener.start(loop, lambda s: dispatcher.attach(s, listener.resume))
     yield Passt(path, listener, loop, arp)
     dispatcher.detach()
     listener.close()
