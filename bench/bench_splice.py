@@ -18,7 +18,7 @@ loop, with a helper thread inside the target namespace standing in for
 ``netns.py``'s ``ns_call``.  The end-to-end splice tests use the same mode.
 
 Usage: ``bench_splice.py [--time S] [--rounds N]`` (as root), or
-``bench_splice.py serve --netns PATH [-t P[:Q]]... [-T ...] [-u ...] [-U ...]``.
+``bench_splice.py serve [--udp-timeout S] --netns PATH [-t SPEC] [-u SPEC] [-T SPEC] [-U SPEC]``.
 """
 
 from __future__ import annotations
@@ -94,29 +94,22 @@ class NsThread:
 def serve(argv: list[str]) -> int:
     """Run fwd + tcp_splice + udp_splice until SIGTERM; print "ready" once listening.
 
-    Options take pasta's port specs; an option not given forwards nothing
-    (pasta's default would be ``auto``).  SIGUSR1 prints the flow table's
-    statistics and the descriptors the pools hold, as one JSON line.
+    Takes pasta's options (``-t``, ``-u``, ``-T``, ``-U``: ``auto`` when not
+    given, as pasta; ``--netns``), plus ``--udp-timeout SECONDS``.  SIGUSR1
+    prints the flow table's statistics and the descriptors the pools hold,
+    as one JSON line.
     """
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from passt import conf as confmod
     from passt import fwd
     from passt.context import Ctx
     from passt.loop import EventLoop
-    from passt.ports import PortFwd, merge_port_fwds, parse_port_spec
 
     ap = argparse.ArgumentParser(prog="bench_splice.py serve")
-    ap.add_argument("--netns", required=True)
     ap.add_argument("--udp-timeout", type=float, default=180.0)
-    options = {"-t": "tcp_ports", "-u": "udp_ports", "-T": "tcp_ns", "-U": "udp_ns"}
-    for opt in options:
-        ap.add_argument(opt, action="append", default=[])
-    args = ap.parse_args(argv)
-    specs = {"-t": args.t, "-u": args.u, "-T": args.T, "-U": args.U}
-    conf = argparse.Namespace(**{
-        field: merge_port_fwds([parse_port_spec(v, "pasta", opt) for v in specs[opt]], opt,
-                               "pasta") if specs[opt] else PortFwd("none")
-        for opt, field in options.items()})
-    ns = NsThread(args.netns)
+    args, pasta_argv = ap.parse_known_args(argv)
+    conf = confmod.parse("pasta", pasta_argv)
+    ns = NsThread(conf.netns)
     ctx = Ctx(loop=EventLoop(), conf=conf)
     fwd.setup(ctx, ns.call)
     ctx.fwd.udp_splice.timeout = args.udp_timeout
@@ -248,14 +241,13 @@ def measure(proc: subprocess.Popen, server_ns: str, client_ns: str, port: int,
 
 def bench(seconds: float, rounds: int) -> Results:
     opts = ["-t", str(T_PORT), "-T", str(T_NS_PORT), "-u", "none", "-U", "none"]
-    ours_opts = ["-t", str(T_PORT), "-T", str(T_NS_PORT)]
     results: Results = {impl: {"host->ns": [], "ns->host": []} for impl in ("ours", "upstream")}
     with world(str(os.getpid() % 10000)) as ns:
         for _ in range(rounds):
             for impl in ("upstream", "ours"):
                 target = ns[impl]
                 if impl == "ours":
-                    proc = start_ours(ns["host"], target, *ours_opts)
+                    proc = start_ours(ns["host"], target, *opts)
                 else:
                     proc = start_upstream(ns["host"], target, *opts)
                 try:

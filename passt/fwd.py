@@ -533,7 +533,7 @@ def start(ctx: Any) -> None:
             rules[(proto, origin)] = AutoRule(proto, origin, portfwd.allowed,
                                               addr=_addr_text(portfwd.addr),
                                               ifname=portfwd.ifname)
-    udp_follows_tcp(directions, rules)
+    udp_follows_tcp(conf, rules)
     if rules:
         fwd.scanner = AutoScanner(fwd, rules.values(), families)
         fwd.scanner.start()
@@ -552,21 +552,15 @@ def _addr_text(addr: object) -> str | None:
     return str(addr) if addr is not None else None
 
 
-def udp_follows_tcp(directions: list[tuple[str, str, PortFwd]],
-                    rules: dict[tuple[str, str], AutoRule]) -> None:
+def udp_follows_tcp(conf: Any, rules: dict[tuple[str, str], AutoRule]) -> None:
     """Upstream's rule: with ``-t auto`` and no UDP option, UDP follows the TCP ports.
 
-    The UDP rule of that side (``auto`` by default in pasta) also takes the
-    ports the TCP scan finds; one rule per side, or two would fight.
+    ``conf`` says when it applies; the UDP rule of that side then also takes
+    the ports the TCP scan finds (one rule per side, or two would fight).
     """
-    given = {(proto, origin): bool(portfwd.specs) for proto, origin, portfwd in directions}
-    for proto, origin, portfwd in directions:
-        if proto != TCP or portfwd.mode != "auto" or given.get((UDP, origin), True):
-            continue
+    for origin, follows in ((HOST, conf.udp_ports_follow_tcp), (NS, conf.udp_ns_follow_tcp)):
         rule = rules.get((UDP, origin))
-        if rule is None:
-            rules[(UDP, origin)] = AutoRule(UDP, origin, portfwd.allowed, follow_tcp=True)
-        else:
+        if follows and rule is not None:
             rule.follow_tcp = True
 
 

@@ -41,7 +41,7 @@ DIRECTIONS = [pytest.param("host->ns", id="host-ns"), pytest.param("ns->host", i
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[SpliceWorld]:
-    w = SpliceWorld("t", "-t", str(T_PORT), "-T", str(T_NS_PORT))
+    w = SpliceWorld("t", "-t", str(T_PORT), "-T", str(T_NS_PORT), "-u", "none", "-U", "none")
     try:
         yield w
     finally:

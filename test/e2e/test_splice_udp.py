@@ -27,7 +27,7 @@ DIRECTIONS = [pytest.param("host->ns", id="host-ns"), pytest.param("ns->host", i
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[SpliceWorld]:
-    w = SpliceWorld("u", "-u", str(U_PORT), "-U", str(U_NS_PORT),
+    w = SpliceWorld("u", "-u", str(U_PORT), "-U", str(U_NS_PORT), "-t", "none", "-T", "none",
                     "--udp-timeout", str(TIMEOUT))
     try:
         yield w

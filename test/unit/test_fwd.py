@@ -17,9 +17,9 @@ from typing import TypeVar
 import pytest
 
 from passt import fwd
+from passt.conf import Conf, parse
 from passt.context import Ctx
 from passt.loop import EventLoop
-from passt.ports import PortFwd, parse_port_spec
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -414,19 +414,11 @@ def test_setup_wires_splicing_for_pasta_only() -> None:
         ctx.loop.close()
 
 
-def spec(text: str, option: str = "-t") -> PortFwd:
-    return parse_port_spec(text, "pasta", option)
+def pasta_conf(*argv: str) -> Conf:
+    return parse("pasta", [*argv, "--netns", "/run/netns/unused"])
 
 
-class FakeConf:
-    """The four forwarding fields of ``conf.Conf``: options not given are ``auto``."""
-
-    def __init__(self, **fields: PortFwd) -> None:
-        self.tcp_ports = self.udp_ports = self.tcp_ns = self.udp_ns = PortFwd("none")
-        self.__dict__.update(fields)
-
-
-def started(conf: FakeConf, pasta: bool) -> Ctx:
+def started(conf: Conf, pasta: bool) -> Ctx:
     ctx = Ctx(loop=EventLoop(), conf=conf)
     fwd.setup(ctx, (lambda fn, *args: fn(*args)) if pasta else None)
     fwd.start(ctx)
@@ -440,8 +432,8 @@ def stop(ctx: Ctx) -> None:
 
 def test_start_opens_spec_ports_with_their_targets() -> None:
     p1, p2 = free_low_port(23100), free_low_port(23200)
-    ctx = started(FakeConf(tcp_ports=spec(f"127.0.0.1/{p1}:8080"),
-                           udp_ns=spec(f"{p2}", "-U")), pasta=True)
+    ctx = started(pasta_conf("-t", f"127.0.0.1/{p1}:8080", "-U", f"{p2}", "-u", "none",
+                             "-T", "none"), pasta=True)
     try:
         (tcp,) = [lst for lst in ctx.fwd.listeners.values() if lst.listen.proto == fwd.TCP]
         assert (tcp.listen.addr, tcp.port, tcp.target_port, tcp.origin) == (
@@ -456,8 +448,8 @@ def test_start_opens_spec_ports_with_their_targets() -> None:
 
 def test_start_spec_range_maps_onto_target_range() -> None:
     first = free_low_port(23400)
-    ctx = started(FakeConf(udp_ports=spec(f"::1/{first}-{first + 1}:{first + 100}-"
-                                          f"{first + 101}")), pasta=True)
+    ctx = started(pasta_conf("-u", f"::1/{first}-{first + 1}:{first + 100}-{first + 101}",
+                             "-t", "none", "-T", "none", "-U", "none"), pasta=True)
     try:
         got = sorted((lst.port, lst.target_port) for lst in ctx.fwd.listeners.values())
         assert got == [(first, first + 100), (first + 1, first + 101)]
@@ -467,7 +459,9 @@ def test_start_spec_range_maps_onto_target_range() -> None:
 
 def test_start_passt_ignores_namespace_directions() -> None:
     port = free_low_port(23300)
-    ctx = started(FakeConf(tcp_ns=spec(str(port), "-T")), pasta=False)
+    # without a namespace (passt), -T and -U have nothing to listen in
+    ctx = started(pasta_conf("-T", str(port), "-t", "none", "-u", "none", "-U", "none"),
+                  pasta=False)
     try:
         assert ctx.fwd.listeners == {}
     finally:
@@ -475,8 +469,7 @@ def test_start_passt_ignores_namespace_directions() -> None:
 
 
 def test_start_auto_rules_and_udp_following_tcp() -> None:
-    conf = FakeConf(tcp_ports=spec("auto,~22"), udp_ports=PortFwd("auto"))  # -u not given
-    ctx = started(conf, pasta=True)
+    ctx = started(pasta_conf("-t", "~22", "-T", "none", "-U", "none"), pasta=True)
     try:
         rules = {(r.proto, r.origin): r for r in ctx.fwd.scanner.rules}
         assert set(rules) == {(fwd.TCP, fwd.HOST), (fwd.UDP, fwd.HOST)}
@@ -488,8 +481,7 @@ def test_start_auto_rules_and_udp_following_tcp() -> None:
 
 
 def test_start_udp_given_does_not_follow_tcp() -> None:
-    conf = FakeConf(tcp_ports=spec("auto"), udp_ports=spec("auto", "-u"))
-    ctx = started(conf, pasta=True)
+    ctx = started(pasta_conf("-t", "auto", "-u", "auto", "-T", "none", "-U", "none"), pasta=True)
     try:
         assert not any(r.follow_tcp for r in ctx.fwd.scanner.rules)
     finally:
