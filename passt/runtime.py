@@ -55,6 +55,7 @@ from .hostnet import HostNetError, NetInfo
 from .loop import EventLoop
 from .netns import NetnsError
 from .pcap import Pcap, PcapError
+from .qemu import QemuError
 from .tap import Dispatcher, SourceFilter, TapError, TunTap
 
 # Exceptions whose message is the one line a user sees before exit status 1.
@@ -64,6 +65,7 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     PcapError,
     TapError,
     NetnsError,
+    QemuError,
     OSError,
 )
 
