@@ -12,10 +12,11 @@ then runs through each direction, implementations alternating round by
 round so that both see the same machine load, and the script prints
 Gbit/s per direction and the ratio ours/upstream.
 
-Until pasta's command line is wired, "ours" is this script's ``serve``
-mode: the real ``fwd``/``tcp_splice``/``udp_splice`` modules on a real event
-loop, with a helper thread inside the target namespace standing in for
-``netns.py``'s ``ns_call``.  The end-to-end splice tests use the same mode.
+"ours" is our pasta's command line, started the same way as upstream's.
+The ``serve`` mode runs only the forwarding modules (``fwd``,
+``tcp_splice``, ``udp_splice``) on an event loop, with a helper thread
+inside the target namespace for ``ns_call``, and answers SIGUSR1 with its
+flow and pool counts: the end-to-end splice tests use it to look inside.
 
 Usage: ``bench_splice.py [--time S] [--rounds N]`` (as root), or
 ``bench_splice.py serve [--udp-timeout S] --netns PATH [-t SPEC] [-u SPEC] [-T SPEC] [-U SPEC]``.
@@ -161,7 +162,8 @@ def netns_exec(ns: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
-def start_ours(host_ns: str, target_ns: str, *opts: str) -> subprocess.Popen:
+def start_serve(host_ns: str, target_ns: str, *opts: str) -> subprocess.Popen:
+    """This script's ``serve`` mode (for tests that look inside the forwarder)."""
     cmd = netns_exec(host_ns, sys.executable, os.path.abspath(__file__), "serve",
                      "--netns", f"/run/netns/{target_ns}", *opts)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -172,17 +174,21 @@ def start_ours(host_ns: str, target_ns: str, *opts: str) -> subprocess.Popen:
     return proc
 
 
-def start_upstream(host_ns: str, target_ns: str, *opts: str) -> subprocess.Popen:
-    """Upstream pasta attached to ``target_ns``; retried, as it sometimes dies at start-up."""
+OURS = [sys.executable, "-c", "from passt.cli import main_pasta; main_pasta()"]
+
+
+def start_pasta(program: list[str], host_ns: str, target_ns: str, *opts: str
+                ) -> subprocess.Popen:
+    """A pasta attached to ``target_ns``; retried, as upstream's sometimes dies at start-up."""
     for _ in range(5):
         proc = subprocess.Popen(
-            netns_exec(host_ns, UPSTREAM, "--runas", "0", "-f", "-q", "--config-net",
+            netns_exec(host_ns, *program, "-f", "-q", "--config-net",
                        *opts, "--netns", f"/run/netns/{target_ns}", "--netns-only"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if wait_listening(host_ns, T_PORT, proc):
             return proc
         stop(proc)
-    raise RuntimeError("upstream pasta did not start")
+    raise RuntimeError(f"{program[0]} did not start")
 
 
 def wait_listening(ns: str, port: int, proc: subprocess.Popen, timeout: float = 5.0) -> bool:
@@ -246,10 +252,8 @@ def bench(seconds: float, rounds: int) -> Results:
         for _ in range(rounds):
             for impl in ("upstream", "ours"):
                 target = ns[impl]
-                if impl == "ours":
-                    proc = start_ours(ns["host"], target, *opts)
-                else:
-                    proc = start_upstream(ns["host"], target, *opts)
+                program = OURS if impl == "ours" else [UPSTREAM, "--runas", "0"]
+                proc = start_pasta(program, ns["host"], target, *opts)
                 try:
                     results[impl]["host->ns"].append(
                         measure(proc, target, ns["host"], T_PORT, seconds))

@@ -92,7 +92,7 @@ class SpliceWorld:
         self._stack = ExitStack()
         try:
             self.ns = self._stack.enter_context(bench.world(f"{tag}{os.getpid() % 1000}"))
-            self.proc = bench.start_ours(self.ns["host"], self.ns["ours"], *serve_opts)
+            self.proc = bench.start_serve(self.ns["host"], self.ns["ours"], *serve_opts)
             self._stack.callback(bench.stop, self.proc)
             self.host = bench.NsThread(f"/run/netns/{self.ns['host']}")
             self.target = bench.NsThread(f"/run/netns/{self.ns['ours']}")
