@@ -17,7 +17,6 @@ that the host's resolv.conf is never touched.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import shutil
@@ -31,6 +30,7 @@ import pytest
 from passt import arp, dhcp, dhcpv6, hostnet, icmp, ndp
 from passt.context import Ctx
 from passt.loop import EventLoop
+from passt.netns import CLONE_NEWNET, setns
 from passt.tap import Dispatcher, SourceFilter, TunTap, open_tap
 
 from . import l2
@@ -41,16 +41,13 @@ pytestmark = pytest.mark.e2e
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UDHCPC_SCRIPT = os.path.join(HERE, "..", "guest", "udhcpc.script")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _enter(netns: str) -> None:
     """Move the calling thread into network namespace ``netns``."""
     fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        setns(fd, CLONE_NEWNET)
     finally:
         os.close(fd)
 

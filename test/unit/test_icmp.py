@@ -8,7 +8,6 @@ there, and moves back afterwards whatever happens.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from scapy.layers.l2 import Ether
 
 from passt import icmp
 from passt.loop import EventLoop
+from passt.netns import CLONE_NEWNET, setns
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 
 from .l2_fixtures import (
@@ -40,15 +40,6 @@ from .l2_fixtures import (
 REMOTE4 = "203.0.113.1"
 REMOTE6 = "2001:db8:2::1"
 LINK_LOCAL = "fe80::99"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
 def _ip(netns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True, timeout=20)
 
@@ -74,12 +65,12 @@ def netns() -> Iterator[str]:
         _ping_group_range(name, "0 2147483647")
         target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target)
+            setns(target, CLONE_NEWNET)
         finally:
             os.close(target)
         yield name
     finally:
-        _setns(home)
+        setns(home, CLONE_NEWNET)
         os.close(home)
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=20)
 
