@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
@@ -217,3 +219,14 @@ def test_short_echo_request_is_counted(ctx) -> None:
     frame = bytes(Ether(src=GUEST_MAC_STR) / IP(src=GUEST4, dst=REMOTE4, proto=1) / b"\x08\0\0\0")
     icmp.from_tap(ctx, parse_frame(frame))
     assert drops(ctx) == {"drop.icmp_short": 1}
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=200),
+       st.sampled_from([REMOTE4, REMOTE6, GW4, GW6]))
+def test_any_echo_request_is_relayed_or_counted(ctx, ident: int, seq: int, body: bytes,
+                                                dst: str) -> None:
+    before = ctx.stats["icmp.requests"] + sum(drops(ctx).values())
+    icmp.from_tap(ctx, parse_frame(echo_request(dst, ident, seq, body)))
+    assert ctx.stats["icmp.requests"] + sum(drops(ctx).values()) == before + 1
