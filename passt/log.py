@@ -285,7 +285,12 @@ class _Bridge(logging.Handler):
 
 
 def _bridge_python_logging(debug: bool) -> None:
-    """Library chatter below warnings is only interesting when debugging."""
+    """Library chatter below warnings is only interesting when tracing.
+
+    pyroute2 logs every netlink message at debug level: with ``-d`` that
+    would drown our own messages, so libraries speak below warnings only
+    with ``--trace``.
+    """
     root = logging.getLogger()
     root.addHandler(_Bridge())
-    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.setLevel(logging.DEBUG if debug and TRACE else logging.WARNING)
