@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any, NamedTuple
 
 from passt import log
@@ -420,41 +420,24 @@ def _first_of_version(addresses: tuple[IPAddress, ...], version: int) -> IPAddre
 
 
 def overrides_from_conf(conf: Any) -> Overrides:
-    """Translate a ``conf.Conf`` into ``Overrides`` (the only place that knows its field types)."""
-    addresses = tuple(ip_address(a) for a in (conf.address or ()))
-    gateways = tuple(ip_address(a) for a in (conf.gateway or ()))
-    pasta = conf.mode == "pasta"
+    """Translate a ``conf.Conf`` into ``Overrides``."""
     return Overrides(
-        address4=_first_of_version(addresses, 4),
-        address6=_first_of_version(addresses, 6),
-        prefix4=_netmask_bits(conf.netmask),
-        gateway4=_first_of_version(gateways, 4),
-        gateway6=_first_of_version(gateways, 6),
-        mac=_mac_bytes(conf.mac_addr),
-        interface=conf.interface or None,
-        outbound_if4=conf.outbound_if4 or None,
-        outbound_if6=conf.outbound_if6 or None,
+        address4=_first_of_version(conf.address, 4),
+        address6=_first_of_version(conf.address, 6),
+        prefix4=conf.netmask,
+        gateway4=_first_of_version(conf.gateway, 4),
+        gateway6=_first_of_version(conf.gateway, 6),
+        mac=conf.mac_addr,
+        interface=conf.interface,
+        outbound_if4=conf.outbound_if4,
+        outbound_if6=conf.outbound_if6,
         ipv4=not conf.ipv6_only,
         ipv6=not conf.ipv4_only,
         mtu=DEFAULT_MTU if conf.mtu is None else conf.mtu,
-        dns=None if conf.dns is None else tuple(ip_address(a) for a in conf.dns),
-        search=None if conf.search is None else tuple(conf.search),
-        dns_forward=tuple(ip_address(a) for a in (conf.dns_forward or ())),
+        dns=conf.dns,
+        search=conf.search,
+        dns_forward=conf.dns_forward,
         map_gw=not conf.no_map_gw,
-        dhcp_dns=conf.dhcp_dns if pasta else not conf.no_dhcp_dns,
-        dhcp_search=conf.dhcp_search if pasta else not conf.no_dhcp_search,
+        dhcp_dns=conf.dhcp_dns_effective,
+        dhcp_search=conf.dhcp_search_effective,
     )
-
-
-def _netmask_bits(netmask: Any) -> int | None:
-    if netmask is None or isinstance(netmask, int):
-        return netmask
-    return IPv4Network(f"0.0.0.0/{netmask}").prefixlen
-
-
-def _mac_bytes(mac: Any) -> bytes | None:
-    if not mac:
-        return None
-    if isinstance(mac, bytes):
-        return mac
-    return bytes.fromhex(str(mac).replace(":", ""))

@@ -103,7 +103,6 @@ T = TypeVar("T")
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
-NETNS_RUN_DIR = "/run/netns"
 IFA_F_NODAD = 0x02
 RTNH_F_ONLINK = 0x04
 RTPROT_BOOT = 3
@@ -222,25 +221,19 @@ class Target:
         return self.pid is None and self.netns_path is None
 
 
-def netns_path(spec: str) -> str:
-    """``--netns`` value → path: a bare name lives in ``/run/netns`` (as ``ip netns``)."""
-    return spec if "/" in spec else os.path.join(NETNS_RUN_DIR, spec)
-
-
 def default_command(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     """The user's shell as a login shell (``argv[0]`` prefixed with ``-``), as upstream."""
     shell = env.get("SHELL") or "/bin/sh"
     return shell, ("-" + shell,)
 
 
-def make_target(command: Sequence[str], pid: int | None, netns: str | None,
+def make_target(command: Sequence[str], pid: int | None, netns_path: str | None,
                 userns: str | None, netns_only: bool, no_netns_quit: bool,
                 env: Mapping[str, str]) -> Target:
     """The ``Target`` for these options (pure; the options were validated by ``conf``)."""
-    if netns is not None:
-        path = netns_path(netns)
-        return Target(netns_path=path, userns_path=userns if not netns_only else None,
-                      quit_path=None if no_netns_quit else path)
+    if netns_path is not None:
+        return Target(netns_path=netns_path, userns_path=None if netns_only else userns,
+                      quit_path=None if no_netns_quit else netns_path)
     if pid is not None:
         if netns_only:
             userns = None
@@ -253,9 +246,9 @@ def make_target(command: Sequence[str], pid: int | None, netns: str | None,
                   create_userns=not netns_only and userns is None)
 
 
-def target_from_conf(conf: Any) -> Target:
-    return make_target(conf.command, conf.pid, conf.netns, conf.userns, conf.netns_only,
-                       conf.no_netns_quit, os.environ)
+def target_from_conf(conf: Any, env: Mapping[str, str] = os.environ) -> Target:
+    return make_target(conf.command, conf.target_pid, conf.netns_path, conf.userns,
+                       conf.netns_only, conf.no_netns_quit, env)
 
 
 def daemonizes(conf: Any) -> bool:
@@ -581,8 +574,8 @@ def setup_pasta(conf: Any, net: NetInfo, loop: EventLoop) -> PastaNamespace:
 
 
 def tap_spec_from_conf(conf: Any, net: NetInfo) -> TapSpec:
-    mac = bytes.fromhex(conf.ns_mac_addr.replace(":", "")) if conf.ns_mac_addr else None
-    return TapSpec(conf.ns_ifname or net.template_ifname or "tap0", mac, conf.config_net, net)
+    return TapSpec(conf.ns_ifname or net.template_ifname or "tap0", conf.ns_mac_addr,
+                   conf.config_net, net)
 
 
 def setup_target(target: Target, spec: TapSpec, loop: EventLoop) -> PastaNamespace:

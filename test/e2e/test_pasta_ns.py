@@ -1,10 +1,11 @@
 """pasta's namespaces for real: commands, attaching, quitting, rootless, bad input.
 
-Theory of operation: each test runs pasta's namespace set-up (``hostnet``
-discovery, ``netns.setup_pasta``, the event loop, ``teardown``: what
-``cli.py`` strings together) as a small driver process inside the world's
-"host" namespace (world.py), so that the addresses it copies are the
-world's, never the machine's.  The driver prints ``READY <child pid>`` once
+Theory of operation: each test runs pasta's namespace side (the command
+line through ``conf.parse``, ``hostnet`` discovery, daemonizing as
+``netns.daemonizes`` says, ``netns.setup_pasta``, the event loop,
+``teardown``: what ``cli.py`` strings together, without the data path) as a
+small driver process inside the world's "host" namespace (world.py), so that
+the addresses it copies are the world's, never the machine's.  The driver prints ``READY <child pid>`` once
 the tap is configured, then runs until the command exits, the target goes
 away or a signal arrives, and exits with pasta's status.  What the namespace
 looks like is read from outside with ``nsenter``/``ip -n`` and ``ip -j``.
@@ -44,25 +45,23 @@ READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
 
 DRIVER = r"""
-import json, os, sys
-from types import SimpleNamespace
-from passt import daemon, hostnet, loop, netns, tap
+import sys
+from passt import conf as config, daemon, hostnet, loop, netns, tap
 
-options = json.loads(sys.argv[1])
-tun = options.pop("tun", None)
+tun, argv = sys.argv[1], sys.argv[2:]
 if tun:
     tap.TUN_DEVICE = tun
-conf = SimpleNamespace(**options)
 try:
+    conf = config.parse("pasta", argv)
     net = hostnet.discover(conf)
-    pidfile = daemon.PidFile.open(conf.pid_file) if conf.pid_file else None
+    pidfile = daemon.PidFile.open(conf.pid) if conf.pid else None
     if netns.daemonizes(conf):
         readiness = daemon.daemonize(pidfile)
     else:
         readiness = daemon.foreground(pidfile)
     ev = loop.EventLoop()
     ns = netns.setup_pasta(conf, net, ev)
-except (hostnet.HostNetError, netns.NetnsError, daemon.DaemonError) as e:
+except (config.ConfError, hostnet.HostNetError, netns.NetnsError, daemon.DaemonError) as e:
     print(e, file=sys.stderr)
     sys.exit(1)
 print("READY", ns.child_pid or 0, ns.ifname, ns.ns_mac.hex(":"), flush=True)
@@ -73,16 +72,6 @@ ns.teardown()
 sys.exit(status)
 """
 
-CONF_DEFAULTS = dict(
-    mode="pasta", address=(), netmask=None, gateway=(), mac_addr=None, interface=None,
-    outbound_if4=None, outbound_if6=None, ipv4_only=False, ipv6_only=False, mtu=None,
-    dns=None, search=None, dns_forward=(), no_map_gw=False, dhcp_dns=False,
-    dhcp_search=False, no_dhcp_dns=False, no_dhcp_search=False,
-    command=(), pid=None, netns=None, userns=None, netns_only=False, no_netns_quit=False,
-    ns_ifname=None, ns_mac_addr=None, config_net=False, foreground=True, pid_file=None,
-)
-
-
 def as_user(user: pwd.struct_passwd) -> list[str]:
     """Command prefix running the rest as ``user``, without supplementary groups."""
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
@@ -91,14 +80,12 @@ def as_user(user: pwd.struct_passwd) -> list[str]:
 class Pasta:
     """The driver process: pasta's namespace side, started in the world's host."""
 
-    def __init__(self, host_ns: str, user: pwd.struct_passwd | None = None,
-                 **options: object) -> None:
-        conf = {**CONF_DEFAULTS, **options}
-        prefix = ["ip", "netns", "exec", host_ns]
-        if user is None:
-            argv = [*prefix, "python3", "-c", DRIVER, json.dumps(conf)]
-        else:
-            argv = [*prefix, *as_user(user), SYSTEM_PYTHON, "-c", DRIVER, json.dumps(conf)]
+    def __init__(self, netns: str, args: list[str], user: pwd.struct_passwd | None = None,
+                 tun: str = "") -> None:
+        """Run pasta ``args`` in ``netns``, as ``user`` if given, with ``tun`` for the device."""
+        prefix = ["ip", "netns", "exec", netns]
+        python = [*as_user(user), SYSTEM_PYTHON] if user else ["python3"]
+        argv = [*prefix, *python, "-c", DRIVER, tun, *args]
         env = {"PATH": PATH, "PYTHONPATH": REPO, "SHELL": "/bin/sh", "LC_ALL": "C"}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, cwd="/")
@@ -161,8 +148,10 @@ def workdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start(drivers: list[Pasta], world: World, **options: object) -> Pasta:
-    driver = Pasta(world.host_ns, **options)  # type: ignore[arg-type]
+def start(drivers: list[Pasta], world: World, *args: str,
+          user: pwd.struct_passwd | None = None, tun: str = "") -> Pasta:
+    """pasta ``args`` in the world's host namespace, killed at the end of the test."""
+    driver = Pasta(world.host_ns, list(args), user, tun)
     drivers.append(driver)
     return driver
 
@@ -247,8 +236,7 @@ def touch(path: str) -> None:
 
 
 def test_command_sees_configured_tap_and_its_status_is_ours(world, drivers, workdir) -> None:
-    pasta = start(drivers, world, config_net=True,
-                  command=waiting_command(workdir, 7)).ready()
+    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 7)).ready()
     pid = pasta.child_pid
     assert pasta.ifname == IFNAME  # named after the host's template interface
     assert_configured(pid=pid)
@@ -261,8 +249,8 @@ def test_command_sees_configured_tap_and_its_status_is_ours(world, drivers, work
 
 def test_without_config_net_only_loopback_is_up(world, drivers, workdir) -> None:
     command = ["sh", "-c", f"ip -j link show > {workdir}/links; ip -j addr show > {workdir}/a"]
-    pasta = start(drivers, world, command=command, ns_mac_addr="02:00:00:0a:0b:0c",
-                  ns_ifname="pasta0").ready()
+    pasta = start(drivers, world, "--ns-mac-addr", "02:00:00:0a:0b:0c", "-I", "pasta0", "--",
+                  *command).ready()
     assert pasta.wait() == 0
     with open(f"{workdir}/links") as f:
         links = {link["ifname"]: link for link in json.load(f)}
@@ -274,19 +262,18 @@ def test_without_config_net_only_loopback_is_up(world, drivers, workdir) -> None
 
 
 def test_command_killed_by_signal_gives_128_plus_signal(world, drivers) -> None:
-    pasta = start(drivers, world, command=["sh", "-c", "kill -USR1 $$"]).ready()
+    pasta = start(drivers, world, "--", "sh", "-c", "kill -USR1 $$").ready()
     assert pasta.wait() == 128 + signal.SIGUSR1
 
 
 def test_failing_exec_is_status_1_with_a_message(world, drivers) -> None:
-    pasta = start(drivers, world, command=["/nonexistent/program"]).ready()
+    pasta = start(drivers, world, "--", "/nonexistent/program").ready()
     assert pasta.wait() == 1
     assert "Failed to run /nonexistent/program: No such file or directory" in pasta.stderr()
 
 
 def test_sigterm_leaves_no_process_namespace_or_tap(world, drivers, workdir) -> None:
-    pasta = start(drivers, world, config_net=True,
-                  command=waiting_command(workdir, 0)).ready()
+    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 0)).ready()
     child = pasta.child_pid
     inode = os.stat(f"/proc/{child}/ns/net").st_ino
     started = time.monotonic()
@@ -309,7 +296,7 @@ def target_ns(world) -> Iterator[str]:
 
 
 def test_attach_by_name_configures_and_quits_when_deleted(world, drivers, target_ns) -> None:
-    pasta = start(drivers, world, netns=target_ns, config_net=True, mtu=1500).ready()
+    pasta = start(drivers, world, "-f", "--netns", target_ns, "--config-net", "-m", "1500").ready()
     assert pasta.child_pid == 0
     assert_configured(netns=target_ns, mtu=1500)
     subprocess.run(["ip", "netns", "del", target_ns], check=True, timeout=20)
@@ -318,7 +305,7 @@ def test_attach_by_name_configures_and_quits_when_deleted(world, drivers, target
 
 def test_attach_by_path_no_quit_and_sigterm_removes_tap(world, drivers, target_ns) -> None:
     path = f"/run/netns/{target_ns}"
-    pasta = start(drivers, world, netns=path, no_netns_quit=True).ready()
+    pasta = start(drivers, world, "-f", "--netns", path, "--no-netns-quit").ready()
     assert [link["ifname"] for link in ip_json("link", "show", netns=target_ns)] == ["lo", IFNAME]
     other = f"{target_ns}-x"  # deleting another name in the directory is no reason to quit
     subprocess.run(["ip", "netns", "add", other], check=True, timeout=20)
@@ -332,8 +319,7 @@ def test_attach_by_path_no_quit_and_sigterm_removes_tap(world, drivers, target_n
 
 def test_attach_in_background_writes_pid_file(world, drivers, target_ns, workdir) -> None:
     pid_file = f"{workdir}/pasta.pid"
-    pasta = start(drivers, world, netns=target_ns, foreground=False, pid_file=pid_file,
-                  config_net=True).ready()
+    pasta = start(drivers, world, "--netns", target_ns, "--pid", pid_file, "--config-net").ready()
     assert pasta.wait() == 0  # the parent, once the daemon is ready
     with open(pid_file) as f:
         daemon_pid = int(f.read())
@@ -353,7 +339,7 @@ def test_attach_in_background_writes_pid_file(world, drivers, target_ns, workdir
 
 def test_attach_by_pid_quits_when_the_process_exits(world, drivers) -> None:
     with sleeping_target(world) as target:
-        pasta = start(drivers, world, pid=target.pid, config_net=True).ready()
+        pasta = start(drivers, world, "-f", "--config-net", str(target.pid)).ready()
         assert_configured(pid=target.pid)
         target.kill()
         assert pasta.wait() == 0
@@ -368,45 +354,40 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(pid="DEAD", netns_only=True), "Couldn't open network namespace /proc/{pid}/ns/net: "
-                                        "No such file or directory"),
-    (dict(pid="DEAD"), "Couldn't open network namespace /proc/{pid}/ns/net: "
-                       "No such file or directory"),
-    (dict(netns="/nonexistent/ns"), "Couldn't open network namespace /nonexistent/ns: "
-                                    "No such file or directory"),
-    (dict(netns="no-such-ns"), "Couldn't open network namespace /run/netns/no-such-ns: "
-                               "No such file or directory"),
-    (dict(command=["true"], userns="/nonexistent/user"), "Couldn't open user namespace "
-                                                         "/nonexistent/user: No such file or "
-                                                         "directory"),
-    (dict(netns="TARGET", userns="/nonexistent/user"), "Couldn't open user namespace "
-                                                       "/nonexistent/user: No such file or directory"),
-    (dict(netns="TARGET", ns_ifname="lo"), "Failed to set up tap device lo: Invalid argument "
-                                           "(interface name in use)"),
-    (dict(command=["true"], tun="/nonexistent/tun"), "Failed to open /nonexistent/tun: "
-                                                     "No such file or directory"),
+NO_FILE = "No such file or directory"
+
+
+@pytest.mark.parametrize("args, message", [
+    ("-f --netns-only DEAD", f"Couldn't open network namespace /proc/DEAD/ns/net: {NO_FILE}"),
+    ("-f DEAD", f"Couldn't open network namespace /proc/DEAD/ns/net: {NO_FILE}"),
+    ("-f --netns /nonexistent/ns", f"Couldn't open network namespace /nonexistent/ns: {NO_FILE}"),
+    ("-f --netns no-such-ns",
+     f"Couldn't open network namespace /run/netns/no-such-ns: {NO_FILE}"),
+    ("--userns /nonexistent/user -- true",
+     f"Couldn't open user namespace /nonexistent/user: {NO_FILE}"),
+    ("-f --netns TARGET --userns /nonexistent/user",
+     f"Couldn't open user namespace /nonexistent/user: {NO_FILE}"),
+    ("-f --netns TARGET -I lo",
+     "Failed to set up tap device lo: Invalid argument (interface name in use)"),
+    ("TUN -- true", f"Failed to open /nonexistent/tun: {NO_FILE}"),
 ])
-def test_bad_input_is_one_line_and_status_1(world, drivers, target_ns, options,
-                                            message) -> None:
-    pid = dead_pid()
-    options = {k: (pid if v == "DEAD" else target_ns if v == "TARGET" else v)
-               for k, v in options.items()}
-    pasta = start(drivers, world, **options)
+def test_bad_input_is_one_line_and_status_1(world, drivers, target_ns, args, message) -> None:
+    pid = str(dead_pid())
+    words = [pid if w == "DEAD" else target_ns if w == "TARGET" else w for w in args.split()]
+    tun = "/nonexistent/tun" if words[0] == "TUN" else ""
+    pasta = start(drivers, world, *words[1 if tun else 0:], tun=tun)
     assert pasta.wait() == 1
-    assert pasta.stderr().splitlines() == [message.format(pid=pid)]
-    if "netns" in options and options["netns"] == target_ns:
+    assert pasta.stderr().splitlines() == [message.replace("DEAD", pid)]
+    if target_ns in words:
         assert [link["ifname"] for link in ip_json("link", "show", netns=target_ns)] == ["lo"]
 
 
 def test_no_template_interface_is_one_line(world, drivers, target_ns) -> None:
     """Discovery in a host without default routes: nothing to copy."""
-    proc = subprocess.run(
-        ["ip", "netns", "exec", target_ns, "python3", "-c", DRIVER,
-         json.dumps({**CONF_DEFAULTS, "command": ["true"]})],
-        capture_output=True, text=True, timeout=60, env={"PATH": PATH, "PYTHONPATH": REPO})
-    assert proc.returncode == 1
-    assert proc.stderr.splitlines()[-1] == "External interface not usable"
+    pasta = Pasta(target_ns, ["--", "true"])
+    drivers.append(pasta)
+    assert pasta.wait() == 1
+    assert pasta.stderr().splitlines()[-1] == "External interface not usable"
 
 
 # -- rootless -------------------------------------------------------------------------------
@@ -433,8 +414,8 @@ def user_tun(workdir: str) -> str:
 
 def test_rootless_command_in_its_own_user_namespace(world, drivers, workdir, user,
                                                    user_tun) -> None:
-    pasta = start(drivers, world, user=user, tun=user_tun, config_net=True,
-                  command=waiting_command(workdir, 5)).ready()
+    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 5),
+                  user=user, tun=user_tun).ready()
     pid = pasta.child_pid
     assert_configured(pid=pid)
     with open(f"/proc/{pid}/uid_map") as f:
@@ -451,8 +432,8 @@ def test_rootless_command_in_its_own_user_namespace(world, drivers, workdir, use
 
 def test_rootless_attach_by_pid_joins_the_user_namespace(world, drivers, user, user_tun) -> None:
     with sleeping_target(world, *as_user(user)) as target:
-        pasta = start(drivers, world, user=user, tun=user_tun, pid=target.pid,
-                      config_net=True).ready()
+        pasta = start(drivers, world, "-f", "--config-net", str(target.pid), user=user,
+                      tun=user_tun).ready()
         assert_configured(pid=target.pid)
         target.kill()
         assert pasta.wait() == 0
@@ -460,7 +441,7 @@ def test_rootless_attach_by_pid_joins_the_user_namespace(world, drivers, user, u
 
 def test_rootless_without_user_namespace_is_refused(world, drivers, user, user_tun,
                                                    target_ns) -> None:
-    pasta = start(drivers, world, user=user, tun=user_tun, netns=target_ns)
+    pasta = start(drivers, world, "-f", "--netns", target_ns, user=user, tun=user_tun)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines() == [
         "Couldn't enter network namespace: Operation not permitted"]
@@ -468,7 +449,7 @@ def test_rootless_without_user_namespace_is_refused(world, drivers, user, user_t
 
 def test_rootless_command_without_user_namespace_is_refused(world, drivers, user,
                                                            user_tun) -> None:
-    pasta = start(drivers, world, user=user, tun=user_tun, netns_only=True, command=["true"])
+    pasta = start(drivers, world, "--netns-only", "--", "true", user=user, tun=user_tun)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines() == [
         "Couldn't create namespaces for the command: Operation not permitted"]

@@ -12,11 +12,11 @@ import socket
 import subprocess
 from dataclasses import replace
 from ipaddress import ip_address
-from types import SimpleNamespace
 
 import pytest
 
 from passt import hostnet
+from passt.conf import parse
 from passt.hostnet import (
     Addr,
     DefaultRoute,
@@ -202,21 +202,11 @@ nameserver
     assert hostnet.read_resolv_conf("/nonexistent/resolv.conf") == Resolv()
 
 
-def pasta_conf(**fields: object) -> SimpleNamespace:
-    base = dict(mode="pasta", address=(), netmask=None, gateway=(), mac_addr=None,
-                interface=None, outbound_if4=None, outbound_if6=None, ipv4_only=False,
-                ipv6_only=False, mtu=None, dns=None, search=None, dns_forward=(),
-                no_map_gw=False, dhcp_dns=False, dhcp_search=False, no_dhcp_dns=False,
-                no_dhcp_search=False)
-    base.update(fields)
-    return SimpleNamespace(**base)
-
-
 def test_overrides_from_conf() -> None:
-    ov = hostnet.overrides_from_conf(pasta_conf(
-        address=("192.0.2.9", "2001:db8::9"), netmask="255.255.240.0", gateway=("192.0.2.1",),
-        mac_addr="02:00:00:00:00:09", ipv4_only=True, mtu=0, dns=(), search=("x.test",),
-        dns_forward=("192.0.2.53",)))
+    ov = hostnet.overrides_from_conf(parse("pasta", [
+        "-a", "192.0.2.9", "-a", "2001:db8::9", "-n", "255.255.240.0", "-g", "192.0.2.1",
+        "-M", "02:00:00:00:00:09", "-4", "-m", "0", "-D", "none", "-S", "x.test",
+        "--dns-forward", "192.0.2.53"]))
     assert ov.address4 == ipa("192.0.2.9") and ov.address6 == ipa("2001:db8::9")
     assert ov.prefix4 == 20 and ov.gateway4 == ipa("192.0.2.1") and ov.gateway6 is None
     assert ov.mac == bytes.fromhex("020000000009")
@@ -224,7 +214,8 @@ def test_overrides_from_conf() -> None:
     assert ov.dns == () and ov.search == ("x.test",)
     assert ov.dns_forward == (ipa("192.0.2.53"),)
     assert not ov.dhcp_dns  # pasta doesn't advertise resolvers unless --dhcp-dns
-    ov = hostnet.overrides_from_conf(pasta_conf(mode="passt", netmask=16))
+    assert hostnet.overrides_from_conf(parse("pasta", ["--dhcp-dns"])).dhcp_dns
+    ov = hostnet.overrides_from_conf(parse("passt", ["-n", "16"]))
     assert ov.dhcp_dns and ov.dhcp_search and ov.prefix4 == 16 and ov.mtu == 65520
     assert ov.dns is None and ov.search is None
 

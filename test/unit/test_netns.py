@@ -15,28 +15,26 @@ import subprocess
 import threading
 from dataclasses import replace
 from ipaddress import ip_address
-from types import SimpleNamespace
 
 import pytest
 
 from passt import netns, tap
+from passt.conf import parse
 from passt.hostnet import NetInfo
-from passt.netns import NetnsError, NsRunner, Target, make_target
+from passt.netns import NetnsError, NsRunner, Target
 
 
-def target(*command: str, pid: int | None = None, ns: str | None = None,
-           userns: str | None = None, netns_only: bool = False,
-           no_quit: bool = False, env: dict[str, str] | None = None) -> Target:
-    return make_target(command, pid, ns, userns, netns_only, no_quit, env or {})
+def target(*argv: str, env: dict[str, str] | None = None) -> Target:
+    return netns.target_from_conf(parse("pasta", argv), env or {})
 
 
 def test_command_target_creates_user_and_network_namespaces() -> None:
-    t = target("ip", "-j", "addr")
+    t = target("--", "ip", "-j", "addr")
     assert t.spawns and t.create_userns
     assert (t.program, t.argv) == ("ip", ("ip", "-j", "addr"))
     assert t.netns_path is None and t.quit_pid is None and t.quit_path is None
-    assert not target("true", netns_only=True).create_userns
-    t = target("true", userns="/proc/9/ns/user")  # joined by the command, as upstream
+    assert not target("--netns-only", "--", "true").create_userns
+    t = target("--userns", "/proc/9/ns/user", "--", "true")  # joined by the command, as upstream
     assert t.spawns and not t.create_userns and t.userns_path == "/proc/9/ns/user"
 
 
@@ -48,37 +46,34 @@ def test_default_command_is_a_login_shell() -> None:
 
 
 def test_pid_target_joins_its_user_namespace_unless_told_otherwise() -> None:
-    t = target(pid=42)
+    t = target("42")
     assert not t.spawns
     assert t.netns_path == "/proc/42/ns/net" and t.userns_path == "/proc/42/ns/user"
     assert t.quit_pid == 42 and t.quit_path is None
-    assert target(pid=42, netns_only=True).userns_path is None
-    assert target(pid=42, userns="/run/u").userns_path == "/run/u"
-    assert target(pid=42, no_quit=True).quit_pid is None
+    assert target("--netns-only", "42").userns_path is None
+    assert target("--userns", "/run/u", "42").userns_path == "/run/u"
+    assert target("--no-netns-quit", "42").quit_pid is None
 
 
 def test_netns_target_by_name_or_path() -> None:
-    t = target(ns="blue")
+    t = target("--netns", "blue")
     assert t.netns_path == "/run/netns/blue" and t.quit_path == "/run/netns/blue"
     assert t.userns_path is None  # --netns-only is implied without --userns
-    t = target(ns="/var/run/ns/red", userns="/proc/7/ns/user", no_quit=True)
+    t = target("--netns", "/var/run/ns/red", "--userns", "/proc/7/ns/user", "--no-netns-quit")
     assert t.netns_path == "/var/run/ns/red" and t.userns_path == "/proc/7/ns/user"
     assert t.quit_path is None
-    assert target(ns="blue", userns="/u", netns_only=True).userns_path is None
+    assert target("--netns", "blue", "--userns", "/u", "--netns-only").userns_path is None
 
 
 def test_daemonizes_only_when_attaching_in_background() -> None:
-    def conf(**kw: object) -> SimpleNamespace:
-        base = dict(command=(), pid=None, netns=None, userns=None, netns_only=False,
-                    no_netns_quit=False, foreground=False)
-        base.update(kw)
-        return SimpleNamespace(**base)
+    def daemonizes(*argv: str) -> bool:
+        return netns.daemonizes(parse("pasta", argv))
 
-    assert not netns.daemonizes(conf())
-    assert not netns.daemonizes(conf(command=("sh",)))
-    assert netns.daemonizes(conf(pid=1))
-    assert netns.daemonizes(conf(netns="x"))
-    assert not netns.daemonizes(conf(netns="x", foreground=True))
+    assert not daemonizes()
+    assert not daemonizes("--", "sh")
+    assert daemonizes("1")
+    assert daemonizes("--netns", "x")
+    assert not daemonizes("--netns", "x", "-f")
 
 
 def test_id_map_and_exit_status() -> None:
