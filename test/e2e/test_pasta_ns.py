@@ -1,21 +1,22 @@
 """pasta's namespaces for real: commands, attaching, quitting, rootless, bad input.
 
-Theory of operation: each test runs pasta's namespace side (the command
-line through ``conf.parse``, ``hostnet`` discovery, daemonizing as
-``netns.daemonizes`` says, ``netns.setup_pasta``, the event loop,
-``teardown``: what ``cli.py`` strings together, without the data path) as a
-small driver process inside the world's "host" namespace (world.py), so that
-the addresses it copies are the world's, never the machine's.  The driver prints ``READY <child pid>`` once
-the tap is configured, then runs until the command exits, the target goes
-away or a signal arrives, and exits with pasta's status.  What the namespace
-looks like is read from outside with ``nsenter``/``ip -n`` and ``ip -j``.
+Theory of operation: each test runs our ``pasta`` command line
+(``cli.main_pasta``) inside the world's "host" namespace (world.py), so that
+the addresses it copies are the world's, never the machine's, and looks at
+the namespace from outside with ``nsenter``/``ip -n`` and ``ip -j``.
+
+When is pasta ready?  A command is only started once the tap is configured,
+so a command that writes its PID to a file says both "ready" and which
+process to inspect.  When attaching, pasta goes to the background once
+ready (its parent exits 0, the PID file names the daemon); with ``-f`` the
+test waits for the tap to appear in the target.
 
 Rootless runs use a real unprivileged user (created with ``useradd`` if
 missing) and Debian's ``/usr/bin/python3`` (``/root``, which holds our
-interpreter, is closed to other users; ``python3-pyroute2`` is installed by
+interpreter, is closed to other users; ``python3-pyroute2`` comes from
 ``mk/netns.mk``).  ``/dev/net/tun`` is mode 0600 here: instead of opening it
 up for the whole machine, the test makes its own 0666 node for the same
-device and points ``tap.TUN_DEVICE`` at it.
+device and the launcher points ``tap.TUN_DEVICE`` at it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ import contextlib
 import json
 import os
 import pwd
-import select
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,36 +41,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 USER = "passt-nstest"
 SYSTEM_PYTHON = "/usr/bin/python3"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-READY_TIMEOUT = 20.0
-EXIT_TIMEOUT = 10.0
+TIMEOUT = 20.0
 
-DRIVER = r"""
-import sys
-from passt import conf as config, daemon, hostnet, loop, netns, tap
+# pasta, with the tun device's path as first argument ("" for the default).
+LAUNCHER = (
+    "import sys\n"
+    "from passt import tap\n"
+    "tap.TUN_DEVICE = sys.argv.pop(1) or tap.TUN_DEVICE\n"
+    "from passt.cli import main_pasta\n"
+    "main_pasta()\n"
+)
 
-tun, argv = sys.argv[1], sys.argv[2:]
-if tun:
-    tap.TUN_DEVICE = tun
-try:
-    conf = config.parse("pasta", argv)
-    net = hostnet.discover(conf)
-    pidfile = daemon.PidFile.open(conf.pid) if conf.pid else None
-    if netns.daemonizes(conf):
-        readiness = daemon.daemonize(pidfile)
-    else:
-        readiness = daemon.foreground(pidfile)
-    ev = loop.EventLoop()
-    ns = netns.setup_pasta(conf, net, ev)
-except (config.ConfError, hostnet.HostNetError, netns.NetnsError, daemon.DaemonError) as e:
-    print(e, file=sys.stderr)
-    sys.exit(1)
-print("READY", ns.child_pid or 0, ns.ifname, ns.ns_mac.hex(":"), flush=True)
-readiness.ready()
-ns.start_command()
-status = ev.run()
-ns.teardown()
-sys.exit(status)
-"""
 
 def as_user(user: pwd.struct_passwd) -> list[str]:
     """Command prefix running the rest as ``user``, without supplementary groups."""
@@ -78,46 +59,33 @@ def as_user(user: pwd.struct_passwd) -> list[str]:
 
 
 class Pasta:
-    """The driver process: pasta's namespace side, started in the world's host."""
+    """Our pasta, started in a namespace of the world."""
 
     def __init__(self, netns: str, args: list[str], user: pwd.struct_passwd | None = None,
-                 tun: str = "") -> None:
+                 tun: str = "", stdin: str | None = None) -> None:
         """Run pasta ``args`` in ``netns``, as ``user`` if given, with ``tun`` for the device."""
-        prefix = ["ip", "netns", "exec", netns]
         python = [*as_user(user), SYSTEM_PYTHON] if user else ["python3"]
-        argv = [*prefix, *python, "-c", DRIVER, tun, *args]
+        argv = ["ip", "netns", "exec", netns, *python, "-c", LAUNCHER, tun, *args]
         env = {"PATH": PATH, "PYTHONPATH": REPO, "SHELL": "/bin/sh", "LC_ALL": "C"}
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd="/")
-        self.child_pid = 0
-        self.ifname = ""
-        self.mac = ""
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+        if stdin is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
 
-    def ready(self) -> Pasta:
-        """Wait for ``READY``; fail with the driver's stderr if it ends first."""
-        assert self.proc.stdout is not None
-        readable, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT)
-        line = self.proc.stdout.readline() if readable else ""
-        if not line.startswith("READY"):
-            self.kill()
-            pytest.fail(f"driver not ready: {line!r} {self.stderr()}")
-        _, pid, self.ifname, self.mac = line.split()
-        self.child_pid = int(pid)
-        return self
-
-    def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
+    def wait(self, timeout: float = TIMEOUT) -> int:
         return self.proc.wait(timeout)
 
     def stderr(self) -> str:
-        if self.proc.poll() is None:
-            return ""
-        assert self.proc.stderr is not None
+        assert self.proc.stderr is not None and self.proc.poll() is not None
         return self.proc.stderr.read()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(EXIT_TIMEOUT)
+            self.proc.wait(TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +99,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 @pytest.fixture
-def drivers() -> Iterator[list[Pasta]]:
-    """Drivers started by a test, killed at its end whatever happened."""
+def pastas() -> Iterator[list[Pasta]]:
+    """pasta processes started by a test, killed at its end whatever happened."""
     started: list[Pasta] = []
     yield started
-    for driver in started:
-        driver.kill()
+    for pasta in started:
+        pasta.kill()
 
 
 @pytest.fixture
@@ -148,12 +116,40 @@ def workdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start(drivers: list[Pasta], world: World, *args: str,
-          user: pwd.struct_passwd | None = None, tun: str = "") -> Pasta:
+@pytest.fixture
+def target_ns(world) -> Iterator[str]:
+    name = f"pnt-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+
+
+def start(pastas: list[Pasta], world: World, *args: str, user: pwd.struct_passwd | None = None,
+          tun: str = "", stdin: str | None = None) -> Pasta:
     """pasta ``args`` in the world's host namespace, killed at the end of the test."""
-    driver = Pasta(world.host_ns, list(args), user, tun)
-    drivers.append(driver)
-    return driver
+    pasta = Pasta(world.host_ns, list(args), user, tun, stdin)
+    pastas.append(pasta)
+    return pasta
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_when_written(path: str) -> str:
+    """The content of ``path`` once a line was written to it."""
+    def written() -> bool:
+        with contextlib.suppress(FileNotFoundError), open(path) as f:
+            return f.read().endswith("\n")
+        return False
+
+    wait_until(written, path)
+    with open(path) as f:
+        return f.read()
 
 
 def ip_json(*args: str, pid: int | None = None, netns: str | None = None) -> list[dict]:
@@ -164,12 +160,16 @@ def ip_json(*args: str, pid: int | None = None, netns: str | None = None) -> lis
     return json.loads(out) if out.strip() else []
 
 
+def link_names(pid: int | None = None, netns: str | None = None) -> list[str]:
+    return [link["ifname"] for link in ip_json("link", "show", pid=pid, netns=netns)]
+
+
 def waiting_command(workdir: str, status: int) -> list[str]:
-    """A command that checks its network is set up, then waits for ``stop`` (30 s at most)."""
+    """Checks its network is set up, writes its PID to ``ready``, waits for ``stop`` (30 s)."""
     check = f"ip -o addr show {IFNAME} | grep -q {V4.host} || exit 99"
     wait = (f"for i in $(seq 600); do [ -e {workdir}/stop ] && exit {status}; "
             "sleep 0.05; done; exit 98")
-    return ["sh", "-c", f"{check}; {wait}"]
+    return ["sh", "-c", f"{check}; echo $$ > {workdir}/ready; {wait}"]
 
 
 def assert_configured(pid: int | None = None, netns: str | None = None,
@@ -193,16 +193,12 @@ def sleeping_target(world: World, *prefix: str) -> Iterator[subprocess.Popen]:
     """``sleep 30`` in a new network namespace (``unshare -n``, after ``prefix``)."""
     target = subprocess.Popen(["ip", "netns", "exec", world.host_ns, *prefix, "unshare",
                                "-rn" if prefix else "-n", "sleep", "30"])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # ip → (setpriv →) unshare → sleep, one PID
-            if os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"):
-                break
-            time.sleep(0.02)
+    try:  # ip → (setpriv →) unshare → sleep, one PID
+        wait_until(lambda: os.readlink(f"/proc/{target.pid}/exe").endswith("sleep"), "sleep")
         yield target
     finally:
         target.kill()
-        target.wait(EXIT_TIMEOUT)
+        target.wait(TIMEOUT)
 
 
 def process_gone(pid: int) -> bool:
@@ -235,11 +231,10 @@ def touch(path: str) -> None:
 # -- a command in new namespaces ------------------------------------------------------
 
 
-def test_command_sees_configured_tap_and_its_status_is_ours(world, drivers, workdir) -> None:
-    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 7)).ready()
-    pid = pasta.child_pid
-    assert pasta.ifname == IFNAME  # named after the host's template interface
-    assert_configured(pid=pid)
+def test_command_sees_configured_tap_and_its_status_is_ours(world, pastas, workdir) -> None:
+    pasta = start(pastas, world, "--config-net", "--", *waiting_command(workdir, 7))
+    pid = int(read_when_written(f"{workdir}/ready"))
+    assert_configured(pid=pid)  # named after the host's template interface, too
     with open(f"/proc/{pid}/uid_map") as f:
         assert f.read().split() == ["0", "0", "1"]  # a user namespace, as upstream
     assert os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
@@ -247,34 +242,41 @@ def test_command_sees_configured_tap_and_its_status_is_ours(world, drivers, work
     assert pasta.wait() == 7
 
 
-def test_without_config_net_only_loopback_is_up(world, drivers, workdir) -> None:
+def test_without_config_net_only_loopback_is_up(world, pastas, workdir) -> None:
     command = ["sh", "-c", f"ip -j link show > {workdir}/links; ip -j addr show > {workdir}/a"]
-    pasta = start(drivers, world, "--ns-mac-addr", "02:00:00:0a:0b:0c", "-I", "pasta0", "--",
-                  *command).ready()
+    pasta = start(pastas, world, "--ns-mac-addr", "02:00:00:0a:0b:0c", "-I", "pasta0", "--",
+                  *command)
     assert pasta.wait() == 0
     with open(f"{workdir}/links") as f:
         links = {link["ifname"]: link for link in json.load(f)}
     assert "UP" in links["lo"]["flags"]
-    assert "UP" not in links["pasta0"]["flags"]
-    assert links["pasta0"]["address"] == "02:00:00:0a:0b:0c" == pasta.mac
+    assert "UP" not in links["pasta0"]["flags"]  # left to the namespace's DHCP/SLAAC
+    assert links["pasta0"]["address"] == "02:00:00:0a:0b:0c"
     with open(f"{workdir}/a") as f:
         assert all(a["scope"] != "global" for link in json.load(f) for a in link["addr_info"])
 
 
-def test_command_killed_by_signal_gives_128_plus_signal(world, drivers) -> None:
-    pasta = start(drivers, world, "--", "sh", "-c", "kill -USR1 $$").ready()
+def test_default_command_is_the_login_shell(world, pastas, workdir) -> None:
+    pasta = start(pastas, world, stdin=f"echo $0 > {workdir}/argv0; exit 4\n")
+    assert pasta.wait() == 4
+    with open(f"{workdir}/argv0") as f:
+        assert f.read() == "-/bin/sh\n"
+
+
+def test_command_killed_by_signal_gives_128_plus_signal(world, pastas) -> None:
+    pasta = start(pastas, world, "--", "sh", "-c", "kill -USR1 $$")
     assert pasta.wait() == 128 + signal.SIGUSR1
 
 
-def test_failing_exec_is_status_1_with_a_message(world, drivers) -> None:
-    pasta = start(drivers, world, "--", "/nonexistent/program").ready()
+def test_failing_exec_is_status_1_with_a_message(world, pastas) -> None:
+    pasta = start(pastas, world, "--", "/nonexistent/program")
     assert pasta.wait() == 1
     assert "Failed to run /nonexistent/program: No such file or directory" in pasta.stderr()
 
 
-def test_sigterm_leaves_no_process_namespace_or_tap(world, drivers, workdir) -> None:
-    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 0)).ready()
-    child = pasta.child_pid
+def test_sigterm_leaves_no_process_namespace_or_tap(world, pastas, workdir) -> None:
+    pasta = start(pastas, world, "--config-net", "--", *waiting_command(workdir, 0))
+    child = int(read_when_written(f"{workdir}/ready"))
     inode = os.stat(f"/proc/{child}/ns/net").st_ino
     started = time.monotonic()
     pasta.proc.send_signal(signal.SIGTERM)
@@ -287,26 +289,28 @@ def test_sigterm_leaves_no_process_namespace_or_tap(world, drivers, workdir) -> 
 # -- attaching to existing namespaces ----------------------------------------------------
 
 
-@pytest.fixture
-def target_ns(world) -> Iterator[str]:
-    name = f"pnt-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+def test_attach_in_background_then_quit_when_deleted(world, pastas, target_ns, workdir) -> None:
+    pid_file = f"{workdir}/pasta.pid"
+    started = time.monotonic()
+    pasta = start(pastas, world, "--netns", target_ns, "--pid", pid_file, "--config-net",
+                  "-m", "1500")
+    assert pasta.wait() == 0  # the parent, once the daemon is ready
+    print(f"start to ready (background): {time.monotonic() - started:.3f} s")
+    daemon_pid = int(read_when_written(pid_file))
+    try:
+        assert daemon_pid != pasta.proc.pid and not process_gone(daemon_pid)
+        assert_configured(netns=target_ns, mtu=1500)
+        subprocess.run(["ip", "netns", "del", target_ns], check=True, timeout=20)
+        wait_until(lambda: process_gone(daemon_pid), "pasta to quit")
+    finally:
+        if not process_gone(daemon_pid):
+            os.kill(daemon_pid, signal.SIGKILL)
 
 
-def test_attach_by_name_configures_and_quits_when_deleted(world, drivers, target_ns) -> None:
-    pasta = start(drivers, world, "-f", "--netns", target_ns, "--config-net", "-m", "1500").ready()
-    assert pasta.child_pid == 0
-    assert_configured(netns=target_ns, mtu=1500)
-    subprocess.run(["ip", "netns", "del", target_ns], check=True, timeout=20)
-    assert pasta.wait() == 0
-
-
-def test_attach_by_path_no_quit_and_sigterm_removes_tap(world, drivers, target_ns) -> None:
+def test_attach_by_path_no_quit_and_sigterm_removes_tap(world, pastas, target_ns) -> None:
     path = f"/run/netns/{target_ns}"
-    pasta = start(drivers, world, "-f", "--netns", path, "--no-netns-quit").ready()
-    assert [link["ifname"] for link in ip_json("link", "show", netns=target_ns)] == ["lo", IFNAME]
+    pasta = start(pastas, world, "-f", "--netns", path, "--no-netns-quit")
+    wait_until(lambda: IFNAME in link_names(netns=target_ns), "the tap")
     other = f"{target_ns}-x"  # deleting another name in the directory is no reason to quit
     subprocess.run(["ip", "netns", "add", other], check=True, timeout=20)
     subprocess.run(["ip", "netns", "del", other], check=True, timeout=20)
@@ -314,32 +318,13 @@ def test_attach_by_path_no_quit_and_sigterm_removes_tap(world, drivers, target_n
     assert pasta.proc.poll() is None
     pasta.proc.send_signal(signal.SIGTERM)
     assert pasta.wait() == 128 + signal.SIGTERM
-    assert [link["ifname"] for link in ip_json("link", "show", netns=target_ns)] == ["lo"]
+    assert link_names(netns=target_ns) == ["lo"]
 
 
-def test_attach_in_background_writes_pid_file(world, drivers, target_ns, workdir) -> None:
-    pid_file = f"{workdir}/pasta.pid"
-    pasta = start(drivers, world, "--netns", target_ns, "--pid", pid_file, "--config-net").ready()
-    assert pasta.wait() == 0  # the parent, once the daemon is ready
-    with open(pid_file) as f:
-        daemon_pid = int(f.read())
-    try:
-        assert daemon_pid != pasta.proc.pid and not process_gone(daemon_pid)
-        links = {link["ifname"]: link for link in ip_json("link", "show", netns=target_ns)}
-        assert "UP" in links[IFNAME]["flags"]
-        subprocess.run(["ip", "netns", "del", target_ns], check=True, timeout=20)
-        deadline = time.monotonic() + EXIT_TIMEOUT
-        while not process_gone(daemon_pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert process_gone(daemon_pid)
-    finally:
-        if not process_gone(daemon_pid):
-            os.kill(daemon_pid, signal.SIGKILL)
-
-
-def test_attach_by_pid_quits_when_the_process_exits(world, drivers) -> None:
+def test_attach_by_pid_quits_when_the_process_exits(world, pastas) -> None:
     with sleeping_target(world) as target:
-        pasta = start(drivers, world, "-f", "--config-net", str(target.pid)).ready()
+        pasta = start(pastas, world, "-f", "--config-net", str(target.pid))
+        wait_until(lambda: IFNAME in link_names(pid=target.pid), "the tap")
         assert_configured(pid=target.pid)
         target.kill()
         assert pasta.wait() == 0
@@ -371,21 +356,21 @@ NO_FILE = "No such file or directory"
      "Failed to set up tap device lo: Invalid argument (interface name in use)"),
     ("TUN -- true", f"Failed to open /nonexistent/tun: {NO_FILE}"),
 ])
-def test_bad_input_is_one_line_and_status_1(world, drivers, target_ns, args, message) -> None:
+def test_bad_input_is_one_line_and_status_1(world, pastas, target_ns, args, message) -> None:
     pid = str(dead_pid())
     words = [pid if w == "DEAD" else target_ns if w == "TARGET" else w for w in args.split()]
     tun = "/nonexistent/tun" if words[0] == "TUN" else ""
-    pasta = start(drivers, world, *words[1 if tun else 0:], tun=tun)
+    pasta = start(pastas, world, *words[1 if tun else 0:], tun=tun)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines() == [message.replace("DEAD", pid)]
     if target_ns in words:
-        assert [link["ifname"] for link in ip_json("link", "show", netns=target_ns)] == ["lo"]
+        assert link_names(netns=target_ns) == ["lo"]
 
 
-def test_no_template_interface_is_one_line(world, drivers, target_ns) -> None:
-    """Discovery in a host without default routes: nothing to copy."""
+def test_no_template_interface_is_one_line(world, pastas, target_ns) -> None:
+    """A host without default routes: nothing to copy."""
     pasta = Pasta(target_ns, ["--", "true"])
-    drivers.append(pasta)
+    pastas.append(pasta)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines()[-1] == "External interface not usable"
 
@@ -412,44 +397,43 @@ def user_tun(workdir: str) -> str:
     return node
 
 
-def test_rootless_command_in_its_own_user_namespace(world, drivers, workdir, user,
+def test_rootless_command_in_its_own_user_namespace(world, pastas, workdir, user,
                                                    user_tun) -> None:
-    pasta = start(drivers, world, "--config-net", "--", *waiting_command(workdir, 5),
-                  user=user, tun=user_tun).ready()
-    pid = pasta.child_pid
+    pasta = start(pastas, world, "--config-net", "--", *waiting_command(workdir, 5),
+                  user=user, tun=user_tun)
+    pid = int(read_when_written(f"{workdir}/ready"))
     assert_configured(pid=pid)
-    with open(f"/proc/{pid}/uid_map") as f:
-        assert f.read().split() == ["0", str(user.pw_uid), "1"]
-    with open(f"/proc/{pid}/gid_map") as f:
-        assert f.read().split() == ["0", str(user.pw_gid), "1"]
+    for name, outer in (("uid_map", user.pw_uid), ("gid_map", user.pw_gid)):
+        with open(f"/proc/{pid}/{name}") as f:
+            assert f.read().split() == ["0", str(outer), "1"]
     with open(f"/proc/{pid}/setgroups") as f:
         assert f.read().strip() == "deny"
-    status = os.stat(f"/proc/{pasta.proc.pid}/status")
-    print(f"driver runs as uid {status.st_uid}")
+    assert os.stat(f"/proc/{pasta.proc.pid}").st_uid == user.pw_uid
     touch(f"{workdir}/stop")
     assert pasta.wait() == 5
 
 
-def test_rootless_attach_by_pid_joins_the_user_namespace(world, drivers, user, user_tun) -> None:
+def test_rootless_attach_by_pid_joins_the_user_namespace(world, pastas, user, user_tun) -> None:
     with sleeping_target(world, *as_user(user)) as target:
-        pasta = start(drivers, world, "-f", "--config-net", str(target.pid), user=user,
-                      tun=user_tun).ready()
+        pasta = start(pastas, world, "-f", "--config-net", str(target.pid), user=user,
+                      tun=user_tun)
+        wait_until(lambda: IFNAME in link_names(pid=target.pid), "the tap")
         assert_configured(pid=target.pid)
         target.kill()
         assert pasta.wait() == 0
 
 
-def test_rootless_without_user_namespace_is_refused(world, drivers, user, user_tun,
+def test_rootless_without_user_namespace_is_refused(world, pastas, user, user_tun,
                                                    target_ns) -> None:
-    pasta = start(drivers, world, "-f", "--netns", target_ns, user=user, tun=user_tun)
+    pasta = start(pastas, world, "-f", "--netns", target_ns, user=user, tun=user_tun)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines() == [
         "Couldn't enter network namespace: Operation not permitted"]
 
 
-def test_rootless_command_without_user_namespace_is_refused(world, drivers, user,
+def test_rootless_command_without_user_namespace_is_refused(world, pastas, user,
                                                            user_tun) -> None:
-    pasta = start(drivers, world, "--netns-only", "--", "true", user=user, tun=user_tun)
+    pasta = start(pastas, world, "--netns-only", "--", "true", user=user, tun=user_tun)
     assert pasta.wait() == 1
     assert pasta.stderr().splitlines() == [
         "Couldn't create namespaces for the command: Operation not permitted"]
