@@ -14,7 +14,9 @@ it created.  So, as upstream does, a command is started in a new user *and*
 network namespace (the user mapped to root inside, ``setgroups`` denied),
 and an unprivileged pasta first joins the owning user namespace itself
 (the target PID's, ``--userns PATH``, or the one it created; ``--netns-only``
-and a ``--netns`` without ``--userns`` mean "don't").  The kernel lets only a
+and a ``--netns`` without ``--userns`` mean "don't").  With ``--userns`` and a
+command, the command joins that user namespace instead of creating one, as
+upstream.  The kernel lets only a
 single-threaded process join a user namespace, so this happens in the main
 thread, before any other thread exists: discovery (``hostnet``) leaves no
 thread behind, and daemonizing (``daemon.daemonize``, which forks) must come
@@ -36,6 +38,9 @@ as ``runner.call(socket.socket, AF_INET, SOCK_STREAM)``.  A call costs a
 thread round trip (tens of microseconds): batch, and keep pools.  The
 namespace's ``/proc/net/tcp`` & co. are ``/proc/thread-self/net/...`` read
 *through* the runner (``/proc/self/net`` is the main thread's namespace).
+What is per thread stays per thread: a mount namespace, root directory or
+seccomp filter set up later in the main thread does not reach the runner;
+isolation must apply them there too (``runner.call``, or seccomp's TSYNC).
 
 **Setting up the namespace** happens in the runner: ``/dev/net/tun`` opened
 non-blocking, ``TUNSETIFF`` with ``IFF_TAP | IFF_NO_PI`` named after the
@@ -59,7 +64,8 @@ A PID target stops it when the process exits (a pidfd).  ``--no-netns-quit``
 keeps running in both cases.  ``SIGTERM``/``SIGINT`` stop it too; then
 ``PastaNamespace.teardown`` stops the helper thread, closes the tap (the
 device disappears with its last descriptor), terminates the command and reaps
-it, so no namespace, device or process survives pasta.
+it, so no namespace, device or process of ours survives pasta (processes the
+command left running in the background keep its namespace, as upstream).
 
 Every failure a user can cause (no such PID or path, a busy interface name,
 no ``/dev/net/tun``) raises ``NetnsError`` with one line for the user.
