@@ -44,6 +44,7 @@ MODES = ("passt", "pasta")
 _INCLUDE = re.compile(r"^@INCLUDE ([\w.-]+)@$")
 _HELP_OPTIONS = re.compile(r"\s*((?:--?[A-Za-z0-9][\w-]*)(?:,\s*--?[A-Za-z0-9][\w-]*)*)")
 _PAGE_OPTION = re.compile(r"(?<![\w-])--?[A-Za-z0-9][\w-]*")
+_OVERSTRIKE = re.compile(".\x08")  # bold and underline as a terminal pager gets them
 # Hyphen, non-breaking hyphen, minus sign: how groff may print "-".
 _HYPHENS = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2212": "-"})
 
@@ -61,13 +62,18 @@ class OptionLike(Protocol):
 
 def escape(text: str) -> str:
     """Make plain text safe inside a roff line (not at its start)."""
-    return text.replace("\\", "\\e").replace("-", "\\-").replace("\t", "  ")
+    return text.replace("\\", "\\e").replace("-", "\\-")
 
 
 def text_line(text: str) -> str:
-    """One roff text line: escaped, and guarded if it starts like a request."""
-    line = escape(text.strip())
-    return "\\&" + line if line[:1] in (".", "'") else line
+    """One roff text line: escaped, leading spaces kept (unpaddable), never a request."""
+    spaced = text.replace("\t", "  ").rstrip()
+    body = spaced.lstrip(" ")
+    indent = "\\ " * (len(spaced) - len(body))
+    line = escape(body)
+    if not indent and line[:1] in (".", "'"):
+        return "\\&" + line
+    return indent + line
 
 
 def option_tag(opt: OptionLike) -> str:
@@ -148,8 +154,9 @@ def help_option_names(help_text: str) -> set[str]:
 
 
 def page_option_names(rendered: str) -> set[str]:
-    """Every ``-x``/``--long`` word of a rendered page (any Unicode hyphen)."""
-    return set(_PAGE_OPTION.findall(rendered.translate(_HYPHENS)))
+    """Every ``-x``/``--long`` word of a rendered page (any Unicode hyphen, overstrikes)."""
+    plain = _OVERSTRIKE.sub("", rendered).translate(_HYPHENS)
+    return set(_PAGE_OPTION.findall(plain))
 
 
 def main(argv: list[str] | None = None) -> int:

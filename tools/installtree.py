@@ -14,7 +14,8 @@ before anything is written:
   ``sys.path`` when the interpreter would not look there by itself, and run
   in isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
   libvirt and container engines may start them with privileges.
-  ``bin/qrap`` likewise, when the QEMU wrapper (``passt/qrap.py``) exists;
+  ``bin/qrap``, the QEMU wrapper (``contrib/qrap``, standard library only),
+  with its first line pointing at the same interpreter;
 - the ``passt`` package, into ``SITEDIR/passt``;
 - ``share/man/man1/passt.1``, ``pasta.1`` from ``make man``;
 - AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for both
@@ -48,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {"passt": "main_passt", "pasta": "main_pasta"}
-QRAP_MODULE = "passt/qrap.py"
+QRAP_SCRIPT = ROOT / "contrib" / "qrap"
 MANIFEST = "share/passt-py/install-manifest"
 DEBIAN_SITEDIR = "/usr/lib/python3/dist-packages"
 
@@ -111,10 +112,10 @@ def program_items(layout: Layout) -> list[Item]:
                            f"from passt.cli import {function}", f"{function}()", default_path),
                   0o755)
              for program, function in PROGRAMS.items()]
-    if (ROOT / QRAP_MODULE).exists():
+    if QRAP_SCRIPT.exists():
+        _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap",
-                          launcher(layout.python, layout.sitedir, "from passt.qrap import main",
-                                   "sys.exit(main())", default_path), 0o755))
+                          f"#!{layout.python} -I\n".encode() + body, 0o755))
     return items
 
 

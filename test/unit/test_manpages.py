@@ -78,7 +78,7 @@ def groff(page: str) -> tuple[str, str]:
 
 def man_warnings(path: Path) -> str:
     """What ``man --warnings -l`` says about a page file, as a reader would run it."""
-    env = dict(os.environ, MANWIDTH="80", MAN_KEEP_FORMATTING="0")
+    env = dict(os.environ, MANWIDTH="80")
     result = subprocess.run(["man", "--warnings", "-l", str(path)], capture_output=True,
                             text=True, env=env, timeout=60, check=True)
     assert "OPTIONS" in result.stdout
