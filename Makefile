@@ -17,7 +17,7 @@ APT_TEST_DEPS := passt slirp4netns iperf3 socat qemu-system-x86 qemu-utils \
 	busybox-static cpio tshark iproute2 procps psmisc kmod \
 	groff man-db
 
-.PHONY: all deps check unit e2e lint types bench fuzz install uninstall clean
+.PHONY: demo all deps check unit e2e lint types bench fuzz install uninstall clean
 
 all:
 	$(PYTHON) -m compileall -q passt
@@ -53,3 +53,13 @@ clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 include $(sort $(wildcard mk/*.mk))
+
+# The README's first command: pasta runs a command in a new namespace that
+# reaches an HTTP server on the host's loopback (tools/demo.sh).
+demo: $(BUILD)/.pip-stamp
+	tools/demo.sh
+
+$(BUILD)/.pip-stamp: pyproject.toml
+	mkdir -p $(BUILD)
+	$(PYTHON) -m pip install -q -e .
+	touch $@
