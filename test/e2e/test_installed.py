@@ -97,7 +97,7 @@ def test_make_install_into_destdir_and_uninstall_leaves_it_empty(built, tmp_path
     destdir.mkdir()
     make("install", DESTDIR=str(destdir), PREFIX="/usr/local")
     files = installed_files(destdir)
-    for expected in ("/usr/local/bin/passt", "/usr/local/bin/pasta",
+    for expected in ("/usr/local/bin/passt", "/usr/local/bin/pasta", "/usr/local/bin/qrap",
                      "/usr/local/lib/passt-py/passt/cli.py",
                      "/usr/local/lib/passt-py/passt/__pycache__/cli.cpython-311.pyc",
                      "/usr/local/share/man/man1/passt.1", "/usr/local/share/man/man1/pasta.1",
@@ -260,6 +260,12 @@ def test_installed_program_runs_with_debians_python(machine, program):
     assert result.stdout.strip(), "no version printed"
     compiled = machine.run(["sh", "-c", "ls /usr/lib/python3/dist-packages/passt/__pycache__"])
     assert "cli.cpython-311.pyc" in compiled.stdout, "postinst did not byte-compile"
+
+
+def test_installed_qemu_wrapper_runs_with_debians_python(machine):
+    result = machine.run(["/usr/bin/qrap", "--help"], timeout=60)
+    assert result.returncode == 0, tail(result)
+    assert "qrap" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
