@@ -339,6 +339,7 @@ def _run(flow: TcpFlow, acts: list) -> None:
         elif op == CLAMP:
             _setsockopt(flow, socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, min(act[1], 1 << 30))
         elif op == REWIND:
+            flow.ctx.stats["tcp.retransmit"] += 1
             if flow.ctx.tcp.peek_off:
                 _setsockopt(flow, socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         elif op == WANT_OUT:
@@ -468,6 +469,8 @@ def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
     except OSError:
         _run(flow, core.on_sock_error())
         return
+    if sent < len(payload):
+        flow.ctx.stats["tcp.partial_send"] += 1
     _run(flow, core.on_sock_accepted(sent, len(payload)))
 
 
@@ -502,6 +505,7 @@ def _on_sock_event(flow: TcpFlow, events: int) -> None:
             _read_sock(flow)
         if events & OUT and not core.closed:
             _run(flow, core.on_sock_writable(_send_space(flow.sock)))
+            _flush_ack(flow)
     _send_out(flow.ctx)
 
 

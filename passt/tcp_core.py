@@ -26,11 +26,18 @@ far end follows the guest's pace.  The driver keeps the socket's peek offset
 (``SO_PEEK_OFF``) at ``snd_nxt - snd_una``: discarding moves it back by the
 same amount in the kernel, and a retransmission sets it to zero (``REWIND``).
 
-From the guest we are the receiver: ``rcv_nxt`` is the next byte we expect.
-A segment at ``rcv_nxt`` is written to the socket (``SOCK_SEND``) and the
-driver reports how much the kernel took (``on_sock_accepted``): only that is
-acknowledged.  The rest is dropped and the guest retransmits it; we advertise
-the socket's free send space as our window, so that this stays rare.
+From the guest we are the receiver: ``rcv_nxt`` is the next byte the socket
+has taken.  A segment at that point is written to the socket (``SOCK_SEND``)
+and the driver reports how much the kernel took (``on_sock_accepted``): only
+that is acknowledged.  We advertise the socket's free send space as our
+window, but the kernel's accounting can still fall short of what we
+promised (a window we advertised a moment ago, memory overhead); what it
+does not take is *held* (``held``, at most ``HOLD_MAX`` bytes) together with
+whatever follows in order, and written when the socket has room again
+(``on_sock_writable``), still acknowledged only once the kernel takes it.
+Dropping it instead would make the guest's TCP, which gets no SACK from us,
+recover one segment per round trip.  Beyond ``HOLD_MAX`` data is dropped,
+and once room is back duplicate ACKs make the guest retransmit at once.
 Everything is modulo 2**32 (``seq_lt`` and friends).
 
 Events, not states
@@ -125,6 +132,7 @@ FIN_TIMEOUT = 60.0
 IDLE_TIMEOUT = 7200.0
 MAX_RETRANS = 7
 DUP_ACK_THRESHOLD = 2
+HOLD_MAX = 4 << 20  # guest data we keep while the socket has no room
 MSS_DEFAULT = 536  # RFC 9293 default when the SYN carries no MSS option
 WS_TO_GUEST = 8  # our window scale: windows up to 16 MiB
 MAX_WINDOW = 1 << 30  # RFC 7323 maximum
@@ -185,7 +193,8 @@ class TcpConn:
         "events", "isn", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "fin_seq", "rcv_nxt",
         "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
         "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
-        "sock_pending", "ack_due", "dropped", "want_out", "pending_fin",
+        "sock_pending", "ack_due", "dropped", "want_out", "pending_fin", "held", "offered",
+        "sending_held",
     )  # fmt: skip
 
     def __init__(self, isn: int, mss_limit: int) -> None:
@@ -211,7 +220,10 @@ class TcpConn:
         self.ack_due = False  # guest data taken by the socket and not acknowledged
         self.dropped = False  # guest data the socket did not take
         self.want_out = False
-        self.pending_fin = False  # FIN of the segment whose payload is being sent
+        self.pending_fin = False  # the guest's FIN, once the data before it is written
+        self.held = bytearray()  # guest data after rcv_nxt the socket has not taken yet
+        self.offered: memoryview | None = None  # payload of the SOCK_SEND under way
+        self.sending_held = False  # ... which is `held`
 
     # -- construction ------------------------------------------------------
 
@@ -449,34 +461,43 @@ class TcpConn:
 
     def on_sock_accepted(self, accepted: int, offered: int) -> list[Action]:
         """The socket took ``accepted`` of the ``offered`` bytes of the last SOCK_SEND."""
-        acts: list[Action] = []
         if accepted > 0:
             self.rcv_nxt = (self.rcv_nxt + accepted) & SEQ_MASK
             self.ack_due = True
-        if accepted < offered:
-            self.dropped = True
+        if self.sending_held:
+            self.sending_held = False
+            del self.held[:accepted]
+        elif accepted < offered:
+            assert self.offered is not None
+            self.held = bytearray(self.offered[accepted:])  # the guest's buffer is not ours
+        self.offered = None
+        if self.held:
+            return self._watch_out()
+        if self.pending_fin:
             self.pending_fin = False
-            if not self.want_out:
-                self.want_out = True
-                acts.append((WANT_OUT, True))
-        elif self.pending_fin:
-            self.pending_fin = False
-            acts.extend(self._guest_fin())
-        return acts
+            return self._guest_fin()
+        return []
+
+    def _watch_out(self) -> list[Action]:
+        self.want_out = True
+        return [(WANT_OUT, True)]
 
     def on_sock_writable(self, space: int) -> list[Action]:
-        """The kernel says the send buffer has room again: a window update for the
-        guest, and duplicate ACKs so that it retransmits at once what we dropped.
+        """The kernel says the send buffer has room again: write what we hold, or
+        send a window update (with duplicate ACKs if we had to drop data, so that
+        the guest retransmits it at once).
 
         The notification may be stale (more was written since): with no room
         at all, watch again instead (the kernel then waits for real room).
         """
         if self.events & CLOSED:
             return []
-        self.rcv_wnd = min(space, MAX_WINDOW)
         if not space:
-            self.want_out = True
-            return [(WANT_OUT, True)]
+            return self._watch_out()
+        if self.held:
+            self.sending_held = True
+            return [(SOCK_SEND, self.held)]
+        self.rcv_wnd = min(space, MAX_WINDOW)
         acts: list[Action] = []
         if self.want_out:
             self.want_out = False
@@ -497,15 +518,16 @@ class TcpConn:
     def flush_ack(self, space: int) -> list[Action]:
         """End of a batch of guest segments: acknowledge what the socket took.
 
-        ``space`` is the socket's free send space now: our new window.
+        ``space`` is the socket's free send space now: our new window, less
+        what we hold.
         """
-        self.rcv_wnd = min(space, MAX_WINDOW)
+        space -= len(self.held)
+        self.rcv_wnd = min(space, MAX_WINDOW) if space > 0 else 0
         if not self.ack_due or self.events & CLOSED:
             return []
         acts: list[Action] = [self._ack()]
         if not self.want_out and not self._window_comfortable():
-            self.want_out = True
-            acts.append((WANT_OUT, True))
+            acts.extend(self._watch_out())
         return acts
 
     # -- guest side ----------------------------------------------------------
@@ -641,21 +663,30 @@ class TcpConn:
 
     def _guest_data(self, seg: Segment, acts: list[Action]) -> None:
         """Payload and FIN of a guest segment."""
-        if self.events & TAP_FIN_RCVD:  # after the guest's FIN: only retransmissions
+        if self.events & TAP_FIN_RCVD or self.pending_fin:  # only retransmissions now
             acts.append(self._ack())
             return
         payload = seg.payload
         length = len(payload)
         fin = seg.flags & FIN
-        offset = (self.rcv_nxt - seg.seq) & SEQ_MASK
+        held = len(self.held)
+        offset = (self.rcv_nxt + held - seg.seq) & SEQ_MASK
         if offset:
             if offset >= _HALF or offset >= length + (1 if fin else 0):
                 acts.append(self._ack())  # a gap, or all old: say what we expect
                 return
             payload = payload[offset:]
             length -= offset
-        if length:
+        if held:  # the socket is full: keep the data in order behind what we hold
+            if held + length > HOLD_MAX:
+                self.dropped = True
+                acts.append(self._ack())
+                return
+            self.held += payload
             self.pending_fin = bool(fin)
+        elif length:
+            self.pending_fin = bool(fin)
+            self.offered = payload
             acts.append((SOCK_SEND, payload))
         else:
             acts.extend(self._guest_fin())

@@ -563,14 +563,28 @@ def serve(guest_netns: str, control: str) -> None:
 
     def answer(_events: int) -> None:
         conn, _ = server.accept()
-        report = {"flows": ctx.flows.stats(), "stats": dict(ctx.stats)}
+        detail = [
+            {"flow": repr(flow), "mask": flow.epoll_mask, "deadline": flow.deadline,
+             **{name: getattr(flow.core, name) for name in flow.core.__slots__}}
+            for key, flow in ctx.flows.items() if key[0] == "tcp"
+        ]
+        report = {"flows": ctx.flows.stats(), "stats": dict(ctx.stats), "detail": detail}
         conn.sendall(json.dumps(report).encode())
         conn.close()
 
     loop.add(server.fileno(), IN, answer)
     loop.add_signal(signal.SIGTERM, lambda: loop.stop(0))
     print("ready", flush=True)
-    loop.run()
+    profile = os.environ.get("TCPTAP_PROFILE")
+    if profile:  # a cProfile dump of the whole run, for performance work
+        import cProfile
+        import time as _time
+
+        profiler = cProfile.Profile(_time.process_time)  # CPU time, not waiting
+        profiler.runcall(loop.run)
+        profiler.dump_stats(profile)
+    else:
+        loop.run()
     tcp.close(ctx)
     dispatcher.detach()
 

@@ -339,19 +339,38 @@ def test_guest_data_acknowledged_only_as_far_as_the_socket_took_it():
     acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK | PSH, 1000, payload=b"a" * 3000))
     assert find(acts, SOCK_SEND)[0][1] == b"a" * 3000
     assert not taps(acts)  # acknowledged once we know what the socket took
-    acts = conn.on_sock_accepted(1000, 3000)
-    assert acts == [(WANT_OUT, True)]
-    (ack,) = taps(conn.flush_ack(0))
-    assert ack[3] == GUEST_ISN + 1 + 1000 and ack[4] == 0
+    assert conn.on_sock_accepted(1000, 3000) == [(WANT_OUT, True)]
+    assert conn.held == b"a" * 2000  # kept, in case the guest's buffer is reused
+    (ack,) = taps(conn.flush_ack(5000))
+    assert ack[3] == GUEST_ISN + 1 + 1000 and ack[4] == (5000 - 2000) >> tc.WS_TO_GUEST
     assert conn.flush_ack(0) == []  # nothing new
-    # Space frees up: window update, then duplicate ACKs for a fast retransmit.
+    # More data in order while the socket is full: held behind the rest.
+    acts = conn.on_segment(seg(GUEST_ISN + 3001, OUR_ISN + 1, ACK, 1000, payload=b"b" * 500))
+    assert not find(acts, SOCK_SEND) and conn.held == b"a" * 2000 + b"b" * 500
+    # A retransmission of held data is old news.
+    acts = conn.on_segment(seg(GUEST_ISN + 1001, OUR_ISN + 1, ACK, 1000, payload=b"a" * 2000))
+    assert not find(acts, SOCK_SEND) and taps(acts)[0][3] == GUEST_ISN + 1001
+    # Room again: what we hold goes to the socket, then it is acknowledged.
+    assert conn.on_sock_writable(0) == [(WANT_OUT, True)]  # stale notification
+    (send,) = conn.on_sock_writable(1 << 20)
+    assert send[0] == SOCK_SEND and bytes(send[1]) == b"a" * 2000 + b"b" * 500
+    assert conn.on_sock_accepted(2500, 2500) == []
+    (ack,) = taps(conn.flush_ack(1 << 20))
+    assert ack[3] == GUEST_ISN + 3501 and not conn.held
+
+
+def test_beyond_the_hold_limit_data_is_dropped_then_duplicate_acks(monkeypatch):
+    monkeypatch.setattr(tc, "HOLD_MAX", 1000)
+    conn = established_outbound()
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000, payload=b"a" * 1500))
+    conn.on_sock_accepted(1000, 1500)
+    acts = conn.on_segment(seg(GUEST_ISN + 1501, OUR_ISN + 1, ACK, 1000, payload=b"c" * 800))
+    assert taps(acts)[0][3] == GUEST_ISN + 1001 and conn.held == b"a" * 500
+    (send,) = conn.on_sock_writable(1 << 20)
+    conn.on_sock_accepted(500, 500)
     acts = conn.on_sock_writable(1 << 20)
     assert acts[0] == (WANT_OUT, False)
-    assert len(taps(acts)) == 4 and all(a[3] == GUEST_ISN + 1001 for a in taps(acts))
-    assert taps(acts)[0][4] == (1 << 20) >> tc.WS_TO_GUEST
-    # The guest retransmits from 1000 on: the part already taken is skipped.
-    acts = conn.on_segment(seg(GUEST_ISN + 1 + 500, OUR_ISN + 1, ACK, 1000, payload=b"b" * 2500))
-    assert find(acts, SOCK_SEND)[0][1] == b"b" * 2000
+    assert len(taps(acts)) == 4 and all(a[3] == GUEST_ISN + 1501 for a in taps(acts))
 
 
 def test_small_window_asks_for_writability():
@@ -452,9 +471,11 @@ def test_fin_with_payload_is_processed_after_the_payload():
     acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK | FIN, 1000, payload=b"bye"))
     assert ops(acts)[0] == SOCK_SEND and SHUT_WR not in ops(acts)
     assert conn.on_sock_accepted(2, 3) == [(WANT_OUT, True)]
-    assert not conn.events & tc.TAP_FIN_RCVD  # the guest will send "e" and FIN again
+    assert not conn.events & tc.TAP_FIN_RCVD  # "e" is held, the FIN waits for it
     acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK | FIN, 1000, payload=b"bye"))
-    assert find(acts, SOCK_SEND)[0][1] == b"e"
+    assert not find(acts, SOCK_SEND) and SHUT_WR not in ops(acts)
+    (send,) = conn.on_sock_writable(1000)
+    assert bytes(send[1]) == b"e"
     acts = conn.on_sock_accepted(1, 1)
     assert ops(acts)[:2] == [SHUT_WR, TAP] and acts[1][3] == GUEST_ISN + 5
 

@@ -180,6 +180,7 @@ class Model:
         if self.rng.random() < 0.3:
             self.sock_space += 5000
             self.run(self.conn.on_sock_writable(self.sock_space))
+            self.run(self.conn.flush_ack(self.sock_space))
         unacked = len(self.written) < len(self.to_socket) or self.g_fin_sent != self.shut_wr
         if unacked and self.rng.random() < 0.5:
             self.guest_timeout()
