@@ -3,7 +3,7 @@
 The pages must list every option ``--help`` lists (they are generated from the
 same table, this checks that the generator keeps its promise), and groff must
 render them without a warning.  The generator is first exercised on a small
-fake table (escaping, mode filtering, placeholders), then on the real one.
+table of our own (escaping, mode filtering, placeholders), then on the real one.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from passt.conf import OptionSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("passt", "pasta")
@@ -33,24 +34,14 @@ def load_genman():
 genman = load_genman()
 
 
-@dataclass(frozen=True)
-class FakeOption:
-    short: str | None
-    long: str
-    metavar: str | None
-    modes: frozenset[str]
-    help: str
-    details: tuple[str, ...] = ()
-
-
 BOTH = frozenset(MODES)
 FAKE_OPTIONS = (
-    FakeOption("d", "debug", None, BOTH, "Be verbose"),
-    FakeOption(None, "trace", None, BOTH, "Be extra verbose, implies --debug"),
-    FakeOption("s", "socket", "PATH", frozenset({"passt"}), "UNIX domain socket path",
+    OptionSpec("d", "debug", None, BOTH, "Be verbose"),
+    OptionSpec(None, "trace", None, BOTH, "Be extra verbose, implies --debug"),
+    OptionSpec("s", "socket", "PATH", frozenset({"passt"}), "UNIX domain socket path",
                ("default: probe free path starting from /tmp/passt_1.socket",)),
-    FakeOption("I", "ns-ifname", "NAME", frozenset({"pasta"}), "Namespace interface name"),
-    FakeOption("t", "tcp-ports", "SPEC", BOTH, "TCP port forwarding",
+    OptionSpec("I", "ns-ifname", "NAME", frozenset({"pasta"}), "Namespace interface name"),
+    OptionSpec("t", "tcp-ports", "SPEC", BOTH, "TCP port forwarding",
                ("SPEC can be:", "\t-t 22\tForward local port 22", ".starts with a dot",
                 "back\\slash")),
 )
