@@ -35,6 +35,9 @@ export SOURCE_DATE_EPOCH
 APT_EXTRA_DEPS += apparmor selinux-policy-dev checkpolicy semodule-utils \
 	python3-numpy python3-pyroute2
 CHECK_PREREQS  += profiles
+# The Makefile's `check:` rule is read before this fragment, so the variable
+# alone would come too late for it: name the prerequisite directly as well.
+check: profiles
 
 MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1
 APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta
