@@ -17,6 +17,11 @@ APT_TEST_DEPS := passt slirp4netns iperf3 socat qemu-system-x86 qemu-utils \
 	busybox-static cpio tshark iproute2 procps psmisc kmod \
 	groff man-db
 
+# Fragments first: they add to the *_PREREQS and *_DEPS variables that the
+# rules below expand when make reads them.
+.DEFAULT_GOAL := all
+include $(sort $(wildcard mk/*.mk))
+
 .PHONY: demo all deps check unit e2e lint types bench fuzz install uninstall clean
 
 all:
@@ -52,7 +57,6 @@ clean:
 	rm -rf $(BUILD) *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-include $(sort $(wildcard mk/*.mk))
 
 # The README's first command: pasta runs a command in a new namespace that
 # reaches an HTTP server on the host's loopback (tools/demo.sh).
