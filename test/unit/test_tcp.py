@@ -1,0 +1,376 @@
+"""The TCP driver (passt.tcp) with real sockets on loopback and a recording tap.
+
+The "guest" here is the test: it builds frames with passt.packet and reads
+what the driver sends through a fake tap backend.  Its connections go to
+the gateway address, which the driver maps to the host's loopback, where
+the test listens: no traffic leaves loopback.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import resource
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from passt import tcp
+from passt.context import Ctx
+from passt.flow import FlowTable
+from passt.loop import EventLoop
+from passt.packet import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    build_frame_tcp,
+    parse_frame,
+    parse_tcp,
+    tcp_options,
+)  # fmt: skip
+from passt.tcp_core import WS_TO_GUEST
+
+OUR_MAC = bytes.fromhex("9a559a559a55")
+GUEST_MAC = bytes.fromhex("020000000002")
+GUEST4 = ipaddress.ip_address("198.51.100.1").packed
+GW4 = ipaddress.ip_address("198.51.100.2").packed
+GUEST6 = ipaddress.ip_address("2001:db8:1::1").packed
+GW6 = ipaddress.ip_address("2001:db8:1::2").packed
+
+
+class RecordingTap:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frames(self, frames) -> int:
+        self.frames.extend(bytes(f) for f in frames)
+        return len(frames)
+
+
+class Guest:
+    """One guest-side connection: builds its segments, reads the driver's."""
+
+    def __init__(self, ctx: Ctx, dst: bytes, dport: int, src: bytes = GUEST4, sport: int = 40000):
+        self.ctx, self.src, self.dst, self.sport, self.dport = ctx, src, dst, sport, dport
+        self.seq = 1000
+        self.ack = 0
+
+    def send(self, flags: int, payload: bytes = b"", options: bytes = b"", seq: int | None = None,
+             window: int = 2000) -> None:
+        frame = build_frame_tcp(OUR_MAC, GUEST_MAC, self.src, self.dst, self.sport, self.dport,
+                                self.seq if seq is None else seq, self.ack, flags, window,
+                                payload, options=options)
+        tcp.from_tap(self.ctx, parse_frame(frame))
+        if seq is None:
+            self.seq += len(payload) + (1 if flags & (SYN | FIN) else 0)
+
+    def received(self) -> list:
+        """Segments the driver sent to this connection since last asked."""
+        tap: RecordingTap = self.ctx.tap  # type: ignore[assignment]
+        mine, others = [], []
+        for frame in tap.frames:
+            pkt = parse_frame(frame)
+            seg = parse_tcp(pkt.l4)
+            if pkt.dst == self.src and seg.dport == self.sport and pkt.src == self.dst:
+                mine.append(seg)
+            else:
+                others.append(frame)
+        tap.frames = others
+        return mine
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> list:
+        """Run the loop until a received segment satisfies predicate; all received."""
+        got: list = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got += self.received()
+            if any(predicate(s) for s in got):
+                return got
+            self.ctx.loop.run_once(0.02)
+        raise AssertionError(f"timed out; received {got}")
+
+    def handshake(self) -> None:
+        self.send(SYN, options=tcp_options(mss=65480, wscale=7))
+        synack = next(s for s in self.wait_for(lambda s: s.flags & SYN) if s.flags & SYN)
+        assert synack.flags == SYN | ACK and synack.ack == self.seq
+        self.ack = synack.seq + 1
+        self.send(ACK)
+
+    def take_data(self, timeout: float = 5.0) -> bytes:
+        """Read data segments until a FIN or nothing new for a while; acknowledge them."""
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ctx.loop.run_once(0.02)
+            segs = self.received()
+            for s in segs:
+                if s.seq == self.ack and len(s.payload):
+                    data += bytes(s.payload)
+                    self.ack += len(s.payload)
+                if s.flags & FIN and s.seq == self.ack:
+                    self.ack += 1
+            if segs:
+                self.send(ACK)
+                if any(s.flags & FIN for s in segs):
+                    return data
+        return data
+
+
+def make_ctx(flows: FlowTable | None = None, **conf) -> Ctx:
+    net = SimpleNamespace(
+        mac=OUR_MAC, mtu=65520,
+        addr4=ipaddress.ip_address("198.51.100.1"), gw4=ipaddress.ip_address("198.51.100.2"),
+        addr6=ipaddress.ip_address("2001:db8:1::1"), gw6=ipaddress.ip_address("2001:db8:1::2"),
+        ll6=None, ifname6="",
+    )
+    ctx = Ctx(conf=SimpleNamespace(**conf), net=net, loop=EventLoop(), tap=RecordingTap(),
+              flows=flows if flows is not None else FlowTable())
+    ctx.guest_mac = GUEST_MAC
+    tcp.init(ctx)
+    return ctx
+
+
+@pytest.fixture
+def ctx():
+    c = make_ctx()
+    yield c
+    tcp.close(c)
+    c.loop.close()
+
+
+@pytest.fixture
+def server():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    s.settimeout(5)
+    yield s
+    s.close()
+
+
+def tcp_flows(ctx: Ctx) -> int:
+    return ctx.flows.stats().get("tcp", 0)
+
+
+def accept_polling(ctx: Ctx, server: socket.socket) -> socket.socket:
+    server.setblocking(False)
+    for _ in range(250):
+        try:
+            conn, _ = server.accept()
+            conn.setblocking(True)
+            conn.settimeout(5)
+            return conn
+        except BlockingIOError:
+            ctx.loop.run_once(0.02)
+    raise AssertionError("no connection reached the server")
+
+
+def test_gateway_maps_to_loopback_data_both_ways_and_clean_close(ctx, server):
+    port = server.getsockname()[1]
+    guest = Guest(ctx, GW4, port)
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    assert peer.getpeername()[0] == "127.0.0.1"
+    guest.send(ACK | PSH, b"hello")
+    ctx.loop.run_once(0.05)
+    assert peer.recv(100) == b"hello"
+    acked = guest.wait_for(lambda s: s.ack == guest.seq)
+    assert acked
+    peer.sendall(b"world" * 1000)
+    peer.shutdown(socket.SHUT_WR)  # the host side closes first
+    assert guest.take_data() == b"world" * 1000
+    guest.send(ACK | PSH, b"late data after the peer's FIN")  # half-close: still flows
+    ctx.loop.run_once(0.05)
+    assert peer.recv(100) == b"late data after the peer's FIN"
+    guest.send(ACK | FIN)
+    for _ in range(50):
+        ctx.loop.run_once(0.02)
+        if not tcp_flows(ctx):
+            break
+    assert peer.recv(100) == b""
+    assert tcp_flows(ctx) == 0
+    assert ctx.stats["tcp.closed"] == 1
+
+
+def test_connection_refused_resets_the_guest(ctx):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there now
+    guest = Guest(ctx, GW4, port)
+    guest.send(SYN, options=tcp_options(mss=1460))
+    (rst,) = [s for s in guest.wait_for(lambda s: s.flags & RST)]
+    assert rst.flags == RST | ACK and rst.ack == guest.seq
+    assert tcp_flows(ctx) == 0
+
+
+def test_guest_reset_resets_the_peer(ctx, server):
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    guest.send(RST)
+    assert tcp_flows(ctx) == 0
+    with pytest.raises(ConnectionResetError):
+        peer.recv(100)
+
+
+def test_peer_reset_resets_the_guest(ctx, server):
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    peer.close()
+    assert guest.wait_for(lambda s: s.flags & RST)
+    assert tcp_flows(ctx) == 0
+
+
+def test_segment_of_no_connection_gets_rst(ctx):
+    guest = Guest(ctx, GW4, 9)
+    guest.send(ACK, b"stray", seq=5000)
+    ctx.loop.run_once(0)
+    (rst,) = guest.received()
+    assert rst.flags == RST and rst.seq == guest.ack
+    guest.send(RST, seq=5000)  # an RST is never answered
+    assert guest.received() == []
+
+
+def test_malformed_segment_is_counted_not_raised(ctx):
+    frame = bytearray(build_frame_tcp(OUR_MAC, GUEST_MAC, GUEST4, GW4, 1, 2, 0, 0, SYN, 100))
+    frame[14 + 20 + 12] = 0xF0  # data offset 60 bytes in a 20-byte header
+    tcp.from_tap(ctx, parse_frame(bytes(frame)))
+    assert ctx.stats["drop.tcp_offset"] == 1 and tcp_flows(ctx) == 0
+
+
+def test_full_flow_table_refuses_new_connections_only(server):
+    ctx = make_ctx(flows=FlowTable(max_flows=1))
+    try:
+        first = Guest(ctx, GW4, server.getsockname()[1], sport=40001)
+        first.handshake()
+        peer = accept_polling(ctx, server)
+        second = Guest(ctx, GW4, server.getsockname()[1], sport=40002)
+        second.send(SYN)
+        assert second.wait_for(lambda s: s.flags & RST)
+        first.send(ACK | PSH, b"still here")
+        ctx.loop.run_once(0.05)
+        assert peer.recv(100) == b"still here"
+    finally:
+        tcp.close(ctx)
+
+
+def test_descriptor_pressure_refuses_new_connections_only(ctx, server):
+    first = Guest(ctx, GW4, server.getsockname()[1], sport=40001)
+    first.handshake()
+    peer = accept_polling(ctx, server)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE
+                break
+        second = Guest(ctx, GW4, server.getsockname()[1], sport=40002)
+        second.send(SYN)
+        assert second.wait_for(lambda s: s.flags & RST)
+        assert ctx.stats["tcp.refused_socket"] == 1
+        first.send(ACK | PSH, b"old flows carry on")
+        ctx.loop.run_once(0.05)
+        assert peer.recv(100) == b"old flows carry on"
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_inbound_connection_from_loopback_appears_from_the_gateway(ctx):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    accepted, peer = listener.accept()
+    listener.close()
+    tcp.on_accept(ctx, accepted, peer, accepted.getsockname(), 8080)
+    guest = Guest(ctx, GW4, client.getsockname()[1], src=GUEST4, sport=8080)
+    (syn,) = guest.received()
+    assert syn.flags == SYN and syn.mss == 65480 and syn.wscale == WS_TO_GUEST
+    guest.seq = 7000
+    guest.ack = syn.seq + 1
+    guest.send(SYN | ACK, options=tcp_options(mss=65480, wscale=7))
+    ctx.loop.run_once(0.02)
+    client.sendall(b"request")
+    assert guest.take_data(timeout=1) == b"request"
+    guest.send(ACK | PSH, b"response")
+    ctx.loop.run_once(0.05)
+    assert client.recv(100) == b"response"
+    guest.send(RST)
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
+    assert tcp_flows(ctx) == 0
+
+
+def test_outbound_binding_to_the_outbound_address(server):
+    ctx = make_ctx(outbound=("127.0.0.2",))
+    try:
+        guest = Guest(ctx, GW4, server.getsockname()[1])
+        guest.handshake()
+        peer = accept_polling(ctx, server)
+        assert peer.getpeername()[0] == "127.0.0.2"
+    finally:
+        tcp.close(ctx)
+
+
+def test_guest_mac_change_rebuilds_headers(ctx, server):
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    ctx.guest_mac = bytes.fromhex("020000000099")
+    tcp.guest_mac_changed(ctx)
+    peer.sendall(b"x")
+    guest.wait_for(lambda s: len(s.payload))
+    ctx.loop.run_once(0.02)
+    peer.sendall(b"y")
+    for _ in range(20):
+        ctx.loop.run_once(0.02)
+    assert all(f[:6] == bytes.fromhex("020000000099") for f in ctx.tap.frames)
+
+
+@pytest.mark.parametrize(
+    ("dst", "map_gw", "expected"),
+    [
+        (GW4, True, "127.0.0.1"),
+        (GW6, True, "::1"),
+        (GW4, False, "198.51.100.2"),
+        (ipaddress.ip_address("203.0.113.7").packed, True, "203.0.113.7"),
+        (ipaddress.ip_address("224.0.0.1").packed, True, None),
+        (bytes(4), True, None),
+        (b"\xff" * 4, True, None),
+    ],
+)
+def test_outbound_target(dst, map_gw, expected):
+    ctx = make_ctx(no_map_gw=not map_gw)
+    try:
+        assert tcp._outbound_target(ctx.tcp, dst) == expected
+    finally:
+        ctx.loop.close()
+
+
+def test_inbound_source_mapping():
+    ctx = make_ctx()
+    state = ctx.tcp
+    loop4 = ipaddress.ip_address("127.0.0.1").packed
+    assert tcp._inbound_source(state, loop4, GUEST4) == GW4
+    assert tcp._inbound_source(state, bytes(15) + b"\1", GUEST6) == GW6
+    assert tcp._inbound_source(state, GUEST4, GUEST4) == GW4  # the host's own address
+    mapped = bytes(10) + b"\xff\xff" + ipaddress.ip_address("203.0.113.9").packed
+    assert tcp._inbound_source(state, mapped, GUEST4) == mapped[12:]
+    state.map_gw = False
+    assert tcp._inbound_source(state, loop4, GUEST4) is None
+    ctx.loop.close()
