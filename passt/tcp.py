@@ -22,7 +22,12 @@ socket: connections to the gateway address go to the host's loopback
 (unless ``--no-map-gw``), and inbound connections from the host's loopback
 (or from the host's own address, which is the guest's too) appear to come
 from the gateway.  Inbound connections keep the peer's port; the forwarding
-spec's port mapping gives the guest's port.
+spec's port mapping gives the guest's port.  The guest's own address is
+the host's: a guest that owns it never sends us a connection to it (its
+kernel keeps it local), and a guest that doesn't (configured otherwise)
+reaches the host itself there, which is what that address names; the
+host's loopback stays reachable only through the gateway mapping.
+Multicast, broadcast and unspecified destinations are refused with an RST.
 
 Every way out of a connection ends in ``_free``: the socket is unregistered
 and closed (with ``SO_LINGER`` zero for a reset), its timer forgotten, its
@@ -115,7 +120,7 @@ SO_PEEK_OFF = 42
 SIOCOUTQ = 0x5411
 TCP_WINDOW_CLAMP = 10
 MTU_DEFAULT = 65520
-PEEK_BUF_SIZE = 4 << 20  # one read per wake-up: up to 64 frames of 64 KiB
+PEEK_BUF_SIZE = 1 << 20  # one read per wake-up: up to 16 frames of 64 KiB
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
 FD_RESERVE = 64  # descriptors left for listeners, the tap, pipes...
 READ_ROUNDS = 16  # reads per socket event, to stay fair to other flows
@@ -125,8 +130,8 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
-_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-_PACKED_LOOPBACK = {4: socket.inet_pton(socket.AF_INET, "127.0.0.1"), 16: bytes(15) + b"\1"}
+_LOOPBACK6 = bytes(15) + b"\1"
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 # ---------------------------------------------------------------- state
@@ -137,18 +142,18 @@ class TcpState:
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
-        net = ctx.net
-        conf = ctx.conf
+        net = ctx.net  # a hostnet.NetInfo
+        conf = ctx.conf  # read leniently: tests give only what they exercise
         self.map_gw = not getattr(conf, "no_map_gw", False)
-        self.mtu = (getattr(net, "mtu", 0) or MTU_DEFAULT) if net is not None else MTU_DEFAULT
-        self.our_mac = net.mac if net is not None else b"\x9a\x55\x9a\x55\x9a\x55"
-        self.guest4 = _packed(getattr(net, "addr4", None))
-        self.guest6 = _packed(getattr(net, "addr6", None))
-        self.gw4 = _packed(getattr(net, "gw4", None))
-        gateways6 = {_packed(getattr(net, "gw6", None)), _packed(getattr(net, "ll6", None))}
-        self.gw6s = frozenset(a for a in gateways6 if a)
-        self.gw6 = _packed(getattr(net, "gw6", None)) or _packed(getattr(net, "ll6", None))
-        self.ifname6 = getattr(net, "ifname6", "") or ""
+        self.mtu = net.mtu or MTU_DEFAULT  # 0: none advertised, the tap's default
+        self.our_mac = net.mac
+        self.guest4 = _packed(net.addr4)
+        self.guest6 = _packed(net.addr6)
+        self.gw4 = _packed(net.gw4)
+        # The guest may know our IPv6 router by its link-local address (RAs).
+        self.gw6 = _packed(net.gw6) or _packed(net.ll6)
+        self.gw6s = frozenset(a for a in (_packed(net.gw6), _packed(net.ll6)) if a)
+        self.ifname6 = net.ifname6 or ""
         self.bind4, self.bind6 = _outbound_addresses(conf)
         self.bind_if4 = getattr(conf, "outbound_if4", None) or None
         self.bind_if6 = getattr(conf, "outbound_if6", None) or None
@@ -739,9 +744,10 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
 
 def _inbound_source(state: TcpState, peer: bytes, guest: bytes) -> bytes | None:
     """The source address the guest sees for a connection from ``peer``."""
-    if len(peer) == 16 and peer[:12] == bytes(10) + b"\xff\xff":
+    if len(peer) == 16 and peer[:12] == _V4_MAPPED:
         peer = peer[12:]  # an IPv4-mapped peer on a dual-stack socket
-    if peer == _PACKED_LOOPBACK[len(peer)] or peer[0] == 127 and len(peer) == 4 or peer == guest:
+    loopback = peer[0] == 127 if len(peer) == 4 else peer == _LOOPBACK6
+    if loopback or peer == guest:
         gateway = state.gw6 if len(peer) == 16 else state.gw4
         return gateway if state.map_gw else None
     return peer

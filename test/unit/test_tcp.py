@@ -348,6 +348,7 @@ def test_guest_mac_change_rebuilds_headers(ctx, server):
         (GW4, True, "127.0.0.1"),
         (GW6, True, "::1"),
         (GW4, False, "198.51.100.2"),
+        (GUEST4, True, "198.51.100.1"),  # the host's address: the host itself
         (ipaddress.ip_address("203.0.113.7").packed, True, "203.0.113.7"),
         (ipaddress.ip_address("224.0.0.1").packed, True, None),
         (bytes(4), True, None),
