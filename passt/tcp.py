@@ -723,8 +723,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
         _abort(sock)
         return
     key = ("tcp", guest, target_port, remote, peer[1])
-    try:
-        sock.setblocking(False)
+    try:  # (the socket comes non-blocking: setblocking() is an ioctl seccomp refuses)
         _prepare_socket(state, sock, sock.family, outbound=False)
     except OSError:
         _abort(sock)

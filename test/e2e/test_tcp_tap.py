@@ -182,6 +182,34 @@ elif mode == "expect_reset":  # addr port
 '''
 
 
+# A stand-in for QEMU: run in the guest namespace, it bridges passt's stream
+# socket (frames behind 32-bit big-endian lengths) and a tap device there.
+BRIDGE = r'''
+import fcntl, os, select, socket, struct, sys
+path = sys.argv[1]
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"tap0", 0x0002 | 0x1000))
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+print("bridged", flush=True)
+buf = b""
+while True:
+    ready, _, _ = select.select([fd, s], [], [])
+    if fd in ready:
+        frame = os.read(fd, 65536)
+        s.sendall(struct.pack("!I", len(frame)) + frame)
+    if s in ready:
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from("!I", buf)[0]:
+            n = struct.unpack_from("!I", buf)[0]
+            os.write(fd, buf[4:4 + n])
+            buf = buf[4 + n:]
+'''
+
+
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=60)
 
@@ -220,6 +248,11 @@ class Peer:
 # ---------------------------------------------------------------- the world
 
 
+def listening(netns: str, port: int) -> bool:
+    out = sh("ip", "netns", "exec", netns, "ss", "-Htln", f"sport = :{port}", check=False).stdout
+    return bool(out.strip())
+
+
 class TapWorld:
     """guest, host and remote namespaces; our driver (or upstream pasta) in host."""
 
@@ -229,6 +262,7 @@ class TapWorld:
         self.workdir = tempfile.mkdtemp(prefix="tcptap-")
         self.control = os.path.join(self.workdir, "control")
         self.driver: subprocess.Popen | None = None
+        self.bridge: subprocess.Popen | None = None
 
     def create(self) -> TapWorld:
         try:
@@ -288,16 +322,56 @@ class TapWorld:
             self.driver.wait()
         raise RuntimeError("upstream pasta did not start")
 
-    def _configure_guest(self) -> None:
+    def start_program(self, program: str) -> None:
+        """Our real passt (behind a QEMU stand-in) or pasta, with -t forwarding."""
+        forward = ["-t", f"{FORWARD_PORT}:{GUEST_PORT}", "-u", "none"]
+        common = ["-f", "-e", "--runas", "0", *forward]
+        if program == "pasta":
+            entry = "from passt.cli import main_pasta; main_pasta()"
+            args = [*common, "--config-net", "-I", "tap0", "-T", "none", "-U", "none",
+                    "--netns", f"/run/netns/{self.guest}"]
+        else:
+            entry = "from passt.cli import main_passt; main_passt()"
+            sock = os.path.join(self.workdir, "passt.sock")
+            args = [*common, "-s", sock, "-1"]
+        cmd = ["ip", "netns", "exec", self.host, sys.executable, "-c", entry, *args]
+        self.driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                       stderr=open(os.path.join(self.workdir, "log"), "w"))
+        deadline = time.monotonic() + 30
+        while program == "passt" and not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if program == "passt":
+            self.bridge = subprocess.Popen(
+                ["ip", "netns", "exec", self.guest, sys.executable, "-c", BRIDGE, sock],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert self.bridge.stdout is not None and self.bridge.stdout.readline()
+            self._configure_guest(static_neighbours=False)
+        while time.monotonic() < deadline:
+            routes = sh("ip", "-n", self.guest, "-6", "route", check=False).stdout
+            if "default" in routes and listening(self.host, FORWARD_PORT):
+                time.sleep(0.5)
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{program} did not start: {self.log()}")
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.workdir, "log")) as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def _configure_guest(self, static_neighbours: bool = True) -> None:
         g = self.guest
         sh("ip", "netns", "exec", g, "sysctl", "-qw", "net.ipv6.conf.tap0.accept_dad=0")
         sh("ip", "-n", g, "link", "set", "tap0", "address", GUEST_MAC, "mtu", "65520", "up")
         for fam in (V4, V6):
             sh("ip", "-n", g, "addr", "add", f"{fam.addr}/{fam.plen}", "dev", "tap0",
                *(["nodad"] if fam.version == 6 else []))
-            sh("ip", "-n", g, "neigh", "replace", fam.gateway, "lladdr", DRIVER_MAC,
-               "dev", "tap0", "nud", "permanent")
-            sh("ip", "-n", g, "route", "add", "default", "via", fam.gateway)
+            if static_neighbours:  # no ARP or NDP in the bare driver
+                sh("ip", "-n", g, "neigh", "replace", fam.gateway, "lladdr", DRIVER_MAC,
+                   "dev", "tap0", "nud", "permanent")
+            sh("ip", "-n", g, "route", "replace", "default", "via", fam.gateway)
         # Let the driver learn the guest's MAC before anything comes inbound.
         sh("ip", "netns", "exec", g, "ping", "-c1", "-W1", V4.gateway, check=False)
 
@@ -319,7 +393,22 @@ class TapWorld:
             time.sleep(0.2)
         return count
 
+    def held_connections(self) -> int:
+        """Connected TCP sockets a process holds in the host namespace."""
+        out = sh("ip", "netns", "exec", self.host, "ss", "-Htanp", "state", "connected").stdout
+        return sum(1 for line in out.splitlines() if "users:" in line)
+
+    def wait_no_held_connections(self, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while (count := self.held_connections()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return count
+
     def stop_driver(self) -> str:
+        if self.bridge is not None:
+            self.bridge.kill()
+            self.bridge.wait()
+            self.bridge = None
         driver, self.driver = self.driver, None
         if driver is None:
             return ""
@@ -509,6 +598,53 @@ def test_1000_short_connections_leave_no_flow(world: TapWorld):
     assert world.wait_no_flows() == 0
     stats = world.stats()["stats"]
     assert stats.get("tcp.conns_out", 0) >= count
+
+
+# ------------------------------------------- the same through our real programs
+
+
+@pytest.fixture(scope="module", params=["pasta", "passt"])
+def program(request) -> Iterator[TapWorld]:
+    """Our pasta, or our passt behind a stand-in for QEMU, in a world of its own."""
+    w = TapWorld("p" + request.param[-1]).create()
+    try:
+        w.start_program(request.param)
+        yield w
+    finally:
+        log = w.log()
+        w.destroy()
+        if log.strip():
+            print(f"{request.param} log:", log)
+
+
+@needs_root
+@pytest.mark.parametrize(("route", "version"), ROUTES, ids=[f"{r}-v{v}" for r, v in ROUTES])
+def test_program_transfer_64mib_each_way(program: TapWorld, route: str, version: int):
+    size = 64 * MIB
+    up, down = run_cell(program, route, FAMILIES[version], size)
+    print(f"\n{route} v{version}: upload {size * 8 / up / 1e9:.2f} Gbit/s, "
+          f"download {size * 8 / down / 1e9:.2f} Gbit/s")
+    assert program.wait_no_held_connections() == 0
+
+
+@needs_root
+def test_program_reset_and_1000_short_connections(program: TapWorld):
+    server = Peer(program.remote, "reset", "6", SERVICE_PORT).wait_listening()
+    try:
+        (outcome,) = Peer(program.guest, "expect_reset", V6.remote, SERVICE_PORT).result()
+        server.result()
+    finally:
+        server.stop()
+    assert outcome == "reset"
+    count = 1000
+    server = Peer(program.remote, "echo", "4", SERVICE_PORT, count).wait_listening()
+    try:
+        (ok,) = Peer(program.guest, "many", V4.remote, SERVICE_PORT, count).result(300)
+        server.result()
+    finally:
+        server.stop()
+    assert int(ok) == count
+    assert program.wait_no_held_connections() == 0
 
 
 # ---------------------------------------------------------------- the runner

@@ -296,6 +296,7 @@ def test_inbound_connection_from_loopback_appears_from_the_gateway(ctx):
     listener.listen(1)
     client = socket.create_connection(listener.getsockname(), timeout=5)
     accepted, peer = listener.accept()
+    accepted.setblocking(False)  # as fwd hands it over
     listener.close()
     tcp.on_accept(ctx, accepted, peer, accepted.getsockname(), 8080)
     guest = Guest(ctx, GW4, client.getsockname()[1], src=GUEST4, sport=8080)
