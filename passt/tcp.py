@@ -616,7 +616,7 @@ def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: tuple) -> TcpFlow | No
 
 def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
     answer = rst_for_stray(seg)
-    if answer is None:
+    if answer is None or pkt.src is None or pkt.dst is None:
         return
     ctx.stats["tcp.rst_stray"] += 1
     flags, seq, ack = answer
@@ -629,6 +629,7 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
     """Outbound: a socket connecting to where the guest's SYN goes; None if refused."""
     state: TcpState = ctx.tcp
     dst = pkt.dst
+    assert dst is not None  # the dispatcher routes only IP frames here
     target = _outbound_target(state, dst)
     if target is None or syn.dport == 0:
         ctx.stats["tcp.refused_addr"] += 1

@@ -147,13 +147,20 @@ Action = tuple
 class Segment(Protocol):
     """What the core reads from a guest segment (``passt.packet.TcpSegment`` fits)."""
 
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    mss: int | None
-    wscale: int | None
-    payload: memoryview
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ack(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def mss(self) -> int | None: ...
+    @property
+    def wscale(self) -> int | None: ...
+    @property
+    def payload(self) -> memoryview: ...
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -255,10 +262,12 @@ class TcpConn:
 
     def _syn(self) -> Action:
         """Our SYN (inbound) or SYN-ACK (outbound), with MSS and window scale options."""
+        wscale: int | None = WS_TO_GUEST
         if self.events & SOCK_ACCEPTED:
-            flags, ack, wscale = SYN, 0, WS_TO_GUEST
+            flags, ack = SYN, 0
         else:
-            flags, ack, wscale = SYN | ACK, self.rcv_nxt, self.ws_to_guest or None
+            flags, ack = SYN | ACK, self.rcv_nxt
+            wscale = self.ws_to_guest or None
         options = tcp_options(mss=self.mss_adv, wscale=wscale)
         return (TAP, flags, self.isn, ack, min(self.rcv_wnd, 0xFFFF), options)
 
