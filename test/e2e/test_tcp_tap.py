@@ -437,84 +437,82 @@ class TapWorld:
 # ---------------------------------------------------------------- transfers
 
 
-def upload(world: TapWorld, client_ns: str, server_ns: str, server_family: str, addr: str,
-           port: int, size: int, seed: int, bind: str | None = None) -> float:
-    """Client sends `size` bytes, half-closes, server answers the digest; returns seconds."""
-    server = Peer(server_ns, "sink", server_family, port).wait_listening()
-    try:
-        mine, theirs, count, seconds = Peer(client_ns, "upload", addr, port, size, seed,
-                                            *([bind] if bind else [])).result()
-        server.result()
-    finally:
-        server.stop()
-    assert int(count) == size
-    assert theirs == mine, "SHA-256 mismatch on upload"
-    return float(seconds)
-
-
-def download(world: TapWorld, client_ns: str, server_ns: str, server_family: str, addr: str,
-             port: int, size: int, seed: int, bind: str | None = None) -> float:
-    """Server sends `size` bytes and closes; returns seconds."""
-    server = Peer(server_ns, "source", server_family, port, size, seed).wait_listening()
-    try:
-        theirs, count, seconds = Peer(client_ns, "download", addr, port,
-                                      *([bind] if bind else [])).result()
-        (mine,) = server.result()
-    finally:
-        server.stop()
-    assert int(count) == size
-    assert theirs == mine, "SHA-256 mismatch on download"
-    return float(seconds)
-
-
-def cell_endpoints(world: TapWorld, cell: str, fam: Family) -> dict:
-    """Who connects where, for one cell: out, out to host, in."""
-    if cell == "out":
+def cell_endpoints(world: TapWorld, route: str, fam: Family) -> dict:
+    """Who connects where, for one route: out, out to the host (gateway), in."""
+    if route == "out":
         return {"client": world.guest, "server": world.remote, "addr": fam.remote,
-                "port": SERVICE_PORT, "bind": None}
-    if cell == "host":
+                "port": SERVICE_PORT, "server_port": SERVICE_PORT, "bind": None}
+    if route == "host":  # the gateway address reaches the host's loopback
         return {"client": world.guest, "server": world.host, "addr": fam.gateway,
-                "port": SERVICE_PORT, "bind": None, "server_addr": fam.loopback}
+                "port": SERVICE_PORT, "server_port": SERVICE_PORT, "bind": None}
     return {"client": world.remote, "server": world.guest, "addr": fam.addr,
             "port": FORWARD_PORT, "server_port": GUEST_PORT, "bind": fam.remote}
 
 
-def run_cell(world: TapWorld, cell: str, fam: Family, size: int) -> tuple[float, float]:
-    """Upload and download `size` bytes through one cell; returns both durations."""
-    ep = cell_endpoints(world, cell, fam)
-    family = str(fam.version)
-    return (_transfer(world, upload, ep, family, size, 1),
-            _transfer(world, download, ep, family, size, 2))
-
-
-def _transfer(world, move, ep, family, size, seed) -> float:
-    """A transfer where the server listens on its port and the client dials `addr:port`."""
-    server_port = ep.get("server_port", ep["port"])
-    if server_port == ep["port"]:
-        return move(world, ep["client"], ep["server"], family, ep["addr"], ep["port"], size,
-                    seed, ep["bind"])
-    return _forwarded(world, move, ep, family, size, seed)
-
-
-def _forwarded(world, move, ep, family, size, seed) -> float:
-    """Inbound: the server listens on the guest port, the client dials the forwarded one."""
-    mode = "sink" if move is upload else "source"
-    extra = [size, seed] if mode == "source" else []
-    server = Peer(ep["server"], mode, family, ep["server_port"], *extra).wait_listening()
+def transfer(ep: dict, family: str, size: int, seed: int, upload: bool) -> float:
+    """`size` bytes from client to server (upload, then the server answers the
+    digest through the half-closed connection) or back; returns seconds."""
+    bind = [ep["bind"]] if ep["bind"] else []
+    if upload:
+        server = Peer(ep["server"], "sink", family, ep["server_port"])
+        client = ("upload", ep["addr"], ep["port"], size, seed, *bind)
+    else:
+        server = Peer(ep["server"], "source", family, ep["server_port"], size, seed)
+        client = ("download", ep["addr"], ep["port"], *bind)
+    server.wait_listening()
     try:
-        if move is upload:
-            mine, theirs, count, seconds = Peer(ep["client"], "upload", ep["addr"], ep["port"],
-                                                size, seed, ep["bind"]).result()
-            server.result()
-        else:
-            theirs, count, seconds = Peer(ep["client"], "download", ep["addr"], ep["port"],
-                                          ep["bind"]).result()
-            (mine,) = server.result()
+        client_out = Peer(ep["client"], *client).result()
+        server_out = server.result()
     finally:
         server.stop()
+    if upload:
+        sent, received, count, seconds = client_out
+    else:
+        received, count, seconds = client_out
+        (sent,) = server_out
     assert int(count) == size
-    assert theirs == mine, "SHA-256 mismatch"
+    assert received == sent, "SHA-256 mismatch"
     return float(seconds)
+
+
+def run_cell(world: TapWorld, route: str, fam: Family, size: int) -> tuple[float, float]:
+    """Upload and download `size` bytes through one route; returns both durations."""
+    ep = cell_endpoints(world, route, fam)
+    family = str(fam.version)
+    return (transfer(ep, family, size, 1, upload=True),
+            transfer(ep, family, size, 2, upload=False))
+
+
+def check_transfers(world: TapWorld, route: str, version: int) -> None:
+    size = 64 * MIB
+    up, down = run_cell(world, route, FAMILIES[version], size)
+    print(f"\n{route} v{version}: upload {size * 8 / up / 1e9:.2f} Gbit/s, "
+          f"download {size * 8 / down / 1e9:.2f} Gbit/s")
+
+
+def check_reset(world: TapWorld, version: int) -> None:
+    """The remote peer aborts: the guest's connection is reset."""
+    fam = FAMILIES[version]
+    server = Peer(world.remote, "reset", str(version), SERVICE_PORT).wait_listening()
+    try:
+        (outcome,) = Peer(world.guest, "expect_reset", fam.remote, SERVICE_PORT).result()
+        server.result()
+    finally:
+        server.stop()
+    assert outcome == "reset"
+
+
+def check_short_connections(world: TapWorld, count: int = 1000) -> None:
+    server = Peer(world.remote, "echo", "4", SERVICE_PORT, count).wait_listening()
+    try:
+        t = time.monotonic()
+        (ok,) = Peer(world.guest, "many", V4.remote, SERVICE_PORT, count).result(300)
+        elapsed = time.monotonic() - t
+        server.result()
+    finally:
+        server.stop()
+    print(f"\n{count} connections in {elapsed:.1f} s")
+    assert int(ok) == count
 
 
 # ---------------------------------------------------------------- tests
@@ -546,24 +544,14 @@ ROUTES = [(route, version) for route in ("out", "host", "in") for version in (4,
 @needs_root
 @pytest.mark.parametrize(("route", "version"), ROUTES, ids=[f"{r}-v{v}" for r, v in ROUTES])
 def test_transfer_64mib_each_way(world: TapWorld, route: str, version: int):
-    size = 64 * MIB
-    up, down = run_cell(world, route, FAMILIES[version], size)
-    print(f"\n{route} v{version}: upload {size * 8 / up / 1e9:.2f} Gbit/s, "
-          f"download {size * 8 / down / 1e9:.2f} Gbit/s")
+    check_transfers(world, route, version)
     assert world.wait_no_flows() == 0
 
 
 @needs_root
 @pytest.mark.parametrize("version", (4, 6))
 def test_reset_from_world_reaches_guest(world: TapWorld, version: int):
-    fam = FAMILIES[version]
-    server = Peer(world.remote, "reset", str(version), SERVICE_PORT).wait_listening()
-    try:
-        (outcome,) = Peer(world.guest, "expect_reset", fam.remote, SERVICE_PORT).result()
-        server.result()
-    finally:
-        server.stop()
-    assert outcome == "reset"
+    check_reset(world, version)
     assert world.wait_no_flows() == 0
 
 
@@ -584,20 +572,9 @@ def test_refused_connection_is_reset():
 
 @needs_root
 def test_1000_short_connections_leave_no_flow(world: TapWorld):
-    count = 1000
-    server = Peer(world.remote, "echo", "4", SERVICE_PORT, count).wait_listening()
-    try:
-        t = time.monotonic()
-        (ok,) = Peer(world.guest, "many", V4.remote, SERVICE_PORT, count).result(300)
-        elapsed = time.monotonic() - t
-        server.result()
-    finally:
-        server.stop()
-    print(f"\n{count} connections in {elapsed:.1f} s")
-    assert int(ok) == count
+    check_short_connections(world)
     assert world.wait_no_flows() == 0
-    stats = world.stats()["stats"]
-    assert stats.get("tcp.conns_out", 0) >= count
+    assert world.stats()["stats"].get("tcp.conns_out", 0) >= 1000
 
 
 # ------------------------------------------- the same through our real programs
@@ -620,30 +597,14 @@ def program(request) -> Iterator[TapWorld]:
 @needs_root
 @pytest.mark.parametrize(("route", "version"), ROUTES, ids=[f"{r}-v{v}" for r, v in ROUTES])
 def test_program_transfer_64mib_each_way(program: TapWorld, route: str, version: int):
-    size = 64 * MIB
-    up, down = run_cell(program, route, FAMILIES[version], size)
-    print(f"\n{route} v{version}: upload {size * 8 / up / 1e9:.2f} Gbit/s, "
-          f"download {size * 8 / down / 1e9:.2f} Gbit/s")
+    check_transfers(program, route, version)
     assert program.wait_no_held_connections() == 0
 
 
 @needs_root
 def test_program_reset_and_1000_short_connections(program: TapWorld):
-    server = Peer(program.remote, "reset", "6", SERVICE_PORT).wait_listening()
-    try:
-        (outcome,) = Peer(program.guest, "expect_reset", V6.remote, SERVICE_PORT).result()
-        server.result()
-    finally:
-        server.stop()
-    assert outcome == "reset"
-    count = 1000
-    server = Peer(program.remote, "echo", "4", SERVICE_PORT, count).wait_listening()
-    try:
-        (ok,) = Peer(program.guest, "many", V4.remote, SERVICE_PORT, count).result(300)
-        server.result()
-    finally:
-        server.stop()
-    assert int(ok) == count
+    check_reset(program, 6)
+    check_short_connections(program)
     assert program.wait_no_held_connections() == 0
 
 
