@@ -38,10 +38,12 @@ Addresses are translated by ``AddressMap``, a pure function of the host's
   resolver (``NetInfo.dns_host4/6``), and the answers come back from the
   forwarded address.  As upstream does, when the resolvers we advertise
   include the gateway (the host's resolver is on its loopback, e.g.
-  ``127.0.0.53``, and was advertised as the gateway) and no
-  ``--dns-forward`` was given for the family, the gateway's port 53 is
-  forwarded the same way: queries reach the resolver that listens on the
-  host's loopback, not whatever listens on ``127.0.0.1:53``;
+  ``127.0.0.53``, and was advertised as the gateway), the gateway's port
+  53 is forwarded the same way: queries reach the resolver that listens on
+  the host's loopback, not whatever listens on ``127.0.0.1:53``.  Upstream
+  stops doing so once ``--dns-forward`` is given, which leaves the guest's
+  advertised resolver (the gateway) pointing at ``127.0.0.1:53``; we keep
+  forwarding it;
 * the guest's own address (which is the host's) is left alone, as
   upstream does: a datagram to it reaches the host;
 * inbound datagrams from the host's loopback or from the host's own
@@ -161,7 +163,9 @@ class AddressMap:
                  local_source: dict[int, bytes | None]) -> None:
         self.gateways = gateways
         self.dns = dns
-        self.dns_reverse = {host: match for match, host in dns.items()}
+        self.dns_reverse: dict[bytes, bytes] = {}
+        for match, host in dns.items():  # the first match of a resolver answers for it
+            self.dns_reverse.setdefault(host, match)
         self.local_source = local_source
 
     @classmethod
@@ -180,8 +184,8 @@ class AddressMap:
                 continue
             if match is not None:
                 dns[match.packed] = host.packed
-            elif map_gw and gateway in advertised:
-                dns[gateway] = host.packed  # type: ignore[index]
+            if map_gw and gateway in advertised:
+                dns.setdefault(gateway, host.packed)  # type: ignore[arg-type]
         local = {4: gw4 if map_gw else None, 16: (gw6 or ll6) if map_gw else None}
         return cls(gateways, dns, local)
 

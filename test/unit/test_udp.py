@@ -103,10 +103,14 @@ def test_an_advertised_gateway_resolver_is_forwarded_to_the_hosts_loopback_resol
     assert m.inbound(packed(host), 53, packed(GUEST4)) == packed(gateway)
 
 
-def test_a_given_dns_forward_address_wins_over_the_gateway_resolver() -> None:
+def test_a_given_dns_forward_address_and_the_advertised_gateway_both_reach_the_resolver(
+        ) -> None:
+    # Upstream forgets the gateway here; the guest, told "DNS = gateway", would
+    # then ask 127.0.0.1:53, where the host's resolver (127.0.0.53) is not.
     m = amap(dns=(addr(GW4),), dns_host4=addr("127.0.0.53"), dns_match4=addr(MATCH4))
     assert m.outbound(packed(MATCH4), 53) == packed("127.0.0.53")
-    assert m.outbound(packed(GW4), 53) == LO4
+    assert m.outbound(packed(GW4), 53) == packed("127.0.0.53")
+    assert m.inbound(packed("127.0.0.53"), 53, packed(GUEST4)) == packed(MATCH4)
 
 
 def test_without_map_gw_the_gateway_resolver_is_not_forwarded() -> None:
