@@ -5,9 +5,9 @@ Theory of operation
 -------------------
 Two identical worlds from ``test/e2e/test_tcp_tap.py`` (guest, host and
 remote namespaces, documentation prefixes only, nothing leaves them): one
-served by our driver (``passt.tcp`` behind a tap dispatcher), one by
-upstream pasta (``/usr/bin/pasta --config-net`` on the same guest
-namespace layout).  In each, an iperf3 server runs in the remote namespace
+served by our pasta, one by upstream pasta (``/usr/bin/pasta``), both
+started the same way (``--config-net`` on an existing guest namespace,
+``-t`` forwarding, the tap named ``tap0``).  In each, an iperf3 server runs in the remote namespace
 and the client in the guest namespace, so every byte crosses the tap and is
 translated: "guest -> world" is iperf3's normal direction, "world -> guest"
 its ``-R``.  Implementations alternate round by round, so both see the same
@@ -72,7 +72,7 @@ def main() -> int:
     try:
         for name, world in worlds.items():
             world.create()
-            world.start_ours() if name == "ours" else world.start_upstream()
+            world.start_program("pasta") if name == "ours" else world.start_upstream()
             servers.append(subprocess.Popen(
                 ["ip", "netns", "exec", world.remote, "iperf3", "-s", "-p", str(IPERF_PORT)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
