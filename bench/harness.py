@@ -1,0 +1,369 @@
+"""The programs under test, each in a world of its own, all running at once.
+
+Theory of operation
+-------------------
+A side-by-side benchmark is only honest if every program sees the same
+workload on the same machine at the same time.  This machine is shared and
+noisy (two cores, other engineers' tests), so the subjects are started once
+and kept running, each in a world of its own, and the benchmark alternates
+between them measurement by measurement: load that comes and goes then
+falls on all of them alike.
+
+The worlds are those of the end-to-end suite (``test/e2e/world.py``): a
+"host" namespace, whose only interface is a veth to a "remote" namespace
+that plays the outside world (its loopback carries the "outside" service
+addresses), plus, for pasta and slirp4netns, a target namespace.  The
+programs under test run in the host namespace; nothing reaches the
+machine's real interfaces.  Ports are the e2e matrix's
+(``test/e2e/cells.py``): services of the remote namespace on
+``REMOTE_PORTS``, pasta's ``-t``/``-u`` on ``FORWARDED`` (host → namespace
+loopback: the spliced path), ``-T``/``-U`` on ``NS_FORWARDED``.
+
+Subjects:
+
+- ``pasta`` ours and upstream: ``--config-net`` on the target namespace,
+  with the matrix's forwarding options, started as the e2e harness starts
+  them (``e2e.impl``: ``-f -e --runas 0``; ``e2e.daemon`` retries a start
+  that dies at once, which Debian's build sometimes does);
+- ``slirp4netns``: ``--configure --mtu=65520 --disable-host-loopback
+  --enable-ipv6`` on the same kind of namespace (10.0.2.0/24 inside, the
+  outside reached through slirp's sockets in the host namespace); it has
+  the tap path only;
+- ``passt`` ours and upstream: a QEMU TCG guest (``e2e.guest``) on passt's
+  socket, configured by DHCP and SLAAC (``e2e.l2``) as a user's would be.
+
+Clients "inside" run in the target namespace (``ip netns exec``) or on the
+guest's console (``Shell``), behind one ``Endpoint`` interface; servers
+always run in a namespace.  Whether a port listens, or a route exists, is
+read from ``/proc/thread-self/net`` by a thread that joined the namespace
+(``bench_splice.NsThread``): no process per poll, so start-up times can be
+measured to the millisecond.
+
+Every namespace the benchmark makes is deleted on the way out, even on
+failure (``World.destroy`` kills what runs in them first).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "test"))
+
+from bench_splice import NsThread  # noqa: E402
+from e2e import impl as e2e_impl  # noqa: E402
+from e2e import l2  # noqa: E402
+from e2e.cells import FORWARDED, NS_FORWARDED, REMOTE_PORTS, forward_options  # noqa: E402
+from e2e.daemon import Daemon  # noqa: E402
+from e2e.guest import Guest  # noqa: E402
+from e2e.shell import Shell  # noqa: E402
+from e2e.world import V4, World  # noqa: E402
+
+__all__ = ["FORWARDED", "NS_FORWARDED", "REMOTE_PORTS", "World"]
+
+SLIRP4NETNS = "slirp4netns"
+SLIRP_OPTIONS = ["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-ipv6"]
+# Ephemeral ports clear of every service port of the matrix, and TIME_WAIT
+# reuse: the connection-rate cells open tens of thousands of connections.
+SYSCTLS = ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=20000 65000"]
+POLL = 0.002
+START_TIMEOUT = 30.0
+
+
+class Endpoint(Protocol):
+    """Somewhere a client program runs: a namespace or a guest's console."""
+
+    name: str
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Run ``argv`` to completion; its exit status and standard output."""
+        ...
+
+
+class Namespace:
+    """A network namespace by name: run programs in it, read its ``/proc/net``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._thread: NsThread | None = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
+        done = subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout)
+        return done.returncode, done.stdout + done.stderr if done.returncode else done.stdout
+
+    def spawn(self, argv: list[str], log_path: str = os.devnull) -> subprocess.Popen:
+        """Start ``argv`` in the background, in a process group of its own."""
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(self.argv(argv), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def proc_net(self, name: str) -> str:
+        """``/proc/net/<name>`` as seen inside the namespace."""
+        if self._thread is None:
+            self._thread = NsThread(f"/run/netns/{self.name}")
+        return self._thread.call(_read, f"/proc/thread-self/net/{name}")
+
+    def listening(self, proto: str, port: int) -> bool:
+        state = "0A" if proto == "tcp" else "07"
+        suffix = f":{port:04X}"
+        return any(
+            len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == state
+            for table in (proto, f"{proto}6")
+            for fields in (line.split() for line in self.proc_net(table).splitlines()[1:])
+        )
+
+    def wait_listening(self, proto: str, port: int, proc: subprocess.Popen | None = None,
+                       timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.listening(proto, port):
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: server on {proto} {port} exited")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.name}: nothing listens on {proto} port {port}")
+            time.sleep(POLL)
+
+    def has_default_route4(self) -> bool:
+        """Whether an IPv4 default route exists (``/proc/net/route``)."""
+        return any(fields[1] == "00000000" and fields[7] == "00000000"
+                   for fields in (line.split() for line in self.proc_net("route").splitlines()[1:])
+                   if len(fields) > 7)
+
+    def sysctl(self, *settings: str) -> None:
+        for setting in settings:
+            subprocess.run(self.argv(["sysctl", "-qw", setting]), check=True, timeout=10,
+                           capture_output=True)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class GuestEndpoint:
+    """Clients on a guest's serial console."""
+
+    def __init__(self, shell: Shell) -> None:
+        self.name = "guest"
+        self.shell = shell
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
+        return self.shell.run(shlex.join(argv), timeout=timeout)
+
+
+@dataclass
+class Subject:
+    """One program under test, running in its world."""
+
+    label: str  # "ours", "upstream", "slirp4netns"
+    program: str  # "pasta" or "passt"
+    world: World
+    daemon: Daemon
+    inside: Endpoint  # where clients inside the namespace or guest run
+    features: frozenset[str]  # "tap", "splice", "peer" (Python peers inside), "guest"
+    respawn: Callable[[str], list[str]]  # argv of a fresh instance for a namespace or socket
+    inner: Namespace | None = None  # pasta's or slirp4netns's namespace
+    guest: Guest | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> Namespace:
+        return Namespace(self.world.host_ns)
+
+    @property
+    def remote(self) -> Namespace:
+        return Namespace(self.world.remote_ns)
+
+    @property
+    def remote_address(self) -> str:
+        """The outside service address, as clients inside dial it."""
+        return V4.remote
+
+    def alive(self) -> bool:
+        guest_alive = self.guest is None or (self.guest.child is not None
+                                             and self.guest.child.isalive())
+        return self.daemon.alive() and guest_alive
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS (now) and VmHWM (peak so far) of the program, in KiB."""
+        assert self.daemon.proc is not None
+        return proc_memory(self.daemon.proc.pid)
+
+    def stop(self) -> None:
+        """Guest, program, world: each step runs even if the one before fails."""
+        try:
+            if self.guest is not None:
+                self.guest.shutdown()
+        finally:
+            try:
+                self.daemon.stop()
+            finally:
+                self.world.destroy()
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+
+
+# -- implementations -----------------------------------------------------------
+
+
+Impl = e2e_impl.Impl
+
+
+def implementation(label: str) -> Impl:
+    """The e2e harness's ``Impl`` for ``ours`` or ``upstream``."""
+    saved = os.environ.get("PASST_IMPL")
+    os.environ["PASST_IMPL"] = label
+    try:
+        return e2e_impl.current()
+    finally:
+        if saved is None:
+            del os.environ["PASST_IMPL"]
+        else:
+            os.environ["PASST_IMPL"] = saved
+
+
+def pasta_argv(impl: Impl, netns_path: str) -> list[str]:
+    return impl.argv("pasta", ["--config-net", *forward_options("pasta"), "--netns", netns_path])
+
+
+def slirp_argv(netns_path: str) -> list[str]:
+    return [SLIRP4NETNS, *SLIRP_OPTIONS, "--netns-type=path", netns_path, "tap0"]
+
+
+def passt_argv(impl: Impl, socket_path: str) -> list[str]:
+    return impl.argv("passt", ["-s", socket_path, "-1", "-t", "none", "-u", "none"])
+
+
+def _tune(*namespaces: str) -> None:
+    for name in namespaces:
+        Namespace(name).sysctl(*SYSCTLS)
+
+
+def new_world(tag: str, workdir: str, extra: tuple[str, ...]) -> World:
+    world = World(tag, workdir, extra=extra).create()
+    try:
+        _tune(world.host_ns, world.remote_ns, *world.extra_ns)
+    except BaseException:
+        world.destroy()
+        raise
+    return world
+
+
+def start_pasta(label: str, workdir: str, impl: Impl | None = None) -> Subject:
+    """Our or upstream pasta (or ``impl``), ``--config-net`` with the matrix's forwards."""
+    impl = impl or implementation(label)
+    return _start_namespace_subject(
+        label, workdir, lambda path: pasta_argv(impl, path),
+        frozenset({"tap", "splice", "peer"}),
+        lambda world, inner: (inner.has_default_route4()
+                              and Namespace(world.host_ns).listening("tcp", FORWARDED.iperf)
+                              and inner.listening("tcp", NS_FORWARDED.iperf)))
+
+
+def start_slirp(workdir: str) -> Subject:
+    """slirp4netns on a namespace of its world: the tap path only."""
+    return _start_namespace_subject(
+        "slirp4netns", workdir, slirp_argv, frozenset({"tap", "peer"}),
+        lambda _world, inner: inner.has_default_route4())
+
+
+def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], list[str]],
+                             features: frozenset[str],
+                             ready: Callable[[World, Namespace], bool]) -> Subject:
+    os.makedirs(workdir, exist_ok=True)
+    world = new_world(f"bench-{label}", workdir, extra=("ns",))
+    inner = Namespace(world.extra_ns[0])
+    daemon = Daemon(argv(f"/run/netns/{inner.name}"), world.host_ns,
+                    os.path.join(workdir, "program.log"))
+    try:
+        daemon.start(lambda: ready(world, inner), timeout=START_TIMEOUT)
+    except BaseException:
+        world.destroy()
+        raise
+    return Subject(label, "pasta", world, daemon, inner, features, argv, inner=inner)
+
+
+def start_passt(label: str, workdir: str, impl: Impl | None = None) -> Subject:
+    """Our or upstream passt (or ``impl``) with a TCG guest, configured by DHCP/SLAAC."""
+    impl = impl or implementation(label)
+    os.makedirs(workdir, exist_ok=True)
+    world = new_world(f"bench-{label}-passt", workdir, extra=())
+    socket_path = os.path.join(workdir, "passt.sock")
+    daemon = Daemon(passt_argv(impl, socket_path), world.host_ns,
+                    os.path.join(workdir, "program.log"))
+    subject = Subject(label, "passt", world, daemon, Namespace(world.host_ns),
+                      frozenset({"guest"}), lambda path: passt_argv(impl, path))
+    try:
+        daemon.start(lambda: os.path.exists(socket_path), timeout=START_TIMEOUT)
+        subject.guest = Guest(socket_path, workdir)
+        shell = subject.guest.boot().shell
+        subject.notes.append(f"guest booted in {subject.guest.report.boot_seconds:.1f} s")
+        shell.check(f"cp /usr/share/udhcpc/default.script {shell.path(l2.UDHCPC_SCRIPT)}")
+        l2.configure(shell)
+        subject.inside = GuestEndpoint(shell)
+    except BaseException:
+        subject.stop()
+        raise
+    return subject
+
+
+# -- fresh instances, for start-up times ----------------------------------------
+
+
+def time_to_ready(host: Namespace, argv: list[str], ready: Callable[[], bool],
+                  log_path: str, timeout: float = START_TIMEOUT) -> float:
+    """Seconds from spawning ``argv`` in ``host`` until ``ready()``; the process is stopped."""
+    began = time.monotonic()
+    proc = host.spawn(argv, log_path)
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited {proc.returncode} before it was ready")
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"{argv[0]} not ready after {timeout:.0f} s")
+            time.sleep(POLL)
+        return time.monotonic() - began
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM to the process group, SIGKILL if it lingers."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def scratch_namespace(tag: str) -> Namespace:
+    """A fresh, empty namespace (loopback up); delete it with ``delete_namespace``."""
+    name = f"bench-{tag}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
+                   capture_output=True, timeout=20)
+    return Namespace(name)
+
+
+def delete_namespace(ns: Namespace) -> None:
+    subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=20)

@@ -1,0 +1,230 @@
+"""Results of a side-by-side run: medians and spread, the table, JSON, a plot.
+
+Theory of operation
+-------------------
+A run collects, for every cell (one workload) and every subject (one
+program), a list of samples and the errors of the runs that failed.  One
+number per run would say little on a shared two-core machine, so each
+summary is the median with the minimum and maximum beside it, and the
+figure that matters, the ratio ours / upstream, is a ratio of medians
+measured in the same run, runs alternating between programs.
+
+Targets are ratios ours / upstream (optionally also "above slirp4netns");
+the table says whether a target is met, for reading: nothing here asserts
+speed.  For cells where lower is better (start-up time, memory) the ratio
+is still ours / upstream, and the table says "lower is better".
+
+``results.json`` holds every sample, for tracking across commits;
+``results.png`` (when matplotlib is installed) plots the ratios with
+their spread and the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from workloads import Sample
+
+LABELS = ("ours", "upstream", "slirp4netns")
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    """What a cell measures and what we want of it."""
+
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool = True
+    target: float | None = None  # wanted ratio ours / upstream
+    above_slirp: bool = False  # also wanted: ours above slirp4netns
+
+
+@dataclass
+class Series:
+    """One subject's samples in one cell."""
+
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def values(self) -> list[float]:
+        return [s.value for s in self.samples]
+
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.samples else None
+
+    def loss(self) -> float | None:
+        losses = [s.loss for s in self.samples if s.loss is not None]
+        return statistics.median(losses) if losses else None
+
+    def summary(self) -> dict:
+        values = self.values
+        return {
+            "samples": values,
+            "loss_percent": [s.loss for s in self.samples if s.loss is not None] or None,
+            "median": self.median(),
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class CellResult:
+    info: CellInfo
+    series: dict[str, Series] = field(default_factory=dict)
+
+    def of(self, label: str) -> Series:
+        return self.series.setdefault(label, Series())
+
+    def ratio(self, other: str = "upstream") -> float | None:
+        ours = self.series.get("ours")
+        theirs = self.series.get(other)
+        if ours is None or theirs is None:
+            return None
+        a, b = ours.median(), theirs.median()
+        if a is None or b is None or b == 0:
+            return None
+        return a / b
+
+    def ratio_spread(self) -> tuple[float, float] | None:
+        """(worst, best) ratio over the runs: ours' extremes against upstream's."""
+        ours, theirs = self.series.get("ours"), self.series.get("upstream")
+        if not ours or not theirs or not ours.samples or not theirs.samples:
+            return None
+        if min(theirs.values) <= 0:
+            return None
+        return min(ours.values) / max(theirs.values), max(ours.values) / min(theirs.values)
+
+    def target_met(self) -> bool | None:
+        info = self.info
+        ratio = self.ratio()
+        if info.target is None or ratio is None:
+            return None
+        met = ratio >= info.target if info.higher_is_better else ratio <= info.target
+        if info.above_slirp:
+            over_slirp = self.ratio("slirp4netns")
+            met = met and over_slirp is not None and over_slirp > 1.0
+        return met
+
+    def to_json(self) -> dict:
+        return {
+            **asdict(self.info),
+            "results": {label: s.summary() for label, s in self.series.items()},
+            "ratio_ours_upstream": self.ratio(),
+            "ratio_ours_slirp4netns": self.ratio("slirp4netns"),
+            "target_met": self.target_met(),
+        }
+
+
+# -- the table ----------------------------------------------------------------
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "Gbit/s":
+        return f"{value:.2f}"
+    if unit in ("ms", "MiB"):
+        return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return f"{value:.0f}"
+
+
+def _cell_text(series: Series | None, unit: str) -> str:
+    if series is None:
+        return "-"
+    median = series.median()
+    if median is None:
+        return "FAILED" if series.errors else "-"
+    text = _number(median, unit)
+    if len(series.samples) > 1:
+        text += f" ({_number(min(series.values), unit)}-{_number(max(series.values), unit)})"
+    loss = series.loss()
+    if loss is not None:
+        text += f" {loss:.0f}%lost"
+    if series.errors:
+        text += f" [{len(series.errors)} failed]"
+    return text
+
+
+def _target_text(cell: CellResult) -> str:
+    info = cell.info
+    if info.target is None:
+        return "" if info.higher_is_better else "lower is better"
+    sign = ">=" if info.higher_is_better else "<="
+    text = f"{sign}{info.target:g}" + (" & >slirp" if info.above_slirp else "")
+    met = cell.target_met()
+    return f"{text}: {'met' if met else 'MISSED' if met is not None else 'n/a'}"
+
+
+def table(cells: list[CellResult]) -> list[str]:
+    """The results table, one line per cell, and the errors below it."""
+    head = (f"{'cell':42} {'unit':7} {'ours':26} {'upstream':26} {'slirp4netns':26} "
+            f"{'ours/up':>7} {'ours/slirp':>10}  target")
+    lines = [head, "-" * len(head)]
+    for cell in cells:
+        unit = cell.info.unit
+        columns = [_cell_text(cell.series.get(label), unit) for label in LABELS]
+        ratio, over_slirp = cell.ratio(), cell.ratio("slirp4netns")
+        lines.append(
+            f"{cell.info.title:42} {unit:7} {columns[0]:26} {columns[1]:26} {columns[2]:26} "
+            f"{_ratio_text(ratio):>7} {_ratio_text(over_slirp):>10}  {_target_text(cell)}")
+    errors = [f"  {cell.info.key} {label}: {error}"
+              for cell in cells for label, series in cell.series.items()
+              for error in dict.fromkeys(series.errors)]
+    if errors:
+        lines += ["", "errors (each distinct one once):", *errors]
+    return lines
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+# -- files -----------------------------------------------------------------------
+
+
+def write_json(path: str, meta: dict, cells: list[CellResult]) -> None:
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "cells": [c.to_json() for c in cells]}, f, indent=1)
+        f.write("\n")
+
+
+def write_plot(path: str, title: str, cells: list[CellResult]) -> str | None:
+    """A PNG of the ratios (with their spread and targets); None, or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (make bench installs it)"
+    rows = [c for c in cells if c.ratio() is not None]
+    if not rows:
+        return "no cell has a ratio"
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.5))
+    for y, cell in enumerate(rows):
+        ratio = cell.ratio()
+        assert ratio is not None
+        met = cell.target_met()
+        color = "tab:gray" if met is None else "tab:green" if met else "tab:red"
+        ax.barh(y, ratio, color=color, alpha=0.8)
+        spread = cell.ratio_spread()
+        if spread is not None:
+            ax.plot(spread, (y, y), color="black", linewidth=1)
+        if cell.info.target is not None:
+            ax.plot((cell.info.target,) * 2, (y - 0.4, y + 0.4), color="black", linestyle="--")
+        ax.text(ratio, y, f" {ratio:.2f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{c.info.title} ({'lower' if not c.info.higher_is_better else 'higher'}"
+                        " is better)" for c in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="gray", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ours / upstream (median; bar: min-max; dashed: target)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None

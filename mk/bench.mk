@@ -1,0 +1,46 @@
+# The side-by-side benchmark (bench/sidebyside.py; doc/performance.md).
+#
+#   make bench           our pasta and passt next to Debian's upstream ones and
+#                        slirp4netns, same run, same workloads: 3 rounds of 3 s
+#                        per cell, about 10 minutes; the table with ratios,
+#                        $(BENCH_OUT)/results.json and results.png
+#   make bench-smoke     one 1-second round of every cell, to prove the
+#                        benchmark still runs (part of `make check`: prints
+#                        figures, fails only if the harness breaks)
+#   make bench-profile   where our time goes: py-spy and cProfile of our
+#                        programs on the same workloads, $(BENCH_OUT)/profile/
+#
+# BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 5 --time 5',
+# '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
+#
+# matplotlib (the plot) and py-spy (the profiles) serve these targets only,
+# so they get their own install step rather than PIP_EXTRA_DEPS: `make check`
+# does not need them (without matplotlib the smoke run just skips the plot).
+# slirp4netns, iperf3, QEMU and Debian's passt are test dependencies already
+# (APT_TEST_DEPS); the passt cells boot the e2e guest image (mk/guest.mk).
+
+BENCH_OUT      ?= $(BUILD)/bench
+BENCH_ARGS     ?=
+BENCH_PIP_DEPS := matplotlib py-spy
+
+.PHONY: bench-deps bench-sidebyside bench-smoke bench-profile
+
+bench: bench-sidebyside
+
+bench-deps: $(BUILD)/.bench-deps-stamp
+$(BUILD)/.bench-deps-stamp: mk/bench.mk | deps
+	command -v slirp4netns >/dev/null || DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends slirp4netns
+	$(PYTHON) -m pip install -q $(BENCH_PIP_DEPS)
+	touch $@
+
+bench-sidebyside: deps bench-deps guest
+	$(PYTHON) bench/sidebyside.py --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-smoke: deps guest
+	timeout 400 $(PYTHON) bench/sidebyside.py --smoke --out $(BUILD)/bench-smoke
+
+bench-profile: deps bench-deps guest
+	$(PYTHON) bench/hotspots.py --out $(BENCH_OUT)/profile $(BENCH_ARGS)
+
+CHECK_PREREQS += bench-smoke
