@@ -149,7 +149,12 @@ def template(src: bytes, dst: bytes) -> udp.UdpFrameTemplate:
 
 
 def expected(src: bytes, dst: bytes, payload: bytes) -> bytes:
-    return build_frame_udp(GUEST_MAC, OUR_MAC, src, dst, 53, 4444, payload, ttl=udp.REPLY_TTL)
+    """The packet builder's frame; over IPv4 without UDP checksum, as upstream sends them."""
+    frame = bytearray(build_frame_udp(GUEST_MAC, OUR_MAC, src, dst, 53, 4444, payload,
+                                      ttl=udp.REPLY_TTL))
+    if len(src) == 4:
+        frame[14 + 20 + 6 : 14 + 20 + 8] = b"\0\0"
+    return bytes(frame)
 
 
 FAMILIES = [pytest.param((REMOTE4, packed(GUEST4)), id="v4"),

@@ -16,7 +16,6 @@ import resource
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -29,7 +28,7 @@ from passt.checksum import Buffer
 from passt.context import Ctx
 from passt.flow import FlowTable
 from passt.loop import EventLoop
-from passt.netns import CLONE_NEWNET, setns
+from passt.netns import CLONE_NEWNET, setns, unshare
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 from passt.tap import Dispatcher
 
@@ -40,6 +39,7 @@ from .l2_fixtures import (
     GW4,
     GW6,
     OUR_MAC_STR,
+    CollectingTap,
     make_ctx,
     net_with,
 )
@@ -56,53 +56,35 @@ VERSIONS = [pytest.param(4, id="v4"), pytest.param(6, id="v6")]
 GPORT = 4444
 
 
-def _ip(netns: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True, timeout=20)
-
-
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"udp-flows-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
+def netns() -> Iterator[None]:
+    """The test thread in a new, anonymous network namespace (gone once it leaves)."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _ip(name, "link", "set", "lo", "up")
-        for version in (4, 6):
-            plen = "32" if version == 4 else "128"
-            for address in (REMOTE[version], RESOLVER[version], GUEST[version]):
-                _ip(name, "addr", "add", f"{address}/{plen}", "dev", "lo", "nodad")
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(target, CLONE_NEWNET)
-        finally:
-            os.close(target)
-        yield name
+        unshare(CLONE_NEWNET)
+        # Children forked from this thread share its namespace.
+        commands = [["link", "set", "lo", "up"]] + [
+            ["addr", "add", address, "dev", "lo", "nodad"]
+            for version in (4, 6) for address in (REMOTE[version], RESOLVER[version],
+                                                  GUEST[version])]
+        for command in commands:
+            subprocess.run(["ip", *command], check=True, capture_output=True, timeout=20)
+        yield
     finally:
         setns(home, CLONE_NEWNET)
         os.close(home)
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=20)
 
 
-class CallTap:
-    """A ``TapBackend`` that keeps every frame and counts ``send_frames`` calls."""
+class CallTap(CollectingTap):
+    """A tap that keeps every frame and counts ``send_frames`` calls."""
 
     def __init__(self) -> None:
-        self.frames: list[bytes] = []
+        super().__init__()
         self.calls = 0
-
-    def fileno(self) -> int:
-        return -1
-
-    def recv_frames(self) -> list[memoryview]:
-        return []
 
     def send_frames(self, frames: Sequence[Buffer]) -> int:
         self.calls += 1
-        self.frames.extend(bytes(f) for f in frames)
-        return len(frames)
-
-    def close(self) -> None:
-        pass
+        return super().send_frames(frames)
 
 
 def new_ctx(net_changes: dict | None = None, **conf: object) -> Ctx:
@@ -119,7 +101,7 @@ def new_ctx(net_changes: dict | None = None, **conf: object) -> Ctx:
 
 
 @pytest.fixture
-def contexts(netns: str) -> Iterator[list[Ctx]]:
+def contexts(netns: None) -> Iterator[list[Ctx]]:
     """Contexts made by a test, closed at its end: every flow, the loop."""
     made: list[Ctx] = []
     yield made
@@ -132,12 +114,21 @@ def contexts(netns: str) -> Iterator[list[Ctx]]:
         ctx.loop.close()
 
 
-@pytest.fixture
-def ctx(contexts: list[Ctx]) -> Ctx:
+def started(contexts: list[Ctx], forwarder: bool = False, max_flows: int = 0) -> Ctx:
+    """A context with the UDP handler (and ``fwd``'s registry), closed with the test."""
     context = new_ctx()
+    if max_flows:
+        context.flows = FlowTable(max_flows)
+    if forwarder:
+        fwd.setup(context)
     udp.init(context)
     contexts.append(context)
     return context
+
+
+@pytest.fixture
+def ctx(contexts: list[Ctx]) -> Ctx:
+    return started(contexts)
 
 
 def guest_frame(version: int, dst: str, dport: int, payload: bytes, sport: int = GPORT,
@@ -160,6 +151,17 @@ def peer(version: int, address: str, port: int = 0, reuse: bool = False) -> sock
     s.bind((address, port))
     s.settimeout(5)
     return s
+
+
+def open_flow(ctx: Ctx, version: int = 4,
+              sport: int = GPORT) -> tuple[socket.socket, tuple]:
+    """A peer on the remote address, a flow from the guest to it; the peer and the
+    flow's host-side address (where the peer answers)."""
+    server = peer(version, REMOTE[version])
+    send(ctx, guest_frame(version, REMOTE[version], server.getsockname()[1], b"hi",
+                          sport=sport))
+    _, source = server.recvfrom(100)
+    return server, source
 
 
 def run_until(ctx: Ctx, done: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -284,10 +286,7 @@ def test_a_guest_port_taken_on_the_host_falls_back_to_another(ctx: Ctx) -> None:
 
 
 def test_a_burst_reaches_the_guest_in_few_send_calls(ctx: Ctx) -> None:
-    server = peer(4, REMOTE[4])
-    port = server.getsockname()[1]
-    send(ctx, guest_frame(4, REMOTE[4], port, b"start"))
-    _, source = server.recvfrom(100)
+    server, source = open_flow(ctx)
     for i in range(200):
         server.sendto(b"burst %d" % i, source)
     got = to_guest(ctx, 200)
@@ -300,9 +299,7 @@ def test_datagrams_larger_than_the_mtu_are_dropped_towards_the_guest(
         contexts: list[Ctx]) -> None:
     context = new_ctx({"mtu": 1500})
     contexts.append(context)
-    server = peer(4, REMOTE[4])
-    send(context, guest_frame(4, REMOTE[4], server.getsockname()[1], b"hi"))
-    _, source = server.recvfrom(100)
+    server, source = open_flow(context)
     server.sendto(b"a" * 1473, source)  # 20 + 8 + 1473 > 1500
     server.sendto(b"b" * 1472, source)
     got = to_guest(context, 1)
@@ -335,9 +332,7 @@ def test_a_malformed_datagram_is_counted_and_its_neighbours_go_through(ctx: Ctx)
 
 
 def test_without_a_tap_datagrams_are_read_and_dropped(ctx: Ctx) -> None:
-    server = peer(4, REMOTE[4])
-    send(ctx, guest_frame(4, REMOTE[4], server.getsockname()[1], b"hi"))
-    _, source = server.recvfrom(100)
+    server, source = open_flow(ctx)
     ctx.tap = None
     server.sendto(b"into the void", source)
     run_until(ctx, lambda: ctx.stats["drop.udp_no_tap"] > 0)
@@ -345,9 +340,7 @@ def test_without_a_tap_datagrams_are_read_and_dropped(ctx: Ctx) -> None:
 
 
 def test_a_new_guest_mac_is_used_for_existing_flows(ctx: Ctx) -> None:
-    server = peer(4, REMOTE[4])
-    send(ctx, guest_frame(4, REMOTE[4], server.getsockname()[1], b"hi"))
-    _, source = server.recvfrom(100)
+    server, source = open_flow(ctx)
     ctx.guest_mac = bytes.fromhex("020000000099")
     udp.guest_mac_changed(ctx)
     server.sendto(b"back", source)
@@ -378,10 +371,7 @@ def test_idle_flows_expire_and_busy_ones_stay(ctx: Ctx) -> None:
 
 
 def test_a_full_flow_table_refuses_new_flows_only(contexts: list[Ctx]) -> None:
-    context = new_ctx()
-    context.flows = FlowTable(max_flows=3)
-    udp.init(context)
-    contexts.append(context)
+    context = started(contexts, max_flows=3)
     server = peer(4, REMOTE[4])
     port = server.getsockname()[1]
     for sport in (5000, 5001, 5002, 5003):
@@ -394,10 +384,8 @@ def test_a_full_flow_table_refuses_new_flows_only(contexts: list[Ctx]) -> None:
 
 
 def test_running_out_of_descriptors_refuses_new_flows_only(ctx: Ctx) -> None:
-    server = peer(4, REMOTE[4])
+    server, source = open_flow(ctx, sport=5000)
     port = server.getsockname()[1]
-    send(ctx, guest_frame(4, REMOTE[4], port, b"first", sport=5000))
-    _, source = server.recvfrom(100)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
@@ -445,11 +433,7 @@ def test_close_leaves_no_flow_socket_or_timer(ctx: Ctx) -> None:
 
 @pytest.fixture
 def fwd_ctx(contexts: list[Ctx]) -> Ctx:
-    context = new_ctx()
-    fwd.setup(context)
-    udp.init(context)
-    contexts.append(context)
-    return context
+    return started(contexts, forwarder=True)
 
 
 def forward(ctx: Ctx, version: int, port: int, target: int) -> fwd.Listener:
