@@ -76,6 +76,15 @@ SLIRP_OPTIONS = ["--configure", "--mtu=65520", "--disable-host-loopback", "--ena
 # reuse: the connection-rate cells open tens of thousands of connections.
 SYSCTLS = ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=20000 65000"]
 POLL = 0.002
+# What each subject can be measured on: the tap path, the spliced path,
+# Python peers inside (round trips, connections), a guest.
+FEATURES = {
+    ("pasta", "ours"): frozenset({"tap", "splice", "peer"}),
+    ("pasta", "upstream"): frozenset({"tap", "splice", "peer"}),
+    ("pasta", "slirp4netns"): frozenset({"tap", "peer"}),
+    ("passt", "ours"): frozenset({"guest"}),
+    ("passt", "upstream"): frozenset({"guest"}),
+}
 START_TIMEOUT = 30.0
 
 
@@ -200,16 +209,20 @@ class Subject:
         assert self.daemon.proc is not None
         return proc_memory(self.daemon.proc.pid)
 
-    def stop(self) -> None:
-        """Guest, program, world: each step runs even if the one before fails."""
+    def stop(self) -> str | None:
+        """Guest, program, world, each step whatever the one before did; what went wrong."""
+        problem = None
         try:
             if self.guest is not None:
                 self.guest.shutdown()
+        except Exception as e:  # noqa: BLE001 - QEMU is killed anyway; the rest must run
+            problem = f"guest shutdown: {type(e).__name__}: {e}"
         finally:
             try:
                 self.daemon.stop()
             finally:
                 self.world.destroy()
+        return problem
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -269,7 +282,6 @@ def start_pasta(label: str, workdir: str, impl: Impl | None = None) -> Subject:
     impl = impl or implementation(label)
     return _start_namespace_subject(
         label, workdir, lambda path: pasta_argv(impl, path),
-        frozenset({"tap", "splice", "peer"}),
         lambda world, inner: (inner.has_default_route4()
                               and Namespace(world.host_ns).listening("tcp", FORWARDED.iperf)
                               and inner.listening("tcp", NS_FORWARDED.iperf)))
@@ -278,12 +290,11 @@ def start_pasta(label: str, workdir: str, impl: Impl | None = None) -> Subject:
 def start_slirp(workdir: str) -> Subject:
     """slirp4netns on a namespace of its world: the tap path only."""
     return _start_namespace_subject(
-        "slirp4netns", workdir, slirp_argv, frozenset({"tap", "peer"}),
+        "slirp4netns", workdir, slirp_argv,
         lambda _world, inner: inner.has_default_route4())
 
 
 def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], list[str]],
-                             features: frozenset[str],
                              ready: Callable[[World, Namespace], bool]) -> Subject:
     os.makedirs(workdir, exist_ok=True)
     world = new_world(f"bench-{label}", workdir, extra=("ns",))
@@ -295,7 +306,8 @@ def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], lis
     except BaseException:
         world.destroy()
         raise
-    return Subject(label, "pasta", world, daemon, inner, features, argv, inner=inner)
+    return Subject(label, "pasta", world, daemon, inner, FEATURES["pasta", label], argv,
+                   inner=inner)
 
 
 def start_passt(label: str, workdir: str, impl: Impl | None = None) -> Subject:
@@ -307,7 +319,7 @@ def start_passt(label: str, workdir: str, impl: Impl | None = None) -> Subject:
     daemon = Daemon(passt_argv(impl, socket_path), world.host_ns,
                     os.path.join(workdir, "program.log"))
     subject = Subject(label, "passt", world, daemon, Namespace(world.host_ns),
-                      frozenset({"guest"}), lambda path: passt_argv(impl, path))
+                      FEATURES["passt", label], lambda path: passt_argv(impl, path))
     try:
         daemon.start(lambda: os.path.exists(socket_path), timeout=START_TIMEOUT)
         subject.guest = Guest(socket_path, workdir)

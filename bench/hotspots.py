@@ -184,7 +184,7 @@ def profile_cell(bench: Bench, cell: Cell, out: str, top: int) -> list[str]:
         sample = cell.measure(subject, bench)
         stop_sampled(subject)
     finally:
-        subject.stop()
+        bench.stop_subject(subject)
     lines.append(f"  under py-spy: {sample.value:.3f} {cell.info.unit}")
     lines += spy_summary(in_loop(read_stacks(spy_path)), top)
 
@@ -195,7 +195,7 @@ def profile_cell(bench: Bench, cell: Cell, out: str, top: int) -> list[str]:
     try:
         sample = cell.measure(subject, bench)
     finally:
-        subject.stop()
+        bench.stop_subject(subject)
     per, unit = work_units(cell, sample, seconds)
     lines.append(f"  under cProfile: {sample.value:.3f} {cell.info.unit} ({per:.0f} {unit})")
     lines += cprofile_summary(prof_path, per, unit, top)

@@ -209,7 +209,7 @@ def write_plot(path: str, title: str, cells: list[CellResult]) -> str | None:
         assert ratio is not None
         met = cell.target_met()
         color = "tab:gray" if met is None else "tab:green" if met else "tab:red"
-        ax.barh(y, ratio, color=color, alpha=0.8)
+        ax.barh(y, ratio - 1, left=1, color=color, alpha=0.8)  # from parity to the ratio
         spread = cell.ratio_spread()
         if spread is not None:
             ax.plot(spread, (y, y), color="black", linewidth=1)

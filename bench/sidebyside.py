@@ -216,10 +216,9 @@ class Bench:
     # -- subjects --
 
     def programs(self) -> list[tuple[str, str]]:
-        wanted = {c.program for c in self.cells}
-        pairs = [("pasta", "ours"), ("pasta", "upstream"), ("pasta", "slirp4netns"),
-                 ("passt", "ours"), ("passt", "upstream")]
-        return [p for p in pairs if p[0] in wanted]
+        """(program, label) of every subject some chosen cell applies to."""
+        return [key for key, features in harness.FEATURES.items()
+                if any(c.program == key[0] and c.needs in features for c in self.cells)]
 
     def start(self, program: str, label: str, impl: harness.Impl | None = None
               ) -> Subject | None:
@@ -259,7 +258,7 @@ class Bench:
         self.restarts[key] = self.restarts.get(key, 0) + 1
         self.note(f"{subject.program} {subject.label} died ({_last_words(subject)}); "
                   f"restart {self.restarts[key]} of {MAX_RESTARTS}")
-        subject.stop()
+        self.stop_subject(subject)
         fresh = self.start(*key)
         if fresh is not None:
             self.subjects[index] = fresh
@@ -275,6 +274,11 @@ class Bench:
                 return
             cell.of(subject.label).samples.append(Sample(kib / 1024))
 
+    def stop_subject(self, subject: Subject) -> None:
+        problem = subject.stop()
+        if problem:
+            self.note(f"{subject.program} {subject.label}: {problem}")
+
     def track_peak(self, subject: Subject) -> None:
         """Remember the subject's peak RSS so far (a restart would lose it)."""
         key = (subject.program, subject.label)
@@ -287,7 +291,7 @@ class Bench:
     def stop_all(self) -> None:
         for subject in self.subjects:
             self.track_peak(subject)
-            subject.stop()
+            self.stop_subject(subject)
         for (program, label), kib in self.peak_kib.items():
             cell = self.memory.get((program, "VmHWM"))
             if cell is not None:
