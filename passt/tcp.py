@@ -92,6 +92,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from passt import log
+from passt.checksum import Buffer
 from passt.flow import FlowTableFull
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
 from passt.packet import ACK, PSH, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
@@ -120,7 +121,10 @@ SO_PEEK_OFF = 42
 SIOCOUTQ = 0x5411
 TCP_WINDOW_CLAMP = 10
 MTU_DEFAULT = 65520
-PEEK_BUF_SIZE = 1 << 20  # one read per wake-up: up to 16 frames of 64 KiB
+FRAMES_PER_READ = 16  # frames peeked per read round
+FRAME_POOL = 2 * FRAMES_PER_READ  # reusable data frame buffers
+FRAME_MAX = 14 + 40 + 20 + 65535  # Ethernet, IPv6, TCP headers and the largest payload
+PEEK_BUF_SIZE = 1 << 20  # without SO_PEEK_OFF: one peek of up to 16 frames of 64 KiB
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
 FD_RESERVE = 64  # descriptors left for listeners, the tap, pipes...
 READ_ROUNDS = 16  # reads per socket event, to stay fair to other flows
@@ -160,12 +164,13 @@ class TcpState:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
         self.conns = 0
-        self.peek_buf = bytearray(PEEK_BUF_SIZE)
-        self.peek_view = memoryview(self.peek_buf)
-        self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
         self.peek_off = _peek_off_supported()
-        self.out: list[bytes | bytearray] = []  # frames of the event being handled
-        self.data_offset = 0  # where in peek_buf the bytes of a DATA action start
+        self.peek_view = memoryview(bytearray(0 if self.peek_off else PEEK_BUF_SIZE))
+        self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
+        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(FRAME_POOL)]
+        self.pool_next = 0  # pool buffers from here on are free until the next send
+        self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
+        self.out: list[Buffer] = []  # frames of the event being handled
         self.rng = random.SystemRandom()
 
     def mss_limit(self, v6: bool) -> int:
@@ -232,7 +237,7 @@ class TcpFlow:
 
     __slots__ = (
         "ctx", "core", "sock", "fd", "key", "tpl", "v6", "epoll_mask", "deadline",
-        "timer", "timer_at", "rdhup", "connecting", "freed",
+        "timer", "timer_at", "rdhup", "connecting", "freed", "hlen",
     )  # fmt: skip
 
     def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
@@ -242,6 +247,7 @@ class TcpFlow:
         self.fd = sock.fileno()
         self.key = key
         self.v6 = len(key[1]) == 16
+        self.hlen = 14 + (40 if self.v6 else 20) + 20  # headers of a data frame
         self.tpl = _template(ctx, key)
         self.epoll_mask = 0
         self.deadline: float | None = None
@@ -332,7 +338,7 @@ def _run(flow: TcpFlow, acts: list) -> None:
             _, flags, seq, ack, window, options = act
             flow.ctx.tcp.out.append(flow.tpl.build(seq, ack, flags, window, b"", options))
         elif op == DATA:
-            _frames_from_peek(flow, act[1], act[2])
+            _frames_from_chunks(flow, act[1], act[2])
         elif op == SOCK_SEND:
             _sock_send(flow, act[1])
         elif op == DISCARD:
@@ -359,9 +365,11 @@ def _run(flow: TcpFlow, acts: list) -> None:
 
 
 def _send_out(ctx: Ctx) -> None:
-    """Send the frames the current event produced, in one call."""
+    """Send the frames the current event produced, in one call; the frame
+    buffers are free again once it returns (a backend copies what it keeps)."""
     state: TcpState = ctx.tcp
     out = state.out
+    state.pool_next = 0
     if not out:
         return
     state.out = []
@@ -409,8 +417,7 @@ def _read_sock(flow: TcpFlow) -> None:
     """Peek new data (within the guest's window) and send it; detect end of file."""
     core = flow.core
     state: TcpState = flow.ctx.tcp
-    sock = flow.sock
-    buf = state.peek_buf
+    peek = _peek_frames if state.peek_off else _peek_frames_from_start
     for _ in range(READ_ROUNDS):
         if core.closed:
             return
@@ -418,51 +425,106 @@ def _read_sock(flow: TcpFlow) -> None:
         if not budget:
             _run(flow, core.on_window_full())
             return
-        offset = 0 if state.peek_off else (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
-        want = min(budget, PEEK_BUF_SIZE - offset)
-        if want <= 0:
-            return
+        if state.pool_next + FRAMES_PER_READ > FRAME_POOL:
+            _send_out(flow.ctx)
         try:
-            peeked = sock.recv_into(buf, offset + want, _PEEK)
+            got, short = peek(flow, budget)
         except BlockingIOError:
             core.on_sock_drained()
             return
         except OSError:
             _run(flow, core.on_sock_error())
             return
-        got = peeked - offset
-        if got <= 0:  # end of file, or (without SO_PEEK_OFF) nothing new
-            if not peeked or flow.rdhup:
+        if not got:  # end of file, or (without SO_PEEK_OFF) nothing new
+            if short or flow.rdhup:
                 _run(flow, core.on_sock_eof())
             else:
                 core.on_sock_drained()
             return
-        state.data_offset = offset
         _run(flow, core.on_sock_data(got))
-        if got < want and not flow.rdhup:
+        if short and not flow.rdhup:
             core.on_sock_drained()
             return
 
 
-def _frames_from_peek(flow: TcpFlow, seq: int, length: int) -> None:
-    """Cut freshly peeked bytes into frames of at most the guest's MSS."""
+def _peek_frames(flow: TcpFlow, budget: int) -> tuple[int, bool]:
+    """Peek up to ``budget`` new bytes straight into frame buffers, one frame per
+    read (SO_PEEK_OFF moves on by itself); returns (bytes, whether a read came
+    up short).  No bytes and a short read: end of file."""
+    state: TcpState = flow.ctx.tcp
+    recv_into = flow.sock.recv_into
+    chunks = state.chunks
+    chunks.clear()
+    pool = state.pool
+    hlen = flow.hlen
+    mss = flow.core.mss
+    total = 0
+    for _ in range(FRAMES_PER_READ):
+        want = min(mss, budget - total)
+        if want <= 0:
+            break
+        buf = pool[state.pool_next]
+        try:
+            got = recv_into(buf[hlen:], want, _PEEK)
+        except BlockingIOError:
+            if total:
+                return total, True
+            raise
+        if not got:
+            return total, True
+        state.pool_next += 1
+        chunks.append((buf, got))
+        total += got
+        if got < want:
+            return total, True
+    return total, False
+
+
+def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
+    """The same without SO_PEEK_OFF: peek from the first unacknowledged byte and
+    copy what is new into frame buffers.  No new bytes with nothing at all
+    left in the buffer: end of file."""
     core = flow.core
     state: TcpState = flow.ctx.tcp
+    offset = (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
+    want = min(budget, FRAMES_PER_READ * core.mss, PEEK_BUF_SIZE - offset)
+    if want <= 0:
+        return 0, False
     view = state.peek_view
-    build = flow.tpl.build
+    peeked = flow.sock.recv_into(view, offset + want, _PEEK)
+    chunks = state.chunks
+    chunks.clear()
+    hlen = flow.hlen
+    pos = offset
+    while pos < peeked:
+        size = min(core.mss, peeked - pos)
+        buf = state.pool[state.pool_next]
+        state.pool_next += 1
+        buf[hlen:hlen + size] = view[pos:pos + size]
+        chunks.append((buf, size))
+        pos += size
+    got = max(peeked - offset, 0)
+    return got, got < want and (not peeked or flow.rdhup)
+
+
+def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
+    """Headers for the frame buffers just peeked: ``length`` bytes from ``seq``."""
+    core = flow.core
+    state: TcpState = flow.ctx.tcp
+    headers = flow.tpl.headers
     out = state.out
-    mss = core.mss
+    hlen = flow.hlen
     ack = core.rcv_nxt
     window = core.window_field()
-    start = state.data_offset
-    end = start + length
-    pos = start
-    while pos < end:
-        chunk = min(mss, end - pos)
-        flags = ACK | PSH if pos + chunk == end else ACK
-        out.append(build((seq + pos - start) & 0xFFFFFFFF, ack, flags, window,
-                         view[pos:pos + chunk]))
-        pos += chunk
+    chunks = state.chunks
+    last = len(chunks) - 1
+    for i, (buf, size) in enumerate(chunks):
+        frame_end = hlen + size
+        buf[:hlen] = headers(seq, ack, ACK | PSH if i == last else ACK, window,
+                             buf[hlen:frame_end])
+        out.append(buf[:frame_end])
+        seq = (seq + size) & 0xFFFFFFFF
+    chunks.clear()
 
 
 def _sock_send(flow: TcpFlow, payload: memoryview) -> None:

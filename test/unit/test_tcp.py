@@ -198,6 +198,32 @@ def test_gateway_maps_to_loopback_data_both_ways_and_clean_close(ctx, server):
     assert ctx.stats["tcp.closed"] == 1
 
 
+@pytest.mark.parametrize("peek_off", [True, False], ids=["SO_PEEK_OFF", "peek-from-start"])
+def test_unacknowledged_data_is_sent_again_from_the_socket(monkeypatch, server, peek_off):
+    """The socket's receive buffer is the retransmission queue, with or without
+    SO_PEEK_OFF (kernels before 6.9 lack it for TCP)."""
+    if not peek_off:
+        monkeypatch.setattr(tcp, "_peek_off_supported", lambda: False)
+    ctx = make_ctx()
+    try:
+        guest = Guest(ctx, GW4, server.getsockname()[1])
+        guest.handshake()
+        peer = accept_polling(ctx, server)
+        data = os.urandom(300_000)
+        peer.sendall(data)
+        first = guest.wait_for(lambda s: len(s.payload))  # "lost": not acknowledged
+        assert bytes(first[0].payload) == data[:len(first[0].payload)]
+        again = guest.wait_for(lambda s: len(s.payload) and s.seq == guest.ack, timeout=5)
+        assert any(s.seq == guest.ack for s in again)  # from the first unacknowledged byte
+        assert ctx.stats["tcp.retransmit"] >= 1
+        guest.received()
+        peer.shutdown(socket.SHUT_WR)
+        assert guest.take_data() == data
+    finally:
+        tcp.close(ctx)
+        ctx.loop.close()
+
+
 def test_connection_refused_resets_the_guest(ctx):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
