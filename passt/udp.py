@@ -78,7 +78,10 @@ exist) closes those idle for ``FLOW_TIMEOUT`` seconds (180 s, as upstream).
 Thousands of flows must not exhaust descriptors: when the flow table is
 full (``udp.refused_table``) or ``socket()`` fails for want of descriptors
 or memory (``udp.refused_socket``), the new flow is refused, its datagram
-dropped (``drop.udp_no_flow``), and existing flows go on.
+dropped (``drop.udp_no_flow``), and existing flows go on.  A destination
+the host cannot reach at all (no route: ``connect()`` fails) drops the
+datagram as ``drop.udp_connect``.  Every dropped datagram is counted once,
+under one reason.
 
 Errors the kernel reports on a flow's socket (an ICMP port unreachable
 from the peer turns into ``ECONNREFUSED``) are counted as
@@ -277,6 +280,14 @@ class UdpFrameTemplate:
 # ---------------------------------------------------------------- flows
 
 
+class Refused(Exception):
+    """No flow for a datagram; ``reason`` is the counter its datagrams are dropped under."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class UdpFlow:
     """One conversation: where the guest's datagrams go, and the frames back."""
 
@@ -335,10 +346,13 @@ class UdpState:
         src, dst = first.src, first.dst
         assert src is not None and dst is not None
         key = flow_key(src, l4[0] << 8 | l4[1], dst, l4[2] << 8 | l4[3])
-        flow = ctx.flows.get(key) or self._open_outbound(key)
+        flow = ctx.flows.get(key)
         if flow is None:
-            ctx.stats["drop.udp_no_flow"] += len(pkts)
-            return
+            try:
+                flow = self._open_outbound(key)
+            except Refused as e:
+                ctx.stats[e.reason] += len(pkts)
+                return
         flow.last = ctx.loop.now()  # type: ignore[union-attr]
         sock, dest, stats = flow.sock, flow.dest, ctx.stats
         sent = 0
@@ -373,29 +387,20 @@ class UdpState:
             log.trace("udp: send on %r failed: %s", flow, e.strerror)
         return 0
 
-    def _open_outbound(self, key: FlowKey) -> UdpFlow | None:
-        """A new flow for a datagram from the guest, with its socket; None if refused."""
+    def _open_outbound(self, key: FlowKey) -> UdpFlow:
+        """A new flow for a datagram from the guest, with its socket; raises ``Refused``."""
         ctx = self.ctx
         _, guest, gport, remote, rport = key
         target = self.addresses.outbound(remote, rport)
         if target is None or rport == 0:
-            ctx.stats["drop.udp_addr"] += 1
-            return None
-        if ctx.flows.full():
-            ctx.stats["udp.refused_table"] += 1
-            return None
+            raise Refused("drop.udp_addr")
+        self._check_room()
         address = self._sockaddr(target, rport)
         sock = self._socket(target, gport, address)
-        if sock is None:
-            return None
         if isinstance(sock, socket.socket):
             flow = self._add(key, sock, None)
-            if flow is None:
-                sock.close()
         else:
             flow = self._add(key, sock.sock, address)
-        if flow is None:
-            return None
         if len(guest) == 16 and not guest.startswith(b"\xfe\x80"):
             self.guest6 = guest  # the address the guest uses (SLAAC picks its own)
         ctx.stats["udp.flows_out"] += 1
@@ -409,14 +414,19 @@ class UdpState:
         scope = self.scope6 if target.startswith(b"\xfe\x80") else 0
         return (socket.inet_ntop(socket.AF_INET6, target), port, 0, scope)
 
-    def _socket(self, target: bytes, gport: int,
-                address: tuple) -> socket.socket | Listener | None:
+    def _check_room(self) -> None:
+        """Refuse a new flow now if the flow table is full (before making a socket)."""
+        if self.ctx.flows.full():
+            self.ctx.stats["udp.refused_table"] += 1
+            raise Refused("drop.udp_no_flow")
+
+    def _socket(self, target: bytes, gport: int, address: tuple) -> socket.socket | Listener:
         """A socket from the guest's port, bound as configured, connected to ``address``.
 
         If the guest's port is taken, by a forwarded port of the guest's own
         (``-u``), that port's socket is the one to send from (not for the
         host's loopback: ``fwd`` hands what comes from there to the spliced
-        path); if by anybody else, any port will do.
+        path); if by anybody else, any port will do.  Raises ``Refused``.
         """
         size = len(target)
         try:
@@ -424,7 +434,7 @@ class UdpState:
                                  | socket.SOCK_CLOEXEC)
         except OSError as e:
             self._socket_failed(e)
-            return None
+            raise Refused("drop.udp_no_flow") from None
         local = is_loopback(target)  # the host itself: no outbound binding
         bind = _ANY[size] if local else self.bind_addr.get(size, _ANY[size])
         try:
@@ -447,9 +457,8 @@ class UdpState:
             sock.connect(address)
         except OSError as e:
             sock.close()
-            self.ctx.stats["drop.udp_connect"] += 1
             log.debug("udp: can't reach %s port %d: %s", address[0], address[1], e.strerror)
-            return None
+            raise Refused("drop.udp_connect") from None
         return sock
 
     def _socket_failed(self, e: OSError) -> None:
@@ -476,8 +485,11 @@ class UdpState:
                 return listener
         return None
 
-    def _add(self, key: FlowKey, sock: socket.socket, dest: tuple | None) -> UdpFlow | None:
-        """Register a flow (and, for its own socket, watch it); None if the table is full."""
+    def _add(self, key: FlowKey, sock: socket.socket, dest: tuple | None) -> UdpFlow:
+        """Register a flow (and, for its own socket, watch it); raises ``Refused``.
+
+        An own socket (``dest`` is ``None``) is closed if the flow is refused.
+        """
         ctx = self.ctx
         loop = ctx.loop
         assert loop is not None
@@ -487,8 +499,10 @@ class UdpState:
         try:
             ctx.flows.add(key, flow)
         except FlowTableFull:
+            if flow.own:
+                sock.close()
             ctx.stats["udp.refused_table"] += 1
-            return None
+            raise Refused("drop.udp_no_flow") from None
         self.flows[key] = flow
         if flow.own:
             loop.add(sock.fileno(), IN, lambda _events: self._readable(flow))
@@ -548,9 +562,10 @@ class UdpState:
         key = flow_key(guest, listener.target_port, remote, peer[1])
         flow = ctx.flows.get(key)
         if flow is None:
-            flow = self._add(key, listener.sock, peer)
-            if flow is None:
-                ctx.stats["drop.udp_no_flow"] += 1
+            try:
+                flow = self._add(key, listener.sock, peer)
+            except Refused as e:
+                ctx.stats[e.reason] += 1
                 return
             ctx.stats["udp.flows_in"] += 1
             if log.DEBUG:

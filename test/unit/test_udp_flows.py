@@ -233,7 +233,7 @@ def test_without_map_gw_the_gateway_is_unreachable_here_and_that_is_counted(
     contexts.append(context)
     send(context, guest_frame(version, GATEWAY[version], 7000, b"lost"))
     assert context.stats["drop.udp_connect"] == 1
-    assert context.stats["drop.udp_no_flow"] == 1
+    assert "drop.udp_no_flow" not in context.stats  # one reason per datagram
     assert context.flows.stats()["total"] == 0
 
 
