@@ -46,19 +46,22 @@ makes the core ask for a read (``PEEK``).  Level-triggered ``EPOLLHUP``
 would spin once both sides have shut down while the guest has not yet
 acknowledged everything; edge-triggering avoids that too.
 
-Reads are ``recv_into(buffer, n, MSG_PEEK)`` into one preallocated buffer
-shared by all connections, with ``SO_PEEK_OFF`` so that the kernel returns
-only the bytes after those already sent (the offset moves back when
-acknowledged bytes are discarded, and to zero on retransmission).  One read
-produces many frames of up to the guest's MSS (64 KiB with the default MTU)
-built from the connection's ``TcpFrameTemplate`` (headers patched per
-frame, checksums from pre-summed constants plus one NumPy sum of the
-payload), and all frames of one event go out in one ``send_frames`` call.
-Acknowledged bytes are discarded with ``MSG_TRUNC``, which frees them in the
-kernel without copying: the scratch buffer it names is an anonymous mapping
-that is never touched.  A kernel without ``SO_PEEK_OFF`` for TCP (before
-6.9) gets the same behaviour by peeking from the start and skipping what was
-sent, which costs a copy.
+Reads are ``recv_into(..., MSG_PEEK)`` with ``SO_PEEK_OFF``, so that the
+kernel returns only the bytes after those already sent (the offset moves
+back when acknowledged bytes are discarded, and to zero on retransmission).
+Each read lands directly after the headers in one of a pool of frame
+buffers, at most the guest's MSS (64 KiB with the default MTU) at a time:
+the payload is copied once, by the kernel, and is still in cache when its
+checksum is summed.  The headers come from the connection's
+``TcpFrameTemplate`` (patched per frame, checksums from pre-summed
+constants plus one NumPy sum of the payload), and all frames of one event
+go out in one ``send_frames`` call, after which the buffers are free again
+(a backend copies whatever it has to keep).  Acknowledged bytes are
+discarded with ``MSG_TRUNC``, which frees them in the kernel without
+copying: the scratch buffer it names is an anonymous mapping that is never
+touched.  A kernel without ``SO_PEEK_OFF`` for TCP (before 6.9) gets the
+same behaviour from one peek from the first unacknowledged byte, copied
+into the frame buffers past what was already sent.
 
 Data from the guest to the socket
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
