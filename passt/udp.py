@@ -157,14 +157,16 @@ class AddressMap:
     ``gateways`` maps a guest-side gateway address to the host address it
     stands for (its loopback); ``dns`` maps a forwarded DNS address to the
     host's resolver; ``local_source`` gives, per address length, the address
-    datagrams from the host itself appear to come from (``None``: drop).
+    datagrams from the host itself appear to come from (``None``: drop);
+    ``own`` holds the guest's configured addresses (the host's, by default).
     See the module docstring for the rules.
     """
 
-    __slots__ = ("gateways", "dns", "dns_reverse", "local_source")
+    __slots__ = ("gateways", "dns", "dns_reverse", "local_source", "own")
 
     def __init__(self, gateways: dict[bytes, bytes], dns: dict[bytes, bytes],
-                 local_source: dict[int, bytes | None]) -> None:
+                 local_source: dict[int, bytes | None], own: frozenset[bytes]) -> None:
+        self.own = own
         self.gateways = gateways
         self.dns = dns
         self.dns_reverse: dict[bytes, bytes] = {}
@@ -191,7 +193,8 @@ class AddressMap:
             if map_gw and gateway in advertised:
                 dns.setdefault(gateway, host.packed)  # type: ignore[arg-type]
         local = {4: gw4 if map_gw else None, 16: (gw6 or ll6) if map_gw else None}
-        return cls(gateways, dns, local)
+        own = frozenset(a for a in (_packed(net.addr4), _packed(net.addr6)) if a)
+        return cls(gateways, dns, local, own)
 
     def outbound(self, dst: bytes, dport: int) -> bytes | None:
         """Where a guest's datagram to ``dst``:``dport`` really goes; ``None``: nowhere."""
@@ -207,12 +210,13 @@ class AddressMap:
         return dst
 
     def inbound(self, peer: bytes, port: int, guest: bytes) -> bytes | None:
-        """The source the guest sees for a datagram from ``peer``:``port``; ``None``: drop."""
+        """The source the guest sees for a datagram from ``peer``:``port`` to ``guest``
+        (the address the guest uses); ``None``: drop."""
         if port == DNS_PORT:
             match = self.dns_reverse.get(peer)
             if match is not None:
                 return match
-        if is_loopback(peer) or peer == guest:
+        if is_loopback(peer) or peer == guest or peer in self.own:
             return self.local_source[len(peer)]
         return peer
 

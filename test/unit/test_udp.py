@@ -131,6 +131,12 @@ def test_datagrams_from_the_host_itself_come_from_the_gateway(peer: str, guest: 
     assert amap(map_gw=False).inbound(packed(peer), 9999, packed(guest)) is None
 
 
+def test_the_guests_configured_address_is_local_whatever_address_the_guest_uses() -> None:
+    slaac = packed("2001:db8:1::abcd")
+    assert amap().inbound(packed(GUEST6), 9999, slaac) == packed(GW6)
+    assert amap().inbound(slaac, 9999, slaac) == packed(GW6)
+
+
 def test_ipv6_local_datagrams_come_from_our_link_local_address_without_a_gateway() -> None:
     m = amap(gw6=None)
     assert m.inbound(LO6, 9999, packed(GUEST6)) == packed(OUR_LL6)
