@@ -39,7 +39,19 @@ incremental updates produce) into the 16-bit value to store in a header.
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+# NumPy's BLAS starts a pool of idle threads at import unless told not to; we
+# never call BLAS, and an extra thread would keep isolation.py from entering
+# a user namespace.  The variable is read once, at load: put back the caller's.
+_blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+import numpy as np  # noqa: E402
+
+if _blas_threads is None:
+    del os.environ["OPENBLAS_NUM_THREADS"]
+else:
+    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads
 
 # What the functions accept: any 1-D buffer of bytes.
 Buffer = bytes | bytearray | memoryview

@@ -43,6 +43,7 @@ from . import (
     fwd,
     hostnet,
     icmp,
+    isolation,
     log,
     ndp,
     netns,
@@ -186,6 +187,7 @@ def run_pasta(conf: Any) -> int:
         rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
         readiness.ready()
         ns.start_command()
+        isolation.isolate(conf, "pasta", ns.runner, ns.child_pid is not None)  # stage 7
         return rt.run_loop()
     finally:
         rt.close()
@@ -218,6 +220,7 @@ def run_passt(conf: Any) -> int:
         listener.start(rt.loop, on_client)
         stop_on_signals(rt.loop)
         readiness.ready()
+        isolation.isolate(conf, "passt")  # stage 7: isolation.py
         return rt.run_loop()
     finally:
         rt.close()
