@@ -1,0 +1,102 @@
+"""Which part of ours each cell needs, and which cells upstream itself fails.
+
+Theory of operation: the suite is written ahead of the program it tests.
+A cell that needs a part of ours that has not landed yet is reported
+"not built yet (issue N)" instead of failing for a reason nobody needs to
+read.  A part counts as present when its module exists and exposes its
+entry point; the table below is the single place that says so, so each
+marker goes away by itself when the part lands (and a part that lands
+broken fails its cells, as it should).
+
+The same suite run against Debian's upstream C programs
+(``PASST_IMPL=upstream``) proves that the cells test real behaviour.
+Where upstream itself gets a cell wrong, ``UPSTREAM_FAILS`` names what it
+does wrong; those cells are expected to fail (strictly: should upstream
+start passing, the entry must go) only for upstream.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from .cells import Cell
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of ours: the issue that delivers it and its entry points."""
+
+    issue: int
+    entry_points: tuple[str, ...]  # "module:attribute", all required
+
+    def present(self) -> bool:
+        return all(_exposed(entry) for entry in self.entry_points)
+
+
+def _exposed(entry: str) -> bool:
+    module_name, attribute = entry.split(":")
+    if importlib.util.find_spec(module_name) is None:
+        return False
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # it exists but is broken: present, so its cells fail loudly
+        return True
+    return hasattr(module, attribute)
+
+
+PARTS = {
+    "core": Part(2, ("passt.conf:parse", "passt.tap:Dispatcher", "passt.context:Ctx")),
+    "passt socket": Part(8, ("passt.qemu:QemuStream",)),
+    "pasta namespace": Part(4, ("passt.netns:setup_pasta", "passt.tap:TunTap")),
+    "L2 services": Part(
+        4,
+        ("passt.arp:from_tap", "passt.ndp:from_tap", "passt.dhcp:from_tap",
+         "passt.dhcpv6:from_tap"),
+    ),
+    "ICMP": Part(7, ("passt.icmp:from_tap",)),
+    "TCP": Part(5, ("passt.tcp:from_tap",)),
+    "UDP": Part(7, ("passt.udp:from_tap",)),
+    "port forwarding": Part(6, ("passt.fwd:Forwarder",)),
+    "TCP splice": Part(6, ("passt.tcp_splice:TcpSplice",)),
+    "UDP splice": Part(6, ("passt.udp_splice:UdpSplice",)),
+}
+
+_BASE = {"passt": ["core", "passt socket", "L2 services"], "pasta": ["core", "pasta namespace"]}
+_SPLICED = {("pasta", "in_host"), ("pasta", "ns_to_host")}
+_L2_NEEDS = {"ping_gateway": ["ICMP"], "ping_remote": ["ICMP"]}
+
+
+def parts_needed(cell: Cell) -> list[str]:
+    """Names of the parts ``cell`` exercises."""
+    needed = list(_BASE[cell.program])
+    if cell.proto:  # a direction cell
+        if (cell.program, cell.name) in _SPLICED:
+            needed.append(f"{cell.proto.upper()} splice")
+        else:
+            needed.append(cell.proto.upper())
+        if cell.name in ("in", "in_host", "ns_to_host"):
+            needed.append("port forwarding")
+    else:
+        if "L2 services" not in needed:
+            needed.append("L2 services")
+        needed += _L2_NEEDS.get(cell.name, [])
+    return needed
+
+
+def not_built_reason(cell: Cell) -> str | None:
+    """Why ``cell`` cannot run against ours yet, or None if it can."""
+    missing = [name for name in parts_needed(cell) if not PARTS[name].present()]
+    if not missing:
+        return None
+    listed = ", ".join(f"{name} (issue {PARTS[name].issue})" for name in missing)
+    return f"not built yet: {listed}"
+
+
+# Cells Debian's passt 0.0~git20230309 gets wrong: label -> what it does wrong.
+UPSTREAM_FAILS: dict[str, str] = {}
+
+
+def upstream_failure(cell: Cell) -> str | None:
+    return UPSTREAM_FAILS.get(cell.label)

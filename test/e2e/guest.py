@@ -1,0 +1,158 @@
+"""A QEMU guest on passt's socket: boot, console shell, QMP, shutdown.
+
+Theory of operation: the guest image (``make guest``: a Debian cloud kernel
+and a busybox/iperf3/socat initramfs, see test/guest/build.sh) boots under
+TCG in a few seconds to a shell on the serial console.  QEMU's serial port
+is its stdio, owned by pexpect, so the console becomes a ``Shell``; QEMU
+itself is driven over QMP (qemu.qmp): it starts paused (``-S``), the
+harness checks the start-up state and that the ``stream`` netdev is
+connected to passt's socket, then lets it run; at the end it asks QEMU to
+``quit`` and waits for it to exit, killing it only if it does not.
+
+The guest connects to passt as libvirt and users do, with
+``-netdev stream,server=off,addr.type=unix``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import pexpect
+from qemu.qmp import protocol as qmp_error
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .shell import Shell
+
+GUEST_DIR = os.environ.get(
+    "E2E_GUEST_DIR",
+    os.path.join(os.path.dirname(__file__), "..", "..", "build", "guest"),
+)
+GUEST_MAC = "52:54:00:12:34:56"
+GUEST_WORKDIR = "/tmp/e2e"
+BOOT_TIMEOUT = 90.0
+READY_MARKER = "E2E-GUEST-READY"
+
+
+def image_paths() -> tuple[str, str]:
+    """Kernel and initramfs of the guest image; raise if not built."""
+    kernel = os.path.join(GUEST_DIR, "vmlinuz")
+    initrd = os.path.join(GUEST_DIR, "initramfs.cpio")
+    for path in (kernel, initrd):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} missing: run `make guest` first")
+    return kernel, initrd
+
+
+def qemu_argv(socket_path: str, qmp_path: str) -> list[str]:
+    kernel, initrd = image_paths()
+    return [
+        "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S",
+        "-kernel", kernel, "-initrd", initrd,
+        "-append", "console=ttyS0 quiet panic=-1",
+        "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+        "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        "-netdev", f"stream,id=net0,server=off,addr.type=unix,addr.path={socket_path}",
+        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
+    ]
+
+
+@dataclass
+class BootReport:
+    """What the harness observed while starting the guest."""
+
+    initial_status: str
+    netdev_info: str
+    boot_seconds: float
+
+
+class Guest:
+    """One QEMU process, its console shell and its QMP connection."""
+
+    def __init__(self, socket_path: str, workdir: str) -> None:
+        self.socket_path = socket_path
+        self.qmp_path = os.path.join(workdir, "qmp.sock")
+        self.console_log = os.path.join(workdir, "console.log")
+        self.child: pexpect.spawn | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.shell: Shell
+        self.report: BootReport
+
+    def boot(self) -> Guest:
+        """Start QEMU paused, check it over QMP, run it to the console shell."""
+        self.child = pexpect.spawn(
+            "qemu-system-x86_64",
+            qemu_argv(self.socket_path, self.qmp_path),
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=BOOT_TIMEOUT,
+        )
+        self.child.logfile_read = open(self.console_log, "a")
+        self.qmp = self._connect_qmp()
+        # cmd_obj returns the raw response in every qemu.qmp release (cmd does not since 0.0.4).
+        status = self.qmp.cmd_obj({"execute": "query-status"})["return"]["status"]
+        netdev = self.qmp.cmd_obj({"execute": "human-monitor-command",
+                                   "arguments": {"command-line": "info network"}})["return"]
+        began = time.monotonic()
+        self.qmp.cmd("cont")
+        try:
+            self.child.expect(READY_MARKER, timeout=BOOT_TIMEOUT)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            raise RuntimeError(f"guest did not boot:\n{self.console()[-3000:]}") from None
+        self.report = BootReport(status, netdev, time.monotonic() - began)
+        self.shell = Shell("guest", self.child, GUEST_WORKDIR, "eth0")
+        self.shell.check(f"mkdir -p {GUEST_WORKDIR}")
+        return self
+
+    def _connect_qmp(self, timeout: float = 20.0) -> QEMUMonitorProtocol:
+        """Connect once QEMU listens (the socket file appears before it does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.child or not self.child.isalive():
+                raise RuntimeError(f"QEMU exited at start-up:\n{self.console()}")
+            qmp = QEMUMonitorProtocol(self.qmp_path)
+            try:
+                qmp.connect()
+                return qmp
+            except (OSError, EOFError, qmp_error.ConnectError):
+                qmp.close()
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
+
+    def console(self) -> str:
+        """Everything the serial console printed so far."""
+        try:
+            with open(self.console_log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def shutdown(self, timeout: float = 15.0) -> bool:
+        """Ask QEMU to quit over QMP; True if it exited on its own."""
+        clean = False
+        if self.qmp is not None:
+            try:
+                self.qmp.cmd("quit")
+                clean = self._wait_exit(timeout)
+            except Exception:  # QEMU may already be gone: it is killed below
+                clean = False
+            finally:
+                self.qmp.close()
+                self.qmp = None
+        if self.child is not None:
+            self.child.close(force=True)
+            if self.child.logfile_read:
+                self.child.logfile_read.close()
+        return clean
+
+    def _wait_exit(self, timeout: float) -> bool:
+        assert self.child is not None
+        try:
+            self.child.expect(pexpect.EOF, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return False
+        self.child.wait()
+        return True

@@ -1,0 +1,182 @@
+"""Traffic checks run on a cell's path: iperf3, a stream exchange, a datagram echo.
+
+Theory of operation: each check starts a server in the background on one
+shell, waits until its socket shows up in ``/proc/net`` (never sleeps on
+hope), runs the client in the foreground on the other, and compares what
+arrived with what was sent by SHA-256, computed on both ends by their own
+``sha256sum``.  Every program runs under ``timeout`` and socat's own
+inactivity timeouts, so a check that hangs ends by itself.
+
+- ``iperf3``: 3 s of traffic from client to server; the receiver's
+  throughput is returned for the summary and never asserted.
+- ``stream_exchange`` (TCP): the client sends PAYLOAD_BYTES and shuts down
+  its writing side; the server reads to end-of-file and only then sends
+  its own PAYLOAD_BYTES back, and closes.  That is a bulk transfer both
+  ways and a half-close check at once: the server's reply exists only if
+  the client's FIN arrived, and the client receives it only if the
+  half-closed connection still carries data the other way.
+- ``datagram_echo`` (UDP): DGRAM_COUNT datagrams of DGRAM_SIZE bytes to an
+  echo server; the echoes, in order, must be what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .cells import Cell, Path, path
+from .shell import Shell, sha256, wait_listening
+from .world import World
+
+PAYLOAD_BYTES = 4 * 1024 * 1024
+DGRAM_SIZE = 1400
+DGRAM_COUNT = 24
+IPERF_SECONDS = 3
+STREAM_TX, STREAM_RX = "stream-tx", "stream-rx"
+DGRAM_TX, DGRAM_RX = "dgram-tx", "dgram-rx"
+
+
+class TrafficError(AssertionError):
+    """Traffic did not arrive as sent."""
+
+
+def make_payloads(shell: Shell) -> None:
+    """Random payload files in ``shell``'s working directory."""
+    shell.check(f"mkdir -p {shell.workdir}")
+    shell.check(f"head -c {PAYLOAD_BYTES} /dev/urandom > {shell.path(STREAM_TX)}")
+    shell.check(f"head -c {DGRAM_SIZE * DGRAM_COUNT} /dev/urandom > {shell.path(DGRAM_TX)}")
+
+
+def socat_inet(proto: str, version: int, role: str) -> str:
+    """socat address keyword: e.g. TCP4-LISTEN, UDP6."""
+    suffix = "-LISTEN" if role == "server" else ""
+    return f"{proto.upper()}{version}{suffix}"
+
+
+def _server_log(shell: Shell, what: str) -> str:
+    return shell.path(f"{what}-server.log")
+
+
+def _finish_server(shell: Shell, pid: int, log: str, timeout: float) -> None:
+    status = shell.wait(pid, timeout)
+    if status != 0:
+        _, output = shell.run(f"cat {log}")
+        raise TrafficError(f"{shell.name}: server exited {status}:\n{output}")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    mbits: float
+    text: str  # e.g. "312 Mbit/s" or "95 Mbit/s, 3% lost"
+
+
+_RECEIVER = re.compile(r"([\d.]+) Mbits/sec.*?(?:\((\d+(?:\.\d+)?)%\))?\s+receiver")
+
+
+def parse_iperf3(output: str) -> Throughput:
+    """The receiver's throughput from iperf3 client output (``-f m``)."""
+    match = _RECEIVER.search(output)
+    if not match:
+        raise TrafficError(f"no receiver summary in iperf3 output:\n{output}")
+    mbits = float(match.group(1))
+    text = f"{mbits:.0f} Mbit/s"
+    if match.group(2) is not None:
+        text += f", {match.group(2)}% lost"
+    return Throughput(mbits, text)
+
+
+def iperf3(p: Path, proto: str) -> Throughput:
+    """iperf3 from client to server over ``p``; the measured throughput."""
+    log = _server_log(p.server, "iperf3")
+    pid = p.server.start(f"timeout 30 iperf3 -s -1 -B {p.bind} -p {p.ports.iperf}", log)
+    wait_listening(p.server, "tcp", p.ports.iperf)
+    udp = " -u -b 1G" if proto == "udp" else ""
+    status, output = p.client.run(
+        f"timeout 20 iperf3 -c {p.target} -p {p.ports.iperf} -t {IPERF_SECONDS} -f m"
+        f" --connect-timeout 5000{udp}",
+        timeout=30,
+    )
+    if status != 0:
+        _, server_output = p.server.run(f"cat {log}")
+        raise TrafficError(
+            f"iperf3 client exited {status}:\n{output}\nserver:\n{server_output}"
+        )
+    _finish_server(p.server, pid, log, timeout=20)
+    return parse_iperf3(output)
+
+
+def stream_exchange(p: Path) -> None:
+    """Bulk data both ways over one TCP connection, with a half-close between."""
+    v = p.family.version
+    srv, cli = p.server, p.client
+    reply = f"cat > {srv.path(STREAM_RX)}; cat {srv.path(STREAM_TX)}"
+    listen = f"{socat_inet('tcp', v, 'server')}:{p.ports.stream},bind={p.family.url_host(p.bind)}"
+    log = _server_log(srv, "stream")
+    srv.check(f"rm -f {srv.path(STREAM_RX)}")
+    pid = srv.start(f"timeout 30 socat -t 20 -T 10 {listen},reuseaddr SYSTEM:'{reply}'", log)
+    wait_listening(srv, "tcp", p.ports.stream)
+    connect = f"{socat_inet('tcp', v, 'client')}:{p.family.url_host(p.target)}:{p.ports.stream}"
+    status, output = cli.run(
+        f"timeout 30 socat -t 20 -T 10 - {connect} "
+        f"< {cli.path(STREAM_TX)} > {cli.path(STREAM_RX)}",
+        timeout=40,
+    )
+    if status != 0:
+        raise TrafficError(f"socat client exited {status}: {output} ({_sizes(srv, cli)})")
+    _finish_server(srv, pid, log, timeout=35)
+    if sha256(srv, srv.path(STREAM_RX)) != sha256(cli, cli.path(STREAM_TX)):
+        raise TrafficError(f"client -> server data differs: {_sizes(srv, cli)}")
+    if sha256(cli, cli.path(STREAM_RX)) != sha256(srv, srv.path(STREAM_TX)):
+        raise TrafficError(
+            "server -> client data after the client's half-close differs "
+            f"(was the FIN forwarded? does the other direction still flow?): {_sizes(srv, cli)}"
+        )
+
+
+def _sizes(server: Shell, client: Shell) -> str:
+    def size(shell: Shell, name: str) -> str:
+        status, output = shell.run(f"wc -c < {shell.path(name)}")
+        return output.strip() if status == 0 else "missing"
+
+    return (
+        f"server received {size(server, STREAM_RX)} bytes, "
+        f"client received {size(client, STREAM_RX)} bytes, of {PAYLOAD_BYTES} each way"
+    )
+
+
+def datagram_echo(p: Path) -> None:
+    """DGRAM_COUNT datagrams to an echo server; the echoes must match them."""
+    v = p.family.version
+    srv, cli = p.server, p.client
+    listen = f"{socat_inet('udp', v, 'server')}:{p.ports.dgram},bind={p.family.url_host(p.bind)}"
+    log = _server_log(srv, "dgram")
+    srv.start(f"timeout 30 socat -b {DGRAM_SIZE} -T 10 {listen} PIPE", log)
+    wait_listening(srv, "udp", p.ports.dgram)
+    peer = f"{socat_inet('udp', v, 'client')}:{p.family.url_host(p.target)}:{p.ports.dgram}"
+    status, output = cli.run(
+        f"timeout 20 socat -b {DGRAM_SIZE} -t 3 -T 10 - {peer} "
+        f"< {cli.path(DGRAM_TX)} > {cli.path(DGRAM_RX)}",
+        timeout=30,
+    )
+    srv.kill_background()
+    if status != 0:
+        raise TrafficError(f"socat datagram client exited {status}:\n{output}")
+    sent, echoed = sha256(cli, cli.path(DGRAM_TX)), sha256(cli, cli.path(DGRAM_RX))
+    if sent != echoed:
+        _, size = cli.run(f"wc -c < {cli.path(DGRAM_RX)}")
+        raise TrafficError(
+            f"echoed datagrams differ from those sent: {size.strip()} of "
+            f"{DGRAM_SIZE * DGRAM_COUNT} bytes came back"
+        )
+
+
+
+def run_cell(cell: Cell, world: World, inner: Shell) -> Throughput:
+    """All checks of one direction cell; the iperf3 throughput."""
+    p = path(cell, world, inner)
+    throughput = iperf3(p, cell.proto)
+    if cell.proto == "tcp":
+        stream_exchange(p)
+    else:
+        datagram_echo(p)
+    return throughput
