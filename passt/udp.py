@@ -83,10 +83,14 @@ the host cannot reach at all (no route: ``connect()`` fails) drops the
 datagram as ``drop.udp_connect``.  Every dropped datagram is counted once,
 under one reason.
 
-Errors the kernel reports on a flow's socket (an ICMP port unreachable
-from the peer turns into ``ECONNREFUSED``) are counted as
-``udp.socket_errors`` and otherwise ignored: the guest's application times
-out or retries, as it would behind any NAT.  ``--no-udp`` leaves this
+Errors the kernel reports on a flow's socket are ICMP errors the peer's
+network sent to us (a port unreachable turns into ``ECONNREFUSED``, a host
+unreachable into ``EHOSTUNREACH``): they are counted as
+``udp.socket_errors`` and passed on to the guest as the same ICMP or
+ICMPv6 error (``udp.icmp_to_guest``), quoting its datagram's addresses and
+ports, so that its application learns at once that nobody listens, as it
+would on the host.  (Upstream's 2023 version ignores them: the guest then
+waits for its own timeout.)  ``--no-udp`` leaves this
 handler out of the dispatcher and ``fwd``'s registry: nothing here runs.
 """
 
@@ -105,7 +109,17 @@ from passt.flow import FlowTableFull
 from passt.fwd import HOST, UDP, Listen
 from passt.icmp import _interface_index
 from passt.loop import IN
-from passt.packet import ETH_HLEN, IPPROTO_UDP, Packet, ParseError, build_frame_udp, parse_udp
+from passt.packet import (
+    ETH_HLEN,
+    IPPROTO_UDP,
+    Packet,
+    ParseError,
+    build_frame_icmp,
+    build_frame_udp,
+    build_ipv4,
+    build_ipv6,
+    parse_udp,
+)
 
 if TYPE_CHECKING:
     from passt.context import Ctx
@@ -121,6 +135,8 @@ MTU_DEFAULT = 65520
 SOCK_BUF = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
 REPLY_TTL = 255  # as upstream: frames to the guest come from "one hop" away
 DNS_PORT = 53
+ICMP_DEST_UNREACH = 3
+ICMPV6_DEST_UNREACH = 1
 
 _UDP_HLEN = 8
 _HDR_ROOM = ETH_HLEN + 40 + _UDP_HLEN  # the largest header: Ethernet, IPv6, UDP
@@ -532,9 +548,7 @@ class UdpState:
             except BlockingIOError:
                 break
             except OSError as e:
-                stats["udp.socket_errors"] += 1
-                if log.TRACE:
-                    log.trace("udp: %r: %s", flow, e.strerror)
+                self._socket_error(flow, e)
                 continue
             if size > limit:
                 stats["drop.udp_mtu"] += 1
@@ -544,7 +558,18 @@ class UdpState:
         if used != self.used:
             flow.last = self.ctx.loop.now()  # type: ignore[union-attr]
             self.used = used
+        if pending:
             self._flush_soon()
+
+    def _socket_error(self, flow: UdpFlow, e: OSError) -> None:
+        """An ICMP error reported on ``flow``'s socket: the same error to the guest."""
+        self.ctx.stats["udp.socket_errors"] += 1
+        if log.TRACE:
+            log.trace("udp: %r: %s", flow, e.strerror)
+        frame = unreachable_frame(flow.key, e.errno or 0, self.ctx.guest_mac, self.our_mac)
+        if frame is not None:
+            self.pending.append(frame)
+            self.ctx.stats["udp.icmp_to_guest"] += 1
 
     def from_listener(self, listener: Listener, data: memoryview, peer: tuple) -> None:
         """A datagram on a forwarded port from a non-loopback peer: to the guest's target port."""
@@ -646,6 +671,35 @@ class UdpState:
         self.flush_timer = self.sweep_timer = None
         for flow in list(self.flows.values()):
             self.close_flow(flow)
+
+
+# errno of a connected socket → (ICMP, ICMPv6) destination unreachable code
+_UNREACHABLE = {
+    errno.ECONNREFUSED: (3, 4),  # port unreachable
+    errno.EHOSTUNREACH: (1, 3),  # host / address unreachable
+    errno.ENETUNREACH: (0, 0),  # network unreachable / no route
+}
+
+
+def unreachable_frame(key: FlowKey, err: int, eth_dst: bytes, eth_src: bytes) -> bytes | None:
+    """The ICMP error a flow's socket error stands for, as the guest's network would send it.
+
+    It comes from the remote end and quotes the guest's datagram as far as
+    the guest needs to find its socket: IP header and UDP header (lengths
+    are those of an empty datagram: we no longer have the original).
+    """
+    codes = _UNREACHABLE.get(err)
+    if codes is None:
+        return None
+    _, guest, gport, remote, rport = key
+    udp_header = _U16x2.pack(gport, rport) + _U16x2.pack(_UDP_HLEN, 0)
+    if len(guest) == 4:
+        quote = build_ipv4(guest, remote, IPPROTO_UDP, udp_header)
+        icmp_type, code = ICMP_DEST_UNREACH, codes[0]
+    else:
+        quote = build_ipv6(guest, remote, IPPROTO_UDP, udp_header)
+        icmp_type, code = ICMPV6_DEST_UNREACH, codes[1]
+    return build_frame_icmp(eth_dst, eth_src, remote, guest, icmp_type, code, 0, 0, quote)
 
 
 def _outbound_addresses(given: Any) -> dict[int, str]:

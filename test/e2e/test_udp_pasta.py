@@ -287,6 +287,19 @@ def test_the_gateway_reaches_the_hosts_loopback(setup: Setup, version: int) -> N
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_a_closed_port_is_refused_at_once(setup: Setup, version: int) -> None:
+    """The remote's port unreachable reaches the namespace's socket as ECONNREFUSED."""
+    closed = udp_socket(setup.remote, version, REMOTE[version])
+    port = closed.getsockname()[1]
+    closed.close()
+    client = udp_socket(setup.inside, version)
+    client.connect((REMOTE[version], port))
+    client.send(b"anyone there?")
+    with pytest.raises(ConnectionRefusedError):
+        client.recv(100)  # a TimeoutError after 5 s if the error never came
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_socat_datagram_echo(setup: Setup, version: int) -> None:
     """socat on both ends: what the remote received and what came back, byte for byte."""
     port = 10300 + version

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
+from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 
 from passt import fwd, runtime, udp
@@ -308,15 +308,28 @@ def test_datagrams_larger_than_the_mtu_are_dropped_towards_the_guest(
     assert context.stats["drop.udp_mtu"] == 1
 
 
-def test_port_unreachable_is_counted_and_the_flow_goes_on(ctx: Ctx) -> None:
-    closed = peer(4, REMOTE[4])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_port_unreachable_reaches_the_guest_and_the_flow_goes_on(ctx: Ctx,
+                                                                 version: int) -> None:
+    closed = peer(version, REMOTE[version])
     port = closed.getsockname()[1]
     closed.close()
-    send(ctx, guest_frame(4, REMOTE[4], port, b"nobody"))
-    run_until(ctx, lambda: ctx.stats["udp.socket_errors"] > 0, 2)
-    send(ctx, guest_frame(4, REMOTE[4], port, b"nobody again"))
-    send(ctx, guest_frame(4, REMOTE[4], port, b"and again"))
-    assert ctx.stats["udp.socket_errors"] >= 1
+    send(ctx, guest_frame(version, REMOTE[version], port, b"nobody"))
+    error = to_guest(ctx, 1)[0]
+    if version == 4:
+        assert (error[IP].src, error[IP].dst) == (REMOTE[4], GUEST4)
+        assert (error[ICMP].type, error[ICMP].code) == (3, 3)
+        assert (error[IPerror].src, error[IPerror].dst) == (GUEST4, REMOTE[4])
+        assert (error[UDPerror].sport, error[UDPerror].dport) == (GPORT, port)
+    else:
+        assert (error[IPv6].src, error[IPv6].dst) == (REMOTE[6], GUEST6)
+        assert error[ICMPv6DestUnreach].code == 4
+        assert (error[IPerror6].src, error[IPerror6].dst) == (GUEST6, REMOTE[6])
+        assert (error[UDPerror].sport, error[UDPerror].dport) == (GPORT, port)
+    assert ctx.stats["udp.socket_errors"] == ctx.stats["udp.icmp_to_guest"] == 1
+    server = peer(version, REMOTE[version], port)  # somebody listens now
+    send(ctx, guest_frame(version, REMOTE[version], port, b"hello again"))
+    assert server.recv(100) == b"hello again"
     assert ctx.flows.stats()["udp"] == 1
 
 
