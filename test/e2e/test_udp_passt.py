@@ -17,7 +17,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +29,17 @@ from scapy.layers.l2 import Ether
 from passt.netns import NsRunner
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 
-from .test_udp_pasta import GATEWAY, HOST, PATH, REMOTE, VERSIONS, World, udp_socket
+from .test_udp_pasta import (
+    GATEWAY,
+    HOST,
+    PATH,
+    REMOTE,
+    VERSIONS,
+    World,
+    program_argv,
+    stop_process,
+    udp_socket,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,12 +97,8 @@ def world() -> Iterator[World]:
 def guest(world: World) -> Iterator[Guest]:
     """passt in the world's host namespace, and the test connected as its guest."""
     path = tempfile.mktemp(prefix="udp-passt-", suffix=".sock")
-    if os.environ.get("PASST_IMPL", "ours") == "upstream":
-        prefix = ["/usr/bin/passt"]
-    else:
-        prefix = [sys.executable, "-c", "from passt.cli import main_passt; main_passt()"]
-    proc = subprocess.Popen(["ip", "netns", "exec", world.host, *prefix, "-f", "-e",
-                             "--runas", "0", "--socket", path, "-u", str(FORWARDED)],
+    argv = program_argv("passt", ["--socket", path, "-u", str(FORWARDED)])
+    proc = subprocess.Popen(["ip", "netns", "exec", world.host, *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={"PATH": PATH, "LC_ALL": "C"})
     try:
@@ -105,12 +110,7 @@ def guest(world: World) -> Iterator[Guest]:
         yield g
         g.sock.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         if os.path.exists(path):
             os.unlink(path)
 

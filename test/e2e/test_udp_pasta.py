@@ -64,13 +64,25 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout)
 
 
-def pasta_argv(options: list[str]) -> list[str]:
-    """Ours (default) or upstream's pasta (``PASST_IMPL=upstream``), in the foreground."""
+def program_argv(program: str, options: list[str]) -> list[str]:
+    """Ours (default) or upstream's ``program`` (``PASST_IMPL=upstream``), in the foreground."""
     if os.environ.get("PASST_IMPL", "ours") == "upstream":
-        prefix = ["/usr/bin/pasta"]
+        prefix = [f"/usr/bin/{program}"]
     else:
-        prefix = [sys.executable, "-c", "from passt.cli import main_pasta; main_pasta()"]
+        entry = f"main_{program}"
+        prefix = [sys.executable, "-c", f"from passt.cli import {entry}; {entry}()"]
     return [*prefix, "-f", "-e", "--runas", "0", *options]
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 # ---------------------------------------------------------------- the world
@@ -149,7 +161,7 @@ class Pasta:
     def start(cls, world: World, options: list[str], limit_fds: int = 0) -> Pasta:
         """Start pasta; return once its command runs in a configured namespace."""
         log = tempfile.mktemp(prefix="udp-e2e-pasta-")
-        argv = pasta_argv([*options, "--config-net", "--", "sleep", "600"])
+        argv = program_argv("pasta", [*options, "--config-net", "--", "sleep", "600"])
         if limit_fds:
             argv = ["sh", "-c", f'ulimit -n {limit_fds} && exec "$@"', "pasta", *argv]
         with open(log, "w") as out:
@@ -173,13 +185,7 @@ class Pasta:
 
     def stop(self) -> str:
         """Stop pasta; its log."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         with open(self.log) as f:
             return f.read()
 
