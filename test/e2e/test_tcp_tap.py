@@ -373,7 +373,8 @@ class TapWorld:
                    "dev", "tap0", "nud", "permanent")
             sh("ip", "-n", g, "route", "replace", "default", "via", fam.gateway)
         # Let the driver learn the guest's MAC before anything comes inbound.
-        sh("ip", "netns", "exec", g, "ping", "-c1", "-W1", V4.gateway, check=False)
+        poke = f"import socket; socket.socket().connect_ex(('{V4.gateway}', 9))"
+        sh("ip", "netns", "exec", g, sys.executable, "-c", poke, check=False)
 
     def stats(self) -> dict:
         with socket.socket(socket.AF_UNIX) as s:
