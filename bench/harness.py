@@ -77,13 +77,16 @@ SLIRP_OPTIONS = ["--configure", "--mtu=65520", "--disable-host-loopback", "--ena
 SYSCTLS = ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=20000 65000"]
 POLL = 0.002
 # What each subject can be measured on: the tap path, the spliced path,
-# Python peers inside (round trips, connections), a guest.
+# Python peers inside (round trips, connections), a guest, fresh start-ups.
+# "direct" is no program at all: the same traffic over the veth or the
+# loopback, the ceiling of what the machine and the tools measure.
 FEATURES = {
-    ("pasta", "ours"): frozenset({"tap", "splice", "peer"}),
-    ("pasta", "upstream"): frozenset({"tap", "splice", "peer"}),
-    ("pasta", "slirp4netns"): frozenset({"tap", "peer"}),
-    ("passt", "ours"): frozenset({"guest"}),
-    ("passt", "upstream"): frozenset({"guest"}),
+    ("pasta", "ours"): frozenset({"tap", "splice", "peer", "startup"}),
+    ("pasta", "upstream"): frozenset({"tap", "splice", "peer", "startup"}),
+    ("pasta", "slirp4netns"): frozenset({"tap", "peer", "startup"}),
+    ("pasta", "direct"): frozenset({"tap", "splice", "peer"}),
+    ("passt", "ours"): frozenset({"guest", "startup"}),
+    ("passt", "upstream"): frozenset({"guest", "startup"}),
 }
 START_TIMEOUT = 30.0
 
@@ -175,13 +178,13 @@ class GuestEndpoint:
 class Subject:
     """One program under test, running in its world."""
 
-    label: str  # "ours", "upstream", "slirp4netns"
-    program: str  # "pasta" or "passt"
+    label: str  # "ours", "upstream", "slirp4netns", "direct"
+    program: str  # "pasta" or "passt": which cells apply
     world: World
-    daemon: Daemon
+    daemon: Daemon | None  # None: "direct", no program in between
     inside: Endpoint  # where clients inside the namespace or guest run
-    features: frozenset[str]  # "tap", "splice", "peer" (Python peers inside), "guest"
-    respawn: Callable[[str], list[str]]  # argv of a fresh instance for a namespace or socket
+    features: frozenset[str]  # see FEATURES
+    respawn: Callable[[str], list[str]] | None  # argv of a fresh instance (namespace/socket)
     inner: Namespace | None = None  # pasta's or slirp4netns's namespace
     guest: Guest | None = None
     notes: list[str] = field(default_factory=list)
@@ -202,12 +205,19 @@ class Subject:
     def alive(self) -> bool:
         guest_alive = self.guest is None or (self.guest.child is not None
                                              and self.guest.child.isalive())
-        return self.daemon.alive() and guest_alive
+        return (self.daemon is None or self.daemon.alive()) and guest_alive
 
-    def memory_kib(self) -> dict[str, int]:
-        """VmRSS (now) and VmHWM (peak so far) of the program, in KiB."""
-        assert self.daemon.proc is not None
+    def memory_kib(self) -> dict[str, int] | None:
+        """VmRSS (now) and VmHWM (peak so far) of the program, in KiB, if it runs."""
+        if self.daemon is None or self.daemon.proc is None or not self.daemon.alive():
+            return None
         return proc_memory(self.daemon.proc.pid)
+
+    def cpu_seconds(self) -> float | None:
+        """User and system CPU time of the program so far, if it runs."""
+        if self.daemon is None or self.daemon.proc is None or not self.daemon.alive():
+            return None
+        return proc_cpu_seconds(self.daemon.proc.pid)
 
     def stop(self) -> str | None:
         """Guest, program, world, each step whatever the one before did; what went wrong."""
@@ -219,10 +229,18 @@ class Subject:
             problem = f"guest shutdown: {type(e).__name__}: {e}"
         finally:
             try:
-                self.daemon.stop()
+                if self.daemon is not None:
+                    self.daemon.stop()
             finally:
                 self.world.destroy()
         return problem
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -308,6 +326,15 @@ def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], lis
         raise
     return Subject(label, "pasta", world, daemon, inner, FEATURES["pasta", label], argv,
                    inner=inner)
+
+
+def start_direct(workdir: str) -> Subject:
+    """No program: clients in the host namespace, straight to the remote one or loopback."""
+    os.makedirs(workdir, exist_ok=True)
+    world = new_world("bench-direct", workdir, extra=())
+    host = Namespace(world.host_ns)
+    return Subject("direct", "pasta", world, None, host, FEATURES["pasta", "direct"], None,
+                   inner=host)
 
 
 def start_passt(label: str, workdir: str, impl: Impl | None = None) -> Subject:

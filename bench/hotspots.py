@@ -15,7 +15,7 @@ our program alone, twice, each time on a freshly started instance:
 2. under **cProfile** (``cprofiled.py``), which is slower but counts
    calls: the built-in calls (``send``, ``recv_into``, ``os.write`` to the
    tap, ``os.splice``, ``epoll.poll``...) are nearly all system calls, so
-   their counts per MiB moved, or per round trip, say how well a path
+   their counts per GiB moved, or per round trip, say how well a path
    batches.
 
 Output: a text report per scenario on standard output and in
@@ -37,8 +37,8 @@ import subprocess
 import sys
 
 import harness
+import report
 from sidebyside import CELLS, Bench, Cell, Settings
-from workloads import Sample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = ("tcp_tap_ns_host", "tcp_tap_host_ns", "tcp_splice_host_ns", "tcp_splice_ns_host",
@@ -79,8 +79,8 @@ def sampled_impl(out_path: str) -> harness.Impl:
 
 def stop_sampled(subject: harness.Subject, timeout: float = 30.0) -> None:
     """End py-spy's child, so that py-spy writes its file and exits."""
+    assert subject.daemon is not None and subject.daemon.proc is not None
     proc = subject.daemon.proc
-    assert proc is not None
     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
         for child in f.read().split():
             os.kill(int(child), signal.SIGTERM)
@@ -163,13 +163,6 @@ def cprofile_summary(path: str, per: float, per_unit: str, top: int) -> list[str
     return lines
 
 
-def work_units(cell: Cell, sample: Sample, seconds: float) -> tuple[float, str]:
-    """How much work a sample represents: MiB moved, or exchanges made."""
-    if cell.info.unit == "Gbit/s":
-        return max(sample.value * 1e9 / 8 * seconds / (1 << 20), 1e-9), "MiB moved"
-    return max(sample.value * seconds, 1e-9), "exchange"
-
-
 # -- scenarios ------------------------------------------------------------------------
 
 
@@ -196,7 +189,7 @@ def profile_cell(bench: Bench, cell: Cell, out: str, top: int) -> list[str]:
         sample = cell.measure(subject, bench)
     finally:
         bench.stop_subject(subject)
-    per, unit = work_units(cell, sample, seconds)
+    per, unit = report.work(cell.info.unit, sample.value, seconds)
     lines.append(f"  under cProfile: {sample.value:.3f} {cell.info.unit} ({per:.0f} {unit})")
     lines += cprofile_summary(prof_path, per, unit, top)
     return lines

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 from workloads import Sample
 
-LABELS = ("ours", "upstream", "slirp4netns")
+LABELS = ("ours", "upstream", "slirp4netns", "direct")
+LEGEND = ("median (min-max) over the runs; direct: the same traffic with no program in"
+          " between (veth or loopback), the ceiling of the measurement")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class Series:
     def median(self) -> float | None:
         return statistics.median(self.values) if self.samples else None
 
+    def cpu(self) -> float | None:
+        """Median CPU time of the program per unit of work (None: not measured)."""
+        cpu = [s.cpu for s in self.samples if s.cpu is not None]
+        return statistics.median(cpu) if cpu else None
+
     def loss(self) -> float | None:
         losses = [s.loss for s in self.samples if s.loss is not None]
         return statistics.median(losses) if losses else None
@@ -65,6 +72,7 @@ class Series:
         return {
             "samples": values,
             "loss_percent": [s.loss for s in self.samples if s.loss is not None] or None,
+            "cpu_per_work": [s.cpu for s in self.samples if s.cpu is not None] or None,
             "median": self.median(),
             "min": min(values) if values else None,
             "max": max(values) if values else None,
@@ -120,6 +128,17 @@ class CellResult:
         }
 
 
+def work(unit: str, value: float, seconds: float) -> tuple[float, str]:
+    """The work a sample of ``value`` over ``seconds`` represents: GiB moved or exchanges."""
+    if unit == "Gbit/s":
+        return value * 1e9 / 8 * seconds / (1 << 30), "GiB"
+    return value * seconds, "exchange"
+
+
+CPU_UNITS = {"GiB": ("CPU s/GiB", 1.0), "exchange": ("CPU us/exchange", 1e6)}
+"""How the program's CPU time per unit of work is shown, and its scale."""
+
+
 # -- the table ----------------------------------------------------------------
 
 
@@ -160,22 +179,47 @@ def _target_text(cell: CellResult) -> str:
 
 def table(cells: list[CellResult]) -> list[str]:
     """The results table, one line per cell, and the errors below it."""
-    head = (f"{'cell':42} {'unit':7} {'ours':26} {'upstream':26} {'slirp4netns':26} "
-            f"{'ours/up':>7} {'ours/slirp':>10}  target")
-    lines = [head, "-" * len(head)]
+    head = (f"{'cell':44} {'unit':6} " + "".join(f"{label:25}" for label in LABELS)
+            + f"{'ours/up':>7} {'ours/slirp':>10}  target")
+    lines = [LEGEND, head, "-" * len(head)]
     for cell in cells:
         unit = cell.info.unit
-        columns = [_cell_text(cell.series.get(label), unit) for label in LABELS]
+        columns = "".join(f"{_cell_text(cell.series.get(label), unit):25}" for label in LABELS)
         ratio, over_slirp = cell.ratio(), cell.ratio("slirp4netns")
         lines.append(
-            f"{cell.info.title:42} {unit:7} {columns[0]:26} {columns[1]:26} {columns[2]:26} "
+            f"{cell.info.title:44} {unit:6} {columns}"
             f"{_ratio_text(ratio):>7} {_ratio_text(over_slirp):>10}  {_target_text(cell)}")
+    lines += cpu_table(cells)
     errors = [f"  {cell.info.key} {label}: {error}"
               for cell in cells for label, series in cell.series.items()
               for error in dict.fromkeys(series.errors)]
     if errors:
         lines += ["", "errors (each distinct one once):", *errors]
     return lines
+
+
+def cpu_table(cells: list[CellResult]) -> list[str]:
+    """The programs' CPU time per unit of work: efficiency, less noisy than speed."""
+    rows = []
+    for cell in cells:
+        cpu = {label: s.cpu() for label, s in cell.series.items()}
+        if not any(v is not None for v in cpu.values()):
+            continue
+        unit = CPU_UNITS[work(cell.info.unit, 1, 1)[1]][0]
+        ours, theirs = cpu.get("ours"), cpu.get("upstream")
+        ratio = ours / theirs if ours is not None and theirs else None
+        rows.append(f"{cell.info.title:44} {unit:16}"
+                    + "".join(f"{_cpu_text(cpu.get(label)):>12}" for label in LABELS[:3])
+                    + f"{_ratio_text(ratio):>9}")
+    if not rows:
+        return []
+    head = (f"{'program CPU time per unit of work (median)':44} {'unit':16}"
+            + "".join(f"{label:>12}" for label in LABELS[:3]) + f"{'ours/up':>9}")
+    return ["", head, "-" * len(head), *rows]
+
+
+def _cpu_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _ratio_text(ratio: float | None) -> str:

@@ -36,6 +36,7 @@ Usage (as root): ``sidebyside.py [--runs N] [--time S] [--smoke] [--out DIR]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -114,6 +115,7 @@ def splice_connections(s: Subject, b: Bench) -> Sample:
 
 
 def pasta_startup(s: Subject, b: Bench) -> Sample:
+    assert s.respawn is not None
     ns = harness.scratch_namespace(f"start-{s.label}")
     try:
         return Sample(1000 * harness.time_to_ready(
@@ -124,6 +126,7 @@ def pasta_startup(s: Subject, b: Bench) -> Sample:
 
 
 def passt_startup(s: Subject, b: Bench) -> Sample:
+    assert s.respawn is not None
     path = os.path.join(b.workdir, f"startup-{s.label}.sock")
     try:
         return Sample(1000 * harness.time_to_ready(
@@ -155,20 +158,20 @@ CELLS = [
          "pasta", "splice", splice_iperf(into_ns=True, udp=True)),
     Cell(_info("udp_splice_ns_host", "UDP spliced, namespace -> host", "Gbit/s"),
          "pasta", "splice", splice_iperf(into_ns=False, udp=True)),
-    Cell(_info("tcp_rr_tap", "TCP round trips (1 byte), tap", "1/s", target=0.5),
+    Cell(_info("tcp_rr_tap", "TCP round trips, 1 byte, tap", "1/s", target=0.5),
          "pasta", "peer", tap_round_trips),
-    Cell(_info("tcp_crr_tap", "TCP connections (connect+1 exchange), tap", "1/s",
+    Cell(_info("tcp_crr_tap", "TCP connect+1 exchange+close, tap", "1/s",
                target=0.5), "pasta", "peer", tap_connections),
-    Cell(_info("tcp_crr_splice", "TCP connections (connect+1 exchange), spliced", "1/s",
+    Cell(_info("tcp_crr_splice", "TCP connect+1 exchange+close, spliced", "1/s",
                target=0.5), "pasta", "splice", splice_connections),
     Cell(_info("passt_guest_host", "passt TCG guest -> host, TCP", "Gbit/s", target=0.8),
          "passt", "guest", tap_iperf(reverse=False, udp=False)),
     Cell(_info("passt_host_guest", "passt host -> TCG guest, TCP", "Gbit/s", target=0.8),
          "passt", "guest", tap_iperf(reverse=True, udp=False)),
     Cell(_info("startup_pasta", "pasta start-up to a ready namespace", "ms",
-               higher_is_better=False), "pasta", "tap", pasta_startup, fresh=True),
+               higher_is_better=False), "pasta", "startup", pasta_startup, fresh=True),
     Cell(_info("startup_passt", "passt start-up to a listening socket", "ms",
-               higher_is_better=False), "passt", "guest", passt_startup, fresh=True),
+               higher_is_better=False), "passt", "startup", passt_startup, fresh=True),
 ]
 MEMORY = {
     ("pasta", "VmRSS"): _info("rss_idle_pasta", "pasta RSS, idle", "MiB", higher_is_better=False),
@@ -230,6 +233,8 @@ class Bench:
                 subject = harness.start_passt(label, workdir, impl)
             elif label == "slirp4netns":
                 subject = harness.start_slirp(workdir)
+            elif label == "direct":
+                subject = harness.start_direct(workdir)
             else:
                 subject = harness.start_pasta(label, workdir, impl)
         except Exception as e:  # noqa: BLE001 - recorded; its cells show it
@@ -266,13 +271,15 @@ class Bench:
 
     def record_memory(self, subject: Subject, field_name: str) -> None:
         cell = self.memory.get((subject.program, field_name))
-        if cell is not None and subject.daemon.alive():
-            try:
-                kib = subject.memory_kib()[field_name]
-            except OSError as e:
-                cell.of(subject.label).errors.append(_one_line(e))
-                return
-            cell.of(subject.label).samples.append(Sample(kib / 1024))
+        if cell is None:
+            return
+        try:
+            memory = subject.memory_kib()
+        except OSError as e:
+            cell.of(subject.label).errors.append(_one_line(e))
+            return
+        if memory is not None:
+            cell.of(subject.label).samples.append(Sample(memory[field_name] / 1024))
 
     def stop_subject(self, subject: Subject) -> None:
         problem = subject.stop()
@@ -283,10 +290,11 @@ class Bench:
         """Remember the subject's peak RSS so far (a restart would lose it)."""
         key = (subject.program, subject.label)
         try:
-            peak = subject.memory_kib()["VmHWM"]
-        except (OSError, AssertionError):
+            memory = subject.memory_kib()
+        except OSError:
             return
-        self.peak_kib[key] = max(peak, self.peak_kib.get(key, 0))
+        if memory is not None:
+            self.peak_kib[key] = max(memory["VmHWM"], self.peak_kib.get(key, 0))
 
     def stop_all(self) -> None:
         for subject in self.subjects:
@@ -324,8 +332,9 @@ class Bench:
             series.errors.append("program died (no restart left)")
             return
         began = time.monotonic()
+        cpu_before = live.cpu_seconds()
         try:
-            sample = cell.measure(live, self)
+            sample = self.with_cpu(cell, live, cell.measure(live, self), cpu_before)
         except Exception as e:  # noqa: BLE001 - one failed sample; the run goes on
             series.errors.append(_one_line(e))
             print(f"   {cell.info.key:20} {live.label:12} FAILED: {_one_line(e)[:150]}",
@@ -336,6 +345,16 @@ class Bench:
         loss = "" if sample.loss is None else f" ({sample.loss:.1f}% lost)"
         print(f"   {cell.info.key:20} {live.label:12} {sample.value:10.3f} {cell.info.unit}{loss}"
               f"  [{time.monotonic() - began:.1f} s]", flush=True)
+
+    def with_cpu(self, cell: Cell, subject: Subject, sample: Sample,
+                 before: float | None) -> Sample:
+        """``sample`` with the program's CPU time per unit of the work it did."""
+        after = subject.cpu_seconds()
+        if cell.fresh or before is None or after is None or sample.value <= 0:
+            return sample
+        amount, unit = report.work(cell.info.unit, sample.value, self.settings.seconds)
+        scale = report.CPU_UNITS[unit][1]
+        return dataclasses.replace(sample, cpu=(after - before) / amount * scale)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -378,9 +397,12 @@ def _command(argv: list[str]) -> str:
 
 def _last_words(subject: Subject) -> str:
     """The last line the program logged, and its exit status."""
-    lines = [line for line in subject.daemon.log().splitlines() if line.strip()]
+    daemon = subject.daemon
+    if daemon is None:
+        return "no program"
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
     last = lines[-1][-200:] if lines else "no output"
-    return f"exit status {subject.daemon.returncode()}: {last}"
+    return f"exit status {daemon.returncode()}: {last}"
 
 
 def _one_line(e: BaseException) -> str:

@@ -37,6 +37,7 @@ SLACK = 30  # seconds a bounded program may take beyond its nominal duration
 class Sample:
     value: float
     loss: float | None = None  # percent of datagrams lost (UDP)
+    cpu: float | None = None  # the program's CPU time per unit of work (report.work)
 
 
 @dataclass(frozen=True)
