@@ -319,8 +319,9 @@ class GuestTcp:
                 self.peer_fin |= bool(flags & FIN)
             self.guest.send([self._frame(self.snd_nxt, ACK)])  # (duplicate) ACK
 
-    def connect(self, timeout: float = TIMEOUT) -> None:
-        syn = self._frame(self.snd_nxt, SYN, options=tcp_options(mss=MSS))
+    def connect(self, timeout: float = TIMEOUT, wscale: int | None = None) -> None:
+        """Open the connection; with ``wscale`` our window is ``WINDOW << wscale``."""
+        syn = self._frame(self.snd_nxt, SYN, options=tcp_options(mss=MSS, wscale=wscale))
         self.snd_nxt += 1
         self._until(lambda: self.established or self.reset, [syn], timeout)
         if not self.established:
@@ -391,22 +392,28 @@ def _after(a: int, b: int) -> bool:
 # -- the world's side ------------------------------------------------------------------
 
 
+def listen_in(netns: str, address: str, port: int) -> socket.socket:
+    """A non-blocking TCP listener on ``address``:``port`` in namespace ``netns``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    def make() -> socket.socket:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, port))
+        s.listen(1024)
+        return s
+
+    listener = in_netns(netns, make)
+    assert isinstance(listener, socket.socket)
+    listener.setblocking(False)
+    return listener
+
+
 class EchoServer:
     """A TCP echo server in a namespace of the world, on its own thread."""
 
     def __init__(self, netns: str, address: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-
-        def make() -> socket.socket:
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((address, port))
-            s.listen(1024)
-            return s
-
-        self.listener = in_netns(netns, make)
-        assert isinstance(self.listener, socket.socket)
-        self.listener.setblocking(False)
+        self.listener = listen_in(netns, address, port)
         self.peers: list[tuple] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -434,6 +441,43 @@ class EchoServer:
                 s.close()
         for s in conns:
             s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+class FloodServer:
+    """Sends to whoever connects as fast as they take it, until closed: a bulk source."""
+
+    def __init__(self, netns: str, address: str, port: int) -> None:
+        self.listener = listen_in(netns, address, port)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        chunk = bytes(1 << 16)
+        conns: list[socket.socket] = []
+        while not self._stop.is_set():
+            readable, writable, _ = select.select([self.listener], conns, [], 0.1)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    conn, _ = self.listener.accept()
+                    conn.setblocking(False)
+                    conns.append(conn)
+            for conn in writable:
+                try:
+                    self.sent += conn.send(chunk)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    conns.remove(conn)
+                    conn.close()
+        for conn in conns:
+            conn.close()
 
     def close(self) -> None:
         self._stop.set()
