@@ -29,9 +29,11 @@ Frames from the guest go through ``Dispatcher.handle_frames``:
    it).  Handlers that cache headers built with it can define
    ``guest_mac_changed(ctx)``: it is called on every change.
 4. If the guest's address is known, IP frames from any other source are
-   dropped (``drop.src_addr``), except unspecified sources (DHCP, duplicate
-   address detection), IPv6 link-local ones and, for IPv6, addresses in the
-   guest's prefix (SLAAC gives the guest addresses of its own choosing).
+   dropped (``drop.src_addr``), except unspecified sources where nothing
+   else can be (a DHCP request, an ICMPv6 duplicate address detection: never
+   a frame that would open a flow), IPv6 link-local ones and, for IPv6,
+   addresses in the guest's prefix (SLAAC gives the guest addresses of its
+   own choosing).
 5. ``classify`` picks the route: ARP → ``arp``; ICMPv6 133-137 → ``ndp``;
    UDP to port 67 → ``dhcp``, to 547 → ``dhcpv6``; ICMP and ICMPv6 echo
    requests → ``icmp``; TCP → ``tcp``; other UDP → ``udp``; anything else is
@@ -106,6 +108,7 @@ _ICMPV6_ECHO_REQUEST = 128
 _NDP_TYPES = range(133, 138)  # router/neighbour solicitation/advertisement, redirect
 _DHCP_SERVER_PORT = 67
 _DHCPV6_SERVER_PORT = 547
+_DHCP_SERVER_PORT_BYTES = _DHCP_SERVER_PORT.to_bytes(2, "big")
 _TCP_HLEN = 20
 _UDP_HLEN = 8
 _flow_ports = struct.Struct("!I").unpack_from  # both L4 ports as one number
@@ -263,7 +266,7 @@ class SourceFilter:
     def __init__(
         self, addr4: bytes | None = None, net6: ipaddress.IPv6Network | None = None
     ) -> None:
-        self._allowed4 = None if addr4 is None else frozenset((addr4, _UNSPECIFIED4))
+        self._allowed4 = addr4
         self._net6 = None if net6 is None else (
             int(net6.network_address) >> (128 - net6.prefixlen), 128 - net6.prefixlen
         )  # fmt: skip
@@ -279,9 +282,15 @@ class SourceFilter:
     def allows(self, pkt: Packet) -> bool:
         src = pkt.src
         if pkt.ip_version == 4:
-            return self._allowed4 is None or src in self._allowed4
-        if self._net6 is None or src == _UNSPECIFIED6:
+            if self._allowed4 is None or src == self._allowed4:
+                return True
+            # No address yet: a DHCP request, and nothing that would open a flow.
+            return src == _UNSPECIFIED4 and pkt.proto == IPPROTO_UDP and \
+                pkt.l4[2:4] == _DHCP_SERVER_PORT_BYTES
+        if self._net6 is None:
             return True
+        if src == _UNSPECIFIED6:  # duplicate address detection, nothing else
+            return pkt.proto == IPPROTO_ICMPV6
         assert src is not None
         if src[0] == 0xFE and src[1] & 0xC0 == 0x80:  # fe80::/10
             return True

@@ -56,6 +56,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, fuzz, raw
 
+from passt.packet import parse_frame, parse_tcp
+
 from .test_hostile_harness import (
     GUEST4,
     REMOTE4,
@@ -337,6 +339,7 @@ class Setup:
     alive: Callable[[], bool]
     check_flow: Callable[[], None]
     frame_max: int
+    server: EchoServer  # the remote namespace's echo server, which sees who connects
 
 
 def _echo(conn: GuestTcp) -> Callable[[], None]:
@@ -358,7 +361,8 @@ def passt_setup(chosen_impl, tmp_path) -> Iterator[tuple[Setup, str]]:
             conn = guest.tcp(GUEST4, REMOTE4, 33333, ECHO_PORT)
             conn.connect()
             assert daemon.proc is not None
-            yield Setup(daemon.proc.pid, guest, daemon.alive, _echo(conn), ETH_MAX), socket_path
+            yield (Setup(daemon.proc.pid, guest, daemon.alive, _echo(conn), ETH_MAX, server),
+                   socket_path)
             assert daemon.alive(), daemon.describe()
         finally:
             link.close()
@@ -392,7 +396,7 @@ def pasta_setup(chosen_impl, tmp_path) -> Iterator[Setup]:
         guest.resolve()
         assert deployment.daemon.proc is not None
         yield Setup(deployment.daemon.proc.pid, guest, deployment.daemon.alive, check_flow,
-                    link.mtu + 14)
+                    link.mtu + 14, server)
         assert deployment.daemon.alive(), deployment.daemon.describe()
         sock.close()
     finally:
@@ -462,6 +466,14 @@ def test_passt_drops_a_client_with_an_impossible_length(passt_setup, prefix: int
     print(f"length prefix {prefix}: client dropped, passt alive, the next client served")
 
 
+def _tcp_dport(frame: bytes) -> int | None:
+    try:
+        pkt = parse_frame(frame)
+        return parse_tcp(pkt.l4).dport if pkt.proto == 6 else None
+    except ValueError:
+        return None
+
+
 def _closed(link: QemuLink) -> bool:
     try:
         link.recv_frames(0.1)
@@ -472,3 +484,27 @@ def _closed(link: QemuLink) -> bool:
 
 def test_pasta_survives_hostile_frames(pasta_setup) -> None:
     barrage(pasta_setup)
+
+
+@pytest.mark.parametrize("program", ["passt", "pasta"])
+def test_frames_from_other_sources_reach_nobody(program: str, request) -> None:
+    """Only the guest's own addresses get through; connections come from the host's address."""
+    fixture = request.getfixturevalue(f"{program}_setup")
+    setup: Setup = fixture[0] if program == "passt" else fixture
+    guest, server = setup.guest, setup.server
+    setup.check_flow()  # the server has accepted the established flow's connection
+    peers_before = len(server.peers)
+    spoofed = [(src, port) for port, src in enumerate(("10.1.2.3", V4.gateway, V4.remote,
+                                                       "127.0.0.1", "0.0.0.0"), 21000)]
+    guest.send([raw(Ether(src=guest.mac.hex(":"), dst=guest.peer_mac.hex(":"))
+                    / IP(src=src, dst=V4.remote) / TCP(sport=port, dport=ECHO_PORT, flags="S"))
+                for src, port in spoofed])
+    guest.pump(1.0)
+    ports = {port for _, port in spoofed}
+    answers = guest.take(lambda f: _tcp_dport(f) in ports)
+    assert len(server.peers) == peers_before, f"spoofed SYNs connected: {server.peers}"
+    assert not answers, "spoofed SYNs were answered"
+    setup.check_flow()
+    assert {peer[0] for peer in server.peers} == {V4.host}, server.peers
+    print(f"{len(spoofed)} SYNs from other sources: no connection, no answer; the guest's own "
+          f"connection comes from {V4.host}, the host's address")
