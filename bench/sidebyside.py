@@ -447,7 +447,7 @@ def main(argv: list[str]) -> int:
     bench.stop_all()
     cells = bench.all_cells()
     title = (f"ours / upstream, {settings.runs} run(s) of {settings.seconds:g} s, "
-             f"{time.strftime('%Y-%m-%d %H:%M')}")
+             f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[1]:.1f}")
     print(f"\n{title}")
     for line in report.table(cells):
         print(line)
