@@ -305,10 +305,15 @@ def keep_caps_across_setuid() -> None:
     _prctl(PR_SET_KEEPCAPS, 1, "Can't keep capabilities")
 
 
+def no_new_privs() -> None:
+    """Nothing the calling thread executes from now on gains privileges."""
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "Can't set no_new_privs")
+
+
 def restrict_thread(keep: int) -> None:
     """The calling thread's capabilities down to ``keep``, then ``no_new_privs``."""
     set_capabilities(keep)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1, "Can't set no_new_privs")
+    no_new_privs()
 
 
 def thread_ids() -> set[int]:
