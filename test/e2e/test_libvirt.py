@@ -42,10 +42,12 @@ from dataclasses import dataclass, field
 import pexpect
 import pytest
 
-from . import features, impl, l2, traffic
+from . import impl, l2, traffic
 from .cells import FORWARDED, Cell, cell_id
+from .deploy import build_guest_image
 from .guest import GUEST_MAC, GUEST_WORKDIR, READY_MARKER, image_paths
 from .shell import Shell
+from .test_passt_qrap import plain_cell, variant_params
 from .world import IFNAME, World
 
 pytestmark = pytest.mark.e2e
@@ -319,6 +321,7 @@ def write_wrapper(path_dir: str, passt_dir: str, chosen: impl.Impl) -> None:
 
 def deploy(chosen: impl.Impl, root: str) -> LibvirtEnv:
     """World, libvirtd, the domain started, the guest configured by DHCP and SLAAC."""
+    build_guest_image()
     user = qemu_user()
     path_dir = os.path.join(root, "bin")
     passt_dir = os.path.join(root, "passt")  # the QEMU user writes its log and argv here
@@ -357,7 +360,7 @@ def deploy(chosen: impl.Impl, root: str) -> LibvirtEnv:
 
 
 @pytest.fixture(scope="module")
-def libvirt_env(chosen_impl: impl.Impl, guest_image: None) -> Iterator[LibvirtEnv]:
+def libvirt_env(chosen_impl: impl.Impl) -> Iterator[LibvirtEnv]:
     # Not under pytest's tmp_path: /tmp/pytest-of-root is closed to the QEMU user.
     root = tempfile.mkdtemp(prefix="e2e-libvirt-")
     os.chmod(root, 0o755)
@@ -440,31 +443,15 @@ def _in_libvirt_run(env: LibvirtEnv, path: str) -> str:
     return os.path.join(env.libvirtd.run_dir, path.removeprefix("/run/libvirt/"))
 
 
-def plain_cell(cell: Cell) -> Cell:
-    """The matrix cell a libvirt cell runs (``libvirt_out`` is ``out``)."""
-    return Cell(cell.program, cell.name.removeprefix("libvirt_"), cell.proto, cell.version)
-
-
-def libvirt_cells() -> list[object]:
-    """Traffic both ways, both families, both protocols, forwarded ports included.
-
-    Where upstream fails the plain matrix cell (features.UPSTREAM_FAILS), it
-    fails this one for the same reason: the mark is inherited.
-    """
-    params = []
+LIBVIRT_CELLS = [
+    Cell("passt", direction, proto, version)
     for direction, proto, version in (
         ("out", "tcp", 4), ("in", "tcp", 6), ("out", "udp", 6), ("in", "udp", 4)
-    ):
-        cell = Cell("passt", f"libvirt_{direction}", proto, version)
-        reason = features.upstream_failure(plain_cell(cell))
-        marks = []
-        if reason and impl.current().name == "upstream":
-            marks.append(pytest.mark.xfail(reason=f"upstream: {reason}", strict=True))
-        params.append(pytest.param(cell, marks=marks, id=cell_id(cell)))
-    return params
+    )
+]  # both ways, both families, both protocols, forwarded ports included
 
 
-@pytest.mark.parametrize("cell", libvirt_cells())
+@pytest.mark.parametrize("cell", variant_params("libvirt", LIBVIRT_CELLS))
 def test_libvirt_traffic(cell: Cell, libvirt: LibvirtEnv, record_property) -> None:
     assert libvirt.guest is not None
     throughput = traffic.run_cell(plain_cell(cell), libvirt.world, libvirt.guest)

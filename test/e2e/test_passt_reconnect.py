@@ -27,6 +27,7 @@ import pytest
 from . import impl, l2, traffic
 from .cells import REMOTE_PORTS, Cell, cell_id, forward_options
 from .daemon import Daemon
+from .deploy import build_guest_image
 from .guest import Guest
 from .shell import Shell, wait_listening
 from .world import V4, World
@@ -63,6 +64,7 @@ class Setup:
 
 
 def start_passt(chosen: impl.Impl, workdir: str, one_off: bool) -> Setup:
+    build_guest_image()
     world = World("reconnect", workdir).create()
     socket_path = os.path.join(workdir, "passt.sock")
     options = ["-s", socket_path, *(["-1"] if one_off else []), *forward_options("passt")]
@@ -79,7 +81,7 @@ def start_passt(chosen: impl.Impl, workdir: str, one_off: bool) -> Setup:
 
 @pytest.fixture
 def passt_setup(
-    request: pytest.FixtureRequest, chosen_impl: impl.Impl, guest_image: None,
+    request: pytest.FixtureRequest, chosen_impl: impl.Impl,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Setup]:
     one_off = request.node.callspec.params["cell"].name.endswith("one_off")

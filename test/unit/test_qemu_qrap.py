@@ -81,6 +81,12 @@ def test_netdev_is_substituted_or_appended(args: list[str], expected: list[str])
     assert qrap.with_socket_netdev(args, 5) == expected
 
 
+def test_the_stream_netdev_names_the_socket() -> None:
+    assert qrap.stream_socket_path(["-m", "1", "-netdev", STREAM]) == "/tmp/p.sock"
+    assert qrap.stream_socket_path(["-netdev", STREAM_JSON]) == "/tmp/p.sock"
+    assert qrap.stream_socket_path(["-netdev", "user,id=u"]) is None
+
+
 def test_patch_mode_drops_every_other_network_option() -> None:
     args = ["disk.qcow2", "-net", "user", "-netdev", "tap,id=t", "-device", "e1000,netdev=t",
             "-device", "virtio-blk-pci,drive=d", "-m", "1024"]
@@ -226,7 +232,7 @@ def test_qemu_gets_the_connected_socket_and_talks_to_passt(
     passt: Passt, fake_qemu: Path, tmp_path: Path
 ) -> None:
     netdev = f"stream,id=net0,server=off,addr.type=unix,addr.path={passt.path}"
-    proc = run_qrap(["--socket", passt.path, "7", "fake-qemu", "-m", "64", "-netdev", netdev,
+    proc = run_qrap(["7", "fake-qemu", "-m", "64", "-netdev", netdev,
                      "-device", "virtio-net-pci,netdev=net0"], fake_qemu, tmp_path)
     assert passt.run_until_exit(proc) == 0, proc.stderr.read().decode()
     got = report(tmp_path)
