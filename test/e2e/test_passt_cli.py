@@ -1,0 +1,148 @@
+"""passt as libvirt and users start it: daemon, PID file, --runas, log file, bad input.
+
+Theory of operation: libvirt runs passt, waits for the command to exit 0
+and then starts QEMU on the socket, and stops passt by the PID in its PID
+file.  So exit status 0 must mean "the socket listens", the PID file must
+name the daemon (not the parent that exited), and bad input must be exit
+status 1 with one clear line, before anything starts.  These checks run
+the program under test as a process, in the world's host namespace (it
+reads the host's addresses), with no guest: a connection to the socket is
+all QEMU would do first.
+
+Files live in a sticky, world-writable directory of the test's own, since
+passt started as root gives up root (``--runas nobody``) once ready.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from . import impl
+from .cells import Cell, cell_id
+from .world import World
+
+pytestmark = pytest.mark.e2e
+
+NOBODY_UID = 65534
+RUN_TIMEOUT = 15.0
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    created = World("cli", str(tmp_path_factory.mktemp("cli"))).create()
+    yield created
+    created.destroy()
+
+
+@pytest.fixture
+def filedir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="e2e-passt-cli-")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_passt(world: World, options: list[str]) -> subprocess.CompletedProcess[str]:
+    """passt with exactly ``options`` (daemonizing unless told otherwise), to its exit."""
+    argv = [*impl.current().passt, *options]
+    return subprocess.run(["ip", "netns", "exec", world.host_ns, *argv], capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+def errors(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr lines, without upstream's complaints about the absent syslog."""
+    return [line for line in result.stderr.splitlines() if "to syslog" not in line]
+
+
+def uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
+def stop(pid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM, as libvirt does; whether the process went within ``timeout``."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone = not os.path.exists(f"/proc/{pid}")
+    if not gone:
+        os.kill(pid, signal.SIGKILL)
+    return gone
+
+
+@pytest.mark.parametrize("cell", [Cell("passt", "daemon_ready_pid_runas_log")], ids=cell_id)
+def test_exit_status_zero_means_the_socket_listens(cell: Cell, world: World, filedir: str) -> None:
+    sock_path, pid_path, log_path = (os.path.join(filedir, n) for n in ("s", "pid", "log"))
+    result = run_passt(world, ["-s", sock_path, "-P", pid_path, "-l", log_path,
+                               "--runas", "nobody"])
+    assert result.returncode == 0, "\n".join(errors(result))
+    with open(pid_path) as f:
+        pid = int(f.read())
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(sock_path)  # at once: no retry, as libvirt's QEMU doesn't retry
+        client.close()
+        assert uid_of(pid) == NOBODY_UID, "--runas nobody not honoured"
+        with open(log_path, errors="replace") as f:
+            logged = f.read()
+        assert sock_path in logged, f"--log-file has no start-up lines:\n{logged}"
+    finally:
+        assert stop(pid), "passt ignored SIGTERM"
+
+
+def socket_in_use(path: str) -> socket.socket:
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(path)
+    busy.listen(1)
+    return busy
+
+
+BAD_INPUT = [
+    ("socket_in_use", ["-s", "{dir}/busy"], r"(?i)socket path .*/busy already in use"),
+    ("pid_file_unwritable", ["-s", "{dir}/s", "-P", "{dir}/no/such/dir/pid"],
+     r"PID file.*No such file or directory"),
+    ("bad_mac", ["-s", "{dir}/s", "--mac-addr", "52:54:00:zz:00:01"],
+     r"(?i)mac.*52:54:00:zz:00:01|52:54:00:zz:00:01.*mac"),
+]
+UPSTREAM_ACCEPTS = {"bad_mac": "upstream accepts a malformed --mac-addr and starts"}
+
+
+def bad_input_params() -> list[object]:
+    params = []
+    for name, options, message in BAD_INPUT:
+        cell = Cell("passt", f"refuses_{name}")
+        marks = []
+        if name in UPSTREAM_ACCEPTS and impl.current().name == "upstream":
+            marks.append(pytest.mark.xfail(reason=UPSTREAM_ACCEPTS[name], strict=True))
+        params.append(pytest.param(cell, options, message, marks=marks, id=cell_id(cell)))
+    return params
+
+
+@pytest.mark.parametrize(("cell", "options", "message"), bad_input_params())
+def test_bad_input_is_one_line_and_exit_status_one(
+    cell: Cell, options: list[str], message: str, world: World, filedir: str
+) -> None:
+    busy = socket_in_use(os.path.join(filedir, "busy"))
+    try:
+        argv = ["-f", "--runas", "0", *(o.format(dir=filedir) for o in options)]
+        result = run_passt(world, argv)
+    finally:
+        busy.close()
+    lines = errors(result)
+    assert result.returncode == 1, f"exit status {result.returncode}:\n" + "\n".join(lines)
+    assert lines, "no error message"
+    assert re.search(message, lines[-1]), f"last line is not the error: {lines[-1]!r}"
