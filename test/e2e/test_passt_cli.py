@@ -15,11 +15,13 @@ passt started as root gives up root (``--runas nobody``) once ready.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -27,9 +29,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from passt import packet
+
 from . import impl
 from .cells import Cell, cell_id
-from .world import World
+from .world import IFNAME, V4, World
 
 pytestmark = pytest.mark.e2e
 
@@ -102,6 +106,75 @@ def test_exit_status_zero_means_the_socket_listens(cell: Cell, world: World, fil
         assert sock_path in logged, f"--log-file has no start-up lines:\n{logged}"
     finally:
         assert stop(pid), "passt ignored SIGTERM"
+
+
+# What libvirt 9.x runs (libvirt 11 dropped --mac-addr); the values are ours.
+LIBVIRT9_MAC = "9a:55:9a:55:9a:55"
+LIBVIRT9_GUEST = "198.51.100.77"
+GUEST_MAC = bytes.fromhex("525400123456")
+
+
+def libvirt9_argv(filedir: str) -> list[str]:
+    return [
+        "--one-off", "--socket", f"{filedir}/s", "--mac-addr", LIBVIRT9_MAC,
+        "--pid", f"{filedir}/pid", "--mtu", "9000", "--interface", IFNAME,
+        "--log-file", f"{filedir}/log", "--address", LIBVIRT9_GUEST, "--netmask", "24",
+        "--tcp-ports", "5201", "--udp-ports", "5201",
+    ]
+
+
+def arp_answer(sock: socket.socket, target: str) -> packet.ArpMessage:
+    """Ask passt, as the guest would, who has ``target``; its answer."""
+    request = packet.build_frame_arp(
+        b"\xff" * 6, GUEST_MAC, packet.ARP_REQUEST, GUEST_MAC,
+        ipaddress.IPv4Address(LIBVIRT9_GUEST).packed, bytes(6),
+        ipaddress.IPv4Address(target).packed,
+    )
+    sock.sendall(struct.pack("!I", len(request)) + request)
+    sock.settimeout(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        (length,) = struct.unpack("!I", _read(sock, 4))
+        frame = _read(sock, length)
+        pkt = packet.parse_frame(frame)
+        if pkt.ethertype == packet.ETH_P_ARP:
+            answer = packet.parse_arp(pkt.l4)
+            if answer.op == packet.ARP_REPLY:
+                return answer
+    raise AssertionError(f"no ARP reply for {target}")
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "passt closed the connection"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("cell", [Cell("passt", "libvirt9_argv")], ids=cell_id)
+def test_libvirt9_argv_is_honoured(cell: Cell, world: World, filedir: str) -> None:
+    """libvirt 9's command line, PID file and exit-status wait; QEMU's first
+    words (ARP for the gateway) answered from the --mac-addr given; passt
+    gone with its client (--one-off)."""
+    result = run_passt(world, libvirt9_argv(filedir))
+    assert result.returncode == 0, "\n".join(errors(result))
+    with open(f"{filedir}/pid") as f:
+        pid = int(f.read())
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(f"{filedir}/s")
+        answer = arp_answer(client, V4.gateway)
+        assert answer.sender_mac == bytes.fromhex(LIBVIRT9_MAC.replace(":", "")), (
+            f"gateway answered as {answer.sender_mac.hex(':')}, not --mac-addr {LIBVIRT9_MAC}")
+        client.close()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}"), "--one-off passt outlived its client"
+    finally:
+        stop(pid)
 
 
 def socket_in_use(path: str) -> socket.socket:
