@@ -30,22 +30,34 @@ upstream does:
    ``chroot``) cannot be pivoted: ``chroot`` into the empty tmpfs is the
    fallback.  Mount namespace and root directory are per thread: pasta's
    helper thread detaches too, through ``runner.call``.
-4. **Capabilities**, per thread: none, except ``CAP_NET_BIND_SERVICE``
-   for pasta when ``auto`` forwarding may bind a low port later (kept
-   across the UID change with ``PR_SET_KEEPCAPS``).  Ambient capabilities
-   are cleared.
+4. **Capabilities**, per thread: none, with two exceptions.  pasta keeps
+   ``CAP_NET_BIND_SERVICE`` when ``auto`` forwarding may bind a low port
+   later (in both threads: the host side binds in the main thread, the
+   namespace side in the helper).  pasta that changes identity after
+   starting its command keeps ``CAP_KILL`` in the main thread: the command
+   is root in a user namespace root owns, and without it neither ``kill``
+   nor even the parent-death signal (which the kernel checks like a
+   ``kill``) could end it.  Both survive the UID change through
+   ``PR_SET_KEEPCAPS``.  Ambient capabilities are cleared.
 5. **no_new_privs**, per thread: nothing we could execute would gain any.
 6. **seccomp** (``seccomp.py``): an allow-list of the system calls the
    running program makes, one for passt and one for pasta, installed on
-   every thread at once; anything else fails with ``EPERM`` (``execve``
-   among them).  The lists come from tracing our programs through the
-   end-to-end traffic tests (``strace -f`` of every call after the filter
-   is in place), with a margin of close relatives (``recvmmsg`` next to
-   ``recvmsg``) so that a different code path of the interpreter is not a
-   failure.  Both lists include what the interpreter itself needs (memory,
-   futexes, signals, ``getrandom``) and what tear-down needs (closing,
-   ``unlinkat`` of passt's socket file through its directory descriptor,
-   pasta's ``kill`` and ``wait4`` of its command, the helper thread's exit).
+   every thread at once; anything else fails with ``EPERM`` (``execve``,
+   ``fork``, ``open`` among them).  The lists come from tracing our
+   programs (``strace -f``, every call after the ``seccomp`` call) through
+   the end-to-end tests: traffic in every direction, hostile frames,
+   floods.  Seen there: passt ``accept4 bind brk close connect epoll_ctl
+   epoll_wait exit_group futex getrandom getsockname getsockopt ioctl mmap
+   munmap newfstatat pwrite64 recvfrom rt_sigaction rt_sigreturn sendmsg
+   sendto setsockopt socket unlinkat write writev``; pasta also ``exit
+   fcntl madvise pipe2 read readv rt_sigprocmask shutdown splice``.  The
+   lists add a margin: close relatives (``recvmsg`` next to ``recvfrom``),
+   what the interpreter may need on another path (``mremap``, ``mprotect``,
+   ``clock_nanosleep``), and paths the tests reach rarely: log file
+   rotation (``pread64``, ``ftruncate``), pasta's ``kill`` and ``wait4`` of
+   its command, ``lseek`` and ``read`` of the ``auto`` scan, the helper
+   thread's exit.  ``ioctl`` is allowed only for the requests listed in
+   ``IOCTLS``.
 
 Python specifics: nothing may be imported once the root is empty, so every
 module a later code path imports lazily is imported here first
@@ -142,8 +154,9 @@ PASTA_SYSCALLS: tuple[str, ...] = tuple(
     f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4 madvise".split()
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
-# FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``).
-IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451)
+# FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),
+# SIOCGIFINDEX (``socket.if_nametoindex``: scope of IPv6 link-local peers).
+IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933)
 
 
 # -- what to do ------------------------------------------------------------------
@@ -206,7 +219,8 @@ def plan(conf: Any, mode: str, spawned: bool = False,
 def describe(p: Plan) -> str:
     who = f"UID {p.ids[0]}, GID {p.ids[1]}" if p.ids else "same UID"
     userns = ", new user namespace" if p.new_userns else ""
-    return f"{who}{userns}, capabilities {p.caps:#x} (helper thread {p.runner_caps:#x})"
+    helper = f" (helper thread {p.runner_caps:#x})" if p.mode == "pasta" else ""
+    return f"{who}{userns}, capabilities {p.caps:#x}{helper}"
 
 
 # -- doing it ----------------------------------------------------------------------

@@ -570,7 +570,8 @@ def start_passt(impl: Impl, world: World, workdir: str, options: list[str],
     the program (``prlimit ...``).
     """
     path = os.path.join(workdir, "passt.sock")
-    argv = [*prefix, *impl.passt, "-f", "-e", *(["--runas", "0"] if runas is None else runas),
+    stderr = [] if "-l" in options else ["-e"]  # a log file excludes stderr
+    argv = [*prefix, *impl.passt, "-f", *stderr, *(["--runas", "0"] if runas is None else runas),
             "-s", path, *options]
     daemon = Daemon(argv, world.host_ns, os.path.join(workdir, "passt.log"))
     daemon.start(lambda: os.path.exists(path))

@@ -53,6 +53,7 @@ from .test_hostile_harness import (
     start_passt,
     status,
     tasks,
+    wait_for,
     world_for,
 )
 from .world import V4, V6, World
@@ -101,6 +102,7 @@ class PasstUnderTest:
     pid: int
     guest: Guest
     world: World
+    files: dict[str, str]  # pcap, pid, log: opened before isolation, written after
 
 
 @pytest.fixture(scope="module")
@@ -110,15 +112,16 @@ def passt_isolated(chosen_impl, tmp_path_factory) -> Iterator[PasstUnderTest]:
         servers = [EchoServer(world.remote_ns, a, ECHO_PORT) for a in (V4.remote, V6.remote)]
         servers += [EchoServer(world.host_ns, a, ECHO_PORT) for a in (V4.loopback, V6.loopback)]
         udp = UdpEcho(world.remote_ns)
-        daemon, socket_path = start_passt(chosen_impl, world, workdir,
-                                          ["-t", str(FORWARDED.stream),
-                                           "-u", str(FORWARDED.dgram)], runas=[])
+        files = {name: os.path.join(workdir, f"passt.{name}") for name in ("pcap", "pid", "log")}
+        options = ["-t", str(FORWARDED.stream), "-u", str(FORWARDED.dgram), "-d",
+                   "--pcap", files["pcap"], "-P", files["pid"], "-l", files["log"]]
+        daemon, socket_path = start_passt(chosen_impl, world, workdir, options, runas=[])
         link = QemuLink(socket_path)
         try:
             guest = Guest(link)
             guest.resolve()
             assert daemon.proc is not None
-            yield PasstUnderTest(daemon.proc.pid, guest, world)
+            yield PasstUnderTest(daemon.proc.pid, guest, world, files)
             assert daemon.alive(), daemon.describe()
         finally:
             link.close()
@@ -126,7 +129,8 @@ def passt_isolated(chosen_impl, tmp_path_factory) -> Iterator[PasstUnderTest]:
             udp.close()
             for server in servers:
                 server.close()
-        print(daemon.log()[-2000:])
+        with open(files["log"], errors="replace") as f:
+            print(f.read()[-3000:])
 
 
 class UdpEcho:
@@ -265,6 +269,21 @@ def test_passt_udp_out_under_the_filter(passt_isolated: PasstUnderTest, family: 
     _wait_frame(guest, lambda pkt: pkt.src == dst and pkt.proto == 17
                 and bytes(parse_udp(pkt.l4).payload) == payload)
     print(f"UDP v{family} echo from the remote namespace")
+
+
+def test_passt_files_opened_before_isolation_serve_after(passt_isolated: PasstUnderTest) -> None:
+    """The PID file names the process; the pcap and the log file grow under the filter."""
+    files = passt_isolated.files
+    with open(files["pid"]) as f:
+        assert int(f.read()) == passt_isolated.pid
+    sizes = {name: os.path.getsize(files[name]) for name in ("pcap", "log")}
+    passt_isolated.guest.resolve()  # one more exchange, captured and logged after isolation
+    wait_for(lambda: os.path.getsize(files["pcap"]) > sizes["pcap"], 5, "the pcap file to grow")
+    with open(files["log"], errors="replace") as f:
+        log = f.read()
+    assert "isolated: UID 65534" in log, log[-2000:]
+    print(f"pcap {os.path.getsize(files['pcap'])} bytes, log {len(log)} bytes, "
+          f"PID file {passt_isolated.pid}")
 
 
 # -- pasta ----------------------------------------------------------------------------------
