@@ -35,10 +35,12 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import harness
 import report
 from sidebyside import CELLS, Bench, Cell, Settings
+from workloads import Sample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = ("tcp_tap_ns_host", "tcp_tap_host_ns", "tcp_splice_host_ns", "tcp_splice_ns_host",
@@ -166,30 +168,31 @@ def cprofile_summary(path: str, per: float, per_unit: str, top: int) -> list[str
 # -- scenarios ------------------------------------------------------------------------
 
 
-def profile_cell(bench: Bench, cell: Cell, out: str, top: int) -> list[str]:
-    seconds = bench.settings.seconds
-    lines = [f"== {cell.info.key}: {cell.info.title}"]
-    spy_path = os.path.join(out, f"{cell.info.key}.pyspy")
-    subject = bench.start(cell.program, "ours", sampled_impl(spy_path))
+def measure_as(bench: Bench, cell: Cell, impl: harness.Impl,
+               before_stop: Callable[[harness.Subject], None] | None = None) -> Sample:
+    """One measurement of ``cell`` on a fresh instance of ours started as ``impl``."""
+    subject = bench.start(cell.program, "ours", impl)
     if subject is None:
-        return [*lines, "  did not start under py-spy (see the note above)"]
+        raise RuntimeError(f"ours did not start as {impl.name} (see the note above)")
     try:
         sample = cell.measure(subject, bench)
-        stop_sampled(subject)
+        if before_stop is not None:
+            before_stop(subject)
+        return sample
     finally:
         bench.stop_subject(subject)
+
+
+def profile_cell(bench: Bench, cell: Cell, out: str, top: int) -> list[str]:
+    lines = [f"== {cell.info.key}: {cell.info.title}"]
+    spy_path = os.path.join(out, f"{cell.info.key}.pyspy")
+    sample = measure_as(bench, cell, sampled_impl(spy_path), stop_sampled)
     lines.append(f"  under py-spy: {sample.value:.3f} {cell.info.unit}")
     lines += spy_summary(in_loop(read_stacks(spy_path)), top)
 
     prof_path = os.path.join(out, f"{cell.info.key}.prof")
-    subject = bench.start(cell.program, "ours", profiled_impl(prof_path))
-    if subject is None:
-        return [*lines, "  did not start under cProfile (see the note above)"]
-    try:
-        sample = cell.measure(subject, bench)
-    finally:
-        bench.stop_subject(subject)
-    per, unit = report.work(cell.info.unit, sample.value, seconds)
+    sample = measure_as(bench, cell, profiled_impl(prof_path))
+    per, unit = report.work(cell.info.unit, sample.value, bench.settings.seconds)
     lines.append(f"  under cProfile: {sample.value:.3f} {cell.info.unit} ({per:.0f} {unit})")
     lines += cprofile_summary(prof_path, per, unit, top)
     return lines
