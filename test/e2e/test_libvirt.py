@@ -48,7 +48,7 @@ from .deploy import build_guest_image
 from .guest import GUEST_MAC, GUEST_WORKDIR, READY_MARKER, image_paths
 from .shell import Shell
 from .test_passt_qrap import plain_cell, variant_params
-from .world import IFNAME, World
+from .world import IFNAME, V4, World
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +59,9 @@ DOMAIN = f"e2e-passt-{os.getpid()}"
 START_TIMEOUT = 60.0
 BOOT_TIMEOUT = 120.0
 GONE_TIMEOUT = 20.0
+GUEST_ADDRESS = "198.51.100.77"  # not the host's: --address must be honoured
+# (No <mtu>: libvirt 11.3 then tries to set the MTU of a host interface named
+# "(null)" and fails to start the domain.)
 
 QEMU_CONF = f"""\
 user = "{QEMU_USER}"
@@ -125,6 +128,7 @@ def domain_xml(passt_dir: str) -> str:
       <mac address='{GUEST_MAC}'/>
       <source dev='{IFNAME}'/>
       <model type='virtio'/>
+      <ip family='ipv4' address='{GUEST_ADDRESS}' prefix='{V4.prefix}'/>
       {forwards}
     </interface>
     <serial type='pty'/>
@@ -416,6 +420,8 @@ def test_libvirt_starts_passt_with_its_argv(cell: Cell, libvirt: LibvirtEnv) -> 
     print("libvirt ran: passt " + " ".join(argv))
     assert argv[0] == "--one-off"
     assert libvirt.option("--interface") == IFNAME
+    assert libvirt.option("--address") == GUEST_ADDRESS
+    assert libvirt.option("--netmask") == str(V4.prefix)
     assert libvirt.option("--log-file") == os.path.join(libvirt.passt_dir, "passt.log")
     tcp = {int(p) for spec in _values(argv, "--tcp-ports") for p in spec.split(",")}
     udp = {int(p) for spec in _values(argv, "--udp-ports") for p in spec.split(",")}
@@ -431,6 +437,9 @@ def test_libvirt_starts_passt_with_its_argv(cell: Cell, libvirt: LibvirtEnv) -> 
     netdev = libvirt.libvirtd.virsh(
         "qemu-monitor-command", DOMAIN, "--hmp", "info network").stdout
     assert "stream" in netdev and libvirt.option("--socket") in netdev, netdev
+    assert libvirt.guest is not None
+    lease = l2.read_lease(libvirt.guest)
+    assert (lease["ip"], lease["mask"]) == (GUEST_ADDRESS, str(V4.prefix)), lease
 
 
 def _values(argv: list[str], option: str) -> list[str]:
@@ -446,9 +455,11 @@ def _in_libvirt_run(env: LibvirtEnv, path: str) -> str:
 LIBVIRT_CELLS = [
     Cell("passt", direction, proto, version)
     for direction, proto, version in (
-        ("out", "tcp", 4), ("in", "tcp", 6), ("out", "udp", 6), ("in", "udp", 4)
+        ("out", "tcp", 4), ("in", "tcp", 6), ("out", "udp", 4), ("in", "udp", 6)
     )
-]  # both ways, both families, both protocols, forwarded ports included
+]  # both ways, both protocols, forwarded ports included; "in" cells are IPv6
+# because their servers bind the host's address, which --address took from
+# the guest for IPv4
 
 
 @pytest.mark.parametrize("cell", variant_params("libvirt", LIBVIRT_CELLS))
