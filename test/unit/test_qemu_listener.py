@@ -207,6 +207,15 @@ def test_clients_are_served_one_at_a_time_and_may_come_back(tmp_path, loop) -> N
         listener.close()
 
 
+def run_to_the_end(loop: EventLoop, listener: QemuListener) -> int:
+    """The loop's exit status (99 if nothing stopped it within 5 s); then close."""
+    loop.call_later(5, lambda: loop.stop(99))
+    try:
+        return loop.run()
+    finally:
+        listener.close()
+
+
 def test_hang_up_reaches_the_caller_and_close_removes_the_file(tmp_path, loop) -> None:
     path = str(tmp_path / "passt.sock")
     listener = qemu.listen(Opts(socket=path))
@@ -214,11 +223,7 @@ def test_hang_up_reaches_the_caller_and_close_removes_the_file(tmp_path, loop) -
     client = connect(path)
     client.sendall(struct.pack("!I", 14) + bytes(14))
     client.close()
-    loop.call_later(5, lambda: loop.stop(99))
-    try:
-        assert loop.run() == 0
-    finally:
-        listener.close()
+    assert run_to_the_end(loop, listener) == 0
     assert not os.path.exists(path)
 
 
@@ -231,11 +236,7 @@ def test_pre_opened_socket_is_served_at_once_and_is_one_off(loop) -> None:
     theirs.sendall(struct.pack("!I", 20) + bytes(range(20)))
     assert [bytes(f) for f in listener.client.recv_frames()] == [bytes(range(20))]
     theirs.close()
-    loop.call_later(5, lambda: loop.stop(99))
-    try:
-        assert loop.run() == 0
-    finally:
-        listener.close()
+    assert run_to_the_end(loop, listener) == 0
 
 
 @pytest.mark.parametrize(
