@@ -217,7 +217,7 @@ def run_passt(conf: Any) -> int:
             else:
                 listener.resume()
 
-        listener.start(rt.loop, on_client)
+        listener.start(rt.loop, on_client, rt.ctx.stats)
         stop_on_signals(rt.loop)
         readiness.ready()
         isolation.isolate(conf, "passt")  # stage 7: isolation.py
