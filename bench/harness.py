@@ -236,6 +236,11 @@ class Subject:
         return problem
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a killed make) unwinds like SystemExit, so worlds get deleted."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from ``/proc/PID/stat``."""
     with open(f"/proc/{pid}/stat") as f:

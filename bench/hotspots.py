@@ -214,6 +214,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         ap.error(f"unknown cells: {', '.join(unknown)}")
     os.makedirs(args.out, exist_ok=True)
+    harness.exit_on_sigterm()
     bench = Bench(Settings(runs=1, seconds=args.time, only=frozenset(keys), out=args.out))
     report = []
     for key in keys:

@@ -282,7 +282,10 @@ class Bench:
             cell.of(subject.label).samples.append(Sample(memory[field_name] / 1024))
 
     def stop_subject(self, subject: Subject) -> None:
-        problem = subject.stop()
+        try:
+            problem = subject.stop()
+        except Exception as e:  # noqa: BLE001 - the other subjects must still be stopped
+            problem = _one_line(e)
         if problem:
             self.note(f"{subject.program} {subject.label}: {problem}")
 
@@ -297,16 +300,19 @@ class Bench:
             self.peak_kib[key] = max(memory["VmHWM"], self.peak_kib.get(key, 0))
 
     def stop_all(self) -> None:
-        for subject in self.subjects:
-            self.track_peak(subject)
-            self.stop_subject(subject)
+        """Stop every subject and delete every world, whatever fails on the way."""
+        try:
+            for subject in self.subjects:
+                self.track_peak(subject)
+                self.stop_subject(subject)
+        finally:
+            self.subjects.clear()
+            if self._startup_world is not None:
+                self._startup_world.destroy()
         for (program, label), kib in self.peak_kib.items():
             cell = self.memory.get((program, "VmHWM"))
             if cell is not None:
                 cell.of(label).samples.append(Sample(kib / 1024))
-        self.subjects.clear()
-        if self._startup_world is not None:
-            self._startup_world.destroy()
 
     # -- rounds --
 
@@ -435,6 +441,7 @@ def main(argv: list[str]) -> int:
         print("sidebyside: needs root (builds network namespaces)", file=sys.stderr)
         return 1
     settings = parse_args(argv)
+    harness.exit_on_sigterm()
     began = time.monotonic()
     bench = Bench(settings)
     try:
