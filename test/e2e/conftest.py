@@ -26,7 +26,7 @@ import pytest
 
 from . import features, impl
 from .cells import Cell
-from .deploy import Deployment, Stage, build_guest_image, deploy_passt, deploy_pasta
+from .deploy import Deployment, Stage, deploy_passt, deploy_pasta
 from .summary import Summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -97,52 +97,28 @@ def chosen_impl() -> impl.Impl:
     return impl.current()
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> None:
-    build_guest_image()
+def _stage_fixture(name: str, label: str, deploy: Callable[[impl.Impl, str], Deployment]):
+    """Module-scoped fixture ``name``: a ``Stage`` of ``deploy``'s deployments."""
+
+    @pytest.fixture(scope="module", name=name)
+    def stage(
+        request: pytest.FixtureRequest, chosen_impl: impl.Impl,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> Iterator[Stage]:
+        held = Stage(lambda: deploy(chosen_impl, str(tmp_path_factory.mktemp(label))))
+        yield held
+        held.close()
+        request.config.stash[_SUMMARY_KEY].notes.extend(held.notes)
+
+    return stage
 
 
-def _stage(
-    request: pytest.FixtureRequest, build: Callable[[], Deployment]
-) -> Iterator[Stage]:
-    stage = Stage(build)
-    yield stage
-    stage.close()
-    summary = request.config.stash[_SUMMARY_KEY]
-    summary.notes.extend(stage.notes)
-
-
-@pytest.fixture(scope="module")
-def passt_stage(
-    request: pytest.FixtureRequest, chosen_impl: impl.Impl, guest_image: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stage]:
-    yield from _stage(
-        request, lambda: deploy_passt(chosen_impl, str(tmp_path_factory.mktemp("passt")))
-    )
-
-
-@pytest.fixture(scope="module")
-def pasta_stage(
-    request: pytest.FixtureRequest, chosen_impl: impl.Impl,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stage]:
-    yield from _stage(
-        request, lambda: deploy_pasta(chosen_impl, str(tmp_path_factory.mktemp("pasta")))
-    )
-
-
-@pytest.fixture(scope="module")
-def pasta_l2_stage(
-    request: pytest.FixtureRequest, chosen_impl: impl.Impl,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stage]:
-    yield from _stage(
-        request,
-        lambda: deploy_pasta(
-            chosen_impl, str(tmp_path_factory.mktemp("pasta-l2")), config_net=False
-        ),
-    )
+passt_stage = _stage_fixture("passt_stage", "passt", deploy_passt)
+pasta_stage = _stage_fixture("pasta_stage", "pasta", deploy_pasta)
+pasta_l2_stage = _stage_fixture(
+    "pasta_l2_stage", "pasta-l2",
+    lambda chosen, workdir: deploy_pasta(chosen, workdir, config_net=False),
+)
 
 
 def _use(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:

@@ -17,11 +17,12 @@ the others undone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import l2, traffic
@@ -35,7 +36,7 @@ from .world import IFNAME, V4, V6, World
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST_BUILD = os.path.join(HERE, "..", "guest", "build.sh")
 UDHCPC_SCRIPT = os.path.join(HERE, "..", "guest", "udhcpc.script")
-MAX_REBUILDS = 12
+MAX_REBUILDS = 40
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Deployment:
         return sections
 
     def teardown(self) -> None:
+        """Stop everything, each step guarded so that all of them run."""
         try:
             if self.guest is not None:
                 self.guest.shutdown()
@@ -116,14 +118,31 @@ class Stage:
         return self._current
 
     def close(self) -> None:
+        """Tear the deployment down; a failure is noted, never passed to a test."""
         if self._current is not None:
             current, self._current = self._current, None
-            current.teardown()
+            try:
+                current.teardown()
+            except Exception as e:
+                self.notes.append(f"teardown failed: {e!r}")
 
 
+@functools.cache
 def build_guest_image() -> None:
-    """Build (or find cached) the guest image: test/guest/build.sh."""
-    subprocess.run([GUEST_BUILD, GUEST_DIR], check=True, capture_output=True, timeout=600)
+    """Build the guest image (test/guest/build.sh; cached on disk), once a run."""
+    result = subprocess.run([GUEST_BUILD, GUEST_DIR], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"guest image build failed:\n{result.stdout}{result.stderr}")
+
+
+@contextlib.contextmanager
+def torn_down_on_error(deployment: Deployment) -> Iterator[None]:
+    """Tear ``deployment`` down if what the block does to build it fails."""
+    try:
+        yield
+    except BaseException:
+        deployment.teardown()
+        raise
 
 
 def _prepare(shells: list[Shell]) -> None:
@@ -138,7 +157,8 @@ def deploy_passt(impl: Impl, workdir: str) -> Deployment:
     options = ["-s", socket_path, "-1", *forward_options("passt")]
     daemon = Daemon(impl.argv("passt", options), world.host_ns, os.path.join(workdir, "passt.log"))
     deployment = Deployment(world, daemon, world.host)  # inner: the guest, once booted
-    try:
+    with torn_down_on_error(deployment):
+        build_guest_image()
         daemon.start(lambda: os.path.exists(socket_path))
         deployment.guest = Guest(socket_path, workdir)
         deployment.inner = shell = deployment.guest.boot().shell
@@ -149,9 +169,6 @@ def deploy_passt(impl: Impl, workdir: str) -> Deployment:
         shell.check(f"cp /usr/share/udhcpc/default.script {shell.path(l2.UDHCPC_SCRIPT)}")
         l2.configure(shell)
         _prepare(deployment.shells())
-    except BaseException:
-        deployment.teardown()
-        raise
     return deployment
 
 
@@ -192,7 +209,7 @@ def deploy_pasta(impl: Impl, workdir: str, config_net: bool = True) -> Deploymen
     argv = impl.argv("pasta", [*options, "--netns", f"/run/netns/{netns}"])
     daemon = Daemon(argv, world.host_ns, os.path.join(workdir, "pasta.log"))
     deployment = Deployment(world, daemon, world.host)  # inner: the namespace's shell
-    try:
+    with torn_down_on_error(deployment):
         deployment.inner = inner = world.shell(netns, "ns")
         daemon.start(functools.partial(_pasta_ready, world, inner, config_net))
         deployment.notes.append(f"pasta ready in {daemon.start_seconds:.1f} s")
@@ -200,7 +217,4 @@ def deploy_pasta(impl: Impl, workdir: str, config_net: bool = True) -> Deploymen
             shutil.copy(UDHCPC_SCRIPT, inner.path(l2.UDHCPC_SCRIPT))
             l2.configure(inner)
         _prepare(deployment.shells())
-    except BaseException:
-        deployment.teardown()
-        raise
     return deployment

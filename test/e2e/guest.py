@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pexpect
+from qemu.qmp import QMPError
 from qemu.qmp import protocol as qmp_error
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -91,10 +93,8 @@ class Guest:
         )
         self.child.logfile_read = open(self.console_log, "a")
         self.qmp = self._connect_qmp()
-        # cmd_obj returns the raw response in every qemu.qmp release (cmd does not since 0.0.4).
-        status = self.qmp.cmd_obj({"execute": "query-status"})["return"]["status"]
-        netdev = self.qmp.cmd_obj({"execute": "human-monitor-command",
-                                   "arguments": {"command-line": "info network"}})["return"]
+        status = self.qmp_command("query-status")["status"]
+        netdev = self._wait_netdev_connected()
         began = time.monotonic()
         self.qmp.cmd("cont")
         try:
@@ -106,12 +106,47 @@ class Guest:
         self.shell.check(f"mkdir -p {GUEST_WORKDIR}")
         return self
 
+    def qmp_command(self, command: str, **arguments: object) -> Any:
+        """A QMP command's return value.  (``cmd_obj`` returns the raw response
+        in every qemu.qmp release; ``cmd`` does not since 0.0.4.)"""
+        assert self.qmp is not None
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        response = self.qmp.cmd_obj(message)
+        if "error" in response:
+            raise RuntimeError(f"QMP {command}: {response['error']}")
+        return response["return"]
+
+    def info_network(self) -> str:
+        return self.qmp_command("human-monitor-command", **{"command-line": "info network"})
+
+    def _wait_netdev_connected(self, timeout: float = 15.0) -> str:
+        """``info network`` once the stream netdev is connected to passt.
+
+        QEMU connects the socket asynchronously: the netdev line appears
+        once it is connected, even while the machine is still paused.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.info_network()
+            if "type=stream" in info and self.socket_path in info:
+                return info
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"QEMU did not connect to {self.socket_path}:\n{info}")
+            time.sleep(0.05)
+
     def _connect_qmp(self, timeout: float = 20.0) -> QEMUMonitorProtocol:
         """Connect once QEMU listens (the socket file appears before it does)."""
         deadline = time.monotonic() + timeout
         while True:
             if not self.child or not self.child.isalive():
                 raise RuntimeError(f"QEMU exited at start-up:\n{self.console()}")
+            if not os.path.exists(self.qmp_path):
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"QEMU did not open its QMP socket:\n{self.console()}")
+                time.sleep(0.05)
+                continue
             qmp = QEMUMonitorProtocol(self.qmp_path)
             try:
                 qmp.connect()
@@ -131,22 +166,32 @@ class Guest:
             return ""
 
     def shutdown(self, timeout: float = 15.0) -> bool:
-        """Ask QEMU to quit over QMP; True if it exited on its own."""
+        """Ask QEMU to quit over QMP; True if it exited on its own.
+
+        Whatever happens, QEMU is gone afterwards: killed if it did not quit.
+        """
         clean = False
-        if self.qmp is not None:
-            try:
+        try:
+            if self.qmp is not None:
                 self.qmp.cmd("quit")
                 clean = self._wait_exit(timeout)
-            except Exception:  # QEMU may already be gone: it is killed below
-                clean = False
-            finally:
-                self.qmp.close()
-                self.qmp = None
-        if self.child is not None:
-            self.child.close(force=True)
-            if self.child.logfile_read:
-                self.child.logfile_read.close()
+        except (OSError, EOFError, QMPError):
+            clean = False  # QEMU already gone, or deaf: killed below
+        finally:
+            self._close_qmp()
+            if self.child is not None:
+                self.child.close(force=True)
+                if self.child.logfile_read:
+                    self.child.logfile_read.close()
         return clean
+
+    def _close_qmp(self) -> None:
+        if self.qmp is not None:
+            qmp, self.qmp = self.qmp, None
+            try:
+                qmp.close()
+            except (OSError, EOFError, QMPError):
+                pass  # QEMU closed its end first, as it does on quit
 
     def _wait_exit(self, timeout: float) -> bool:
         assert self.child is not None

@@ -42,7 +42,8 @@ def configure(shell: Shell, timeout: float = 30.0) -> None:
     offered = dhcpv6_exchange(shell).addresses
     if not offered:
         raise ShellError(f"{shell.name}: DHCPv6 offered no address")
-    shell.check(f"ip -6 addr add {offered[0]}/128 dev {ifname} nodad")
+    shell.check(f"ip -6 addr add {offered[0]}/128 dev {ifname}")
+    wait_address6(shell, lambda address, flags: address == offered[0], "DHCPv6", timeout)
 
 
 def read_lease(shell: Shell) -> dict[str, str]:
@@ -62,17 +63,25 @@ def global_addresses6(shell: Shell) -> list[tuple[str, str]]:
 
 def slaac_address(shell: Shell, timeout: float = 30.0) -> str:
     """Wait (bounded) for an autoconfigured, non-tentative global address."""
+    return wait_address6(shell, lambda address, flags: "dynamic" in flags, "SLAAC", timeout)
+
+
+def wait_address6(
+    shell: Shell, wanted: Callable[[str, str], bool], what: str, timeout: float = 30.0
+) -> str:
+    """Wait (bounded) until a global IPv6 address that is ``wanted`` (given
+    address and flags) has passed duplicate address detection; return it."""
     deadline = time.monotonic() + timeout
     while True:
         usable = [
             address
             for address, flags in global_addresses6(shell)
-            if "dynamic" in flags and "tentative" not in flags
+            if wanted(address, flags) and "tentative" not in flags
         ]
         if usable:
             return usable[0]
         if time.monotonic() >= deadline:
-            raise ShellError(f"{shell.name}: no SLAAC address after {timeout} s")
+            raise ShellError(f"{shell.name}: no usable {what} address after {timeout} s")
         time.sleep(0.2)
 
 

@@ -47,14 +47,22 @@ def make_payloads(shell: Shell) -> None:
     shell.check(f"head -c {DGRAM_SIZE * DGRAM_COUNT} /dev/urandom > {shell.path(DGRAM_TX)}")
 
 
-def socat_inet(proto: str, version: int, role: str) -> str:
-    """socat address keyword: e.g. TCP4-LISTEN, UDP6."""
-    suffix = "-LISTEN" if role == "server" else ""
-    return f"{proto.upper()}{version}{suffix}"
+def socat_listen(p: Path, proto: str, port: int) -> str:
+    """socat address on which the server of ``p`` listens, e.g. TCP6-LISTEN:..."""
+    return f"{proto.upper()}{p.family.version}-LISTEN:{port},bind={p.family.url_host(p.bind)}"
 
 
-def _server_log(shell: Shell, what: str) -> str:
-    return shell.path(f"{what}-server.log")
+def socat_peer(p: Path, proto: str, port: int) -> str:
+    """socat address the client of ``p`` dials, e.g. UDP4:203.0.113.1:10002."""
+    return f"{proto.upper()}{p.family.version}:{p.family.url_host(p.target)}:{port}"
+
+
+def start_server(shell: Shell, what: str, command: str, proto: str, port: int) -> tuple[int, str]:
+    """Start a server in the background, wait until it listens; its PID and log."""
+    log = shell.path(f"{what}-server.log")
+    pid = shell.start(command, log)
+    wait_listening(shell, proto, port)
+    return pid, log
 
 
 def _finish_server(shell: Shell, pid: int, log: str, timeout: float) -> None:
@@ -87,12 +95,13 @@ def parse_iperf3(output: str) -> Throughput:
 
 def iperf3(p: Path, proto: str) -> Throughput:
     """iperf3 from client to server over ``p``; the measured throughput."""
-    log = _server_log(p.server, "iperf3")
-    pid = p.server.start(f"timeout 30 iperf3 -s -1 -B {p.bind} -p {p.ports.iperf}", log)
-    wait_listening(p.server, "tcp", p.ports.iperf)
+    pid, log = start_server(
+        p.server, "iperf3", f"timeout 30 iperf3 -s -1 -B {p.bind} -p {p.ports.iperf}",
+        "tcp", p.ports.iperf,
+    )
     udp = " -u -b 1G" if proto == "udp" else ""
     status, output = p.client.run(
-        f"timeout 20 iperf3 -c {p.target} -p {p.ports.iperf} -t {IPERF_SECONDS} -f m"
+        f"timeout 15 iperf3 -c {p.target} -p {p.ports.iperf} -t {IPERF_SECONDS} -f m"
         f" --connect-timeout 5000{udp}",
         timeout=30,
     )
@@ -107,17 +116,16 @@ def iperf3(p: Path, proto: str) -> Throughput:
 
 def stream_exchange(p: Path) -> None:
     """Bulk data both ways over one TCP connection, with a half-close between."""
-    v = p.family.version
     srv, cli = p.server, p.client
     reply = f"cat > {srv.path(STREAM_RX)}; cat {srv.path(STREAM_TX)}"
-    listen = f"{socat_inet('tcp', v, 'server')}:{p.ports.stream},bind={p.family.url_host(p.bind)}"
-    log = _server_log(srv, "stream")
+    listen = socat_listen(p, "tcp", p.ports.stream)
     srv.check(f"rm -f {srv.path(STREAM_RX)}")
-    pid = srv.start(f"timeout 30 socat -t 20 -T 10 {listen},reuseaddr SYSTEM:'{reply}'", log)
-    wait_listening(srv, "tcp", p.ports.stream)
-    connect = f"{socat_inet('tcp', v, 'client')}:{p.family.url_host(p.target)}:{p.ports.stream}"
+    pid, log = start_server(
+        srv, "stream", f"timeout 25 socat -t 15 -T 10 {listen},reuseaddr SYSTEM:'{reply}'",
+        "tcp", p.ports.stream,
+    )
     status, output = cli.run(
-        f"timeout 30 socat -t 20 -T 10 - {connect} "
+        f"timeout 20 socat -t 15 -T 10 - {socat_peer(p, 'tcp', p.ports.stream)} "
         f"< {cli.path(STREAM_TX)} > {cli.path(STREAM_RX)}",
         timeout=40,
     )
@@ -146,15 +154,13 @@ def _sizes(server: Shell, client: Shell) -> str:
 
 def datagram_echo(p: Path) -> None:
     """DGRAM_COUNT datagrams to an echo server; the echoes must match them."""
-    v = p.family.version
     srv, cli = p.server, p.client
-    listen = f"{socat_inet('udp', v, 'server')}:{p.ports.dgram},bind={p.family.url_host(p.bind)}"
-    log = _server_log(srv, "dgram")
-    srv.start(f"timeout 30 socat -b {DGRAM_SIZE} -T 10 {listen} PIPE", log)
-    wait_listening(srv, "udp", p.ports.dgram)
-    peer = f"{socat_inet('udp', v, 'client')}:{p.family.url_host(p.target)}:{p.ports.dgram}"
+    listen = socat_listen(p, "udp", p.ports.dgram)
+    start_server(
+        srv, "dgram", f"timeout 30 socat -b {DGRAM_SIZE} -T 10 {listen} PIPE", "udp", p.ports.dgram
+    )
     status, output = cli.run(
-        f"timeout 20 socat -b {DGRAM_SIZE} -t 3 -T 10 - {peer} "
+        f"timeout 15 socat -b {DGRAM_SIZE} -t 2 -T 10 - {socat_peer(p, 'udp', p.ports.dgram)} "
         f"< {cli.path(DGRAM_TX)} > {cli.path(DGRAM_RX)}",
         timeout=30,
     )
@@ -168,7 +174,6 @@ def datagram_echo(p: Path) -> None:
             f"echoed datagrams differ from those sent: {size.strip()} of "
             f"{DGRAM_SIZE * DGRAM_COUNT} bytes came back"
         )
-
 
 
 def run_cell(cell: Cell, world: World, inner: Shell) -> Throughput:
