@@ -5,5 +5,6 @@ PIP_EXTRA_DEPS += scapy
 
 .PHONY: bench-checksum
 # Checksum methods side by side, and 64 KiB TCP frame parse/build timings.
+bench: bench-checksum
 bench-checksum:
 	$(PYTHON) bench/bench_checksum.py
