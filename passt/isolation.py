@@ -130,28 +130,27 @@ class IsolationError(OSError):
 
 # -- system calls -------------------------------------------------------------
 
-# What every Python program of ours does once running: memory, threads'
-# futexes, signals, time, randomness, descriptors, epoll, exit.
+# What every Python program of ours does once running: memory, futexes,
+# signals, time, randomness, descriptors, epoll, exit.  No new threads.
 _INTERPRETER = (
-    "brk mmap munmap mremap madvise mprotect futex set_robust_list rseq "
-    "rt_sigaction rt_sigprocmask rt_sigreturn sigaltstack restart_syscall "
-    "clock_gettime clock_nanosleep nanosleep gettimeofday getrandom "
-    "getpid gettid getuid geteuid getgid getegid tgkill "
-    "close fcntl dup dup3 fstat newfstatat lseek ioctl "
+    "brk mmap munmap mremap madvise mprotect futex "
+    "rt_sigaction rt_sigprocmask rt_sigreturn restart_syscall "
+    "clock_gettime clock_nanosleep gettimeofday getrandom getpid "
+    "close fcntl fstat newfstatat lseek ioctl "
     "read write readv writev pread64 pwrite64 ftruncate "
-    "epoll_wait epoll_pwait epoll_ctl poll ppoll "
-    "exit exit_group"
+    "epoll_wait epoll_pwait epoll_ctl exit exit_group"
 )
-# Sockets: flows of every protocol, listeners, the QEMU stream, syslog.
+# Sockets: flows of every protocol, listeners (``auto`` opens them later),
+# the QEMU stream, syslog.
 _SOCKETS = (
-    "socket bind connect listen accept accept4 shutdown "
-    "getsockname getpeername setsockopt getsockopt "
-    "sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg"
+    "socket bind connect listen accept4 shutdown getsockname getpeername "
+    "setsockopt getsockopt sendto recvfrom sendmsg recvmsg"
 )
+# passt: removing its socket file at exit, through the directory's descriptor.
 PASST_SYSCALLS: tuple[str, ...] = tuple(f"{_INTERPRETER} {_SOCKETS} unlinkat".split())
-# pasta: the spliced path's pipes, the tap, its command, the namespace watch.
+# pasta: the spliced path's pipes, and ending and reaping its command.
 PASTA_SYSCALLS: tuple[str, ...] = tuple(
-    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4 madvise".split()
+    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4".split()
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
 # FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),
