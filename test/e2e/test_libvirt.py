@@ -367,11 +367,15 @@ def deploy(chosen: impl.Impl, root: str) -> LibvirtEnv:
 def libvirt_env(chosen_impl: impl.Impl) -> Iterator[LibvirtEnv]:
     # Not under pytest's tmp_path: /tmp/pytest-of-root is closed to the QEMU user.
     root = tempfile.mkdtemp(prefix="e2e-libvirt-")
-    os.chmod(root, 0o755)
-    env = deploy(chosen_impl, root)
-    yield env
-    env.teardown()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        os.chmod(root, 0o755)
+        env = deploy(chosen_impl, root)
+        try:
+            yield env
+        finally:
+            env.teardown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
