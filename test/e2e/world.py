@@ -30,8 +30,10 @@ it made even if creating it failed half-way.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -107,6 +109,25 @@ def kill_netns_processes(netns: str) -> None:
             pass
 
 
+_WORLD_NETNS = re.compile(r"^e2e-(?:host|remote|ns)-[a-z0-9-]+-(\d+)$")
+
+
+@functools.cache
+def reap_stale_worlds() -> None:
+    """Delete worlds left by test processes that died without tearing down.
+
+    A world's namespaces carry the creating process's PID in their names;
+    when that process is gone (killed by a CI time limit, say), nothing
+    else will ever delete them.  Runs once per process.
+    """
+    for netns in sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []:
+        match = _WORLD_NETNS.match(netns)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            kill_netns_processes(netns)
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=20)
+            shutil.rmtree(os.path.join("/etc/netns", netns), ignore_errors=True)
+
+
 class World:
     """The host and remote namespaces, their veth pair, and shells in both."""
 
@@ -122,6 +143,7 @@ class World:
 
     def create(self) -> World:
         """Build the namespaces and start a shell in host and remote."""
+        reap_stale_worlds()
         try:
             self._create()
         except BaseException:
