@@ -69,10 +69,20 @@ The dispatcher hands us runs of consecutive frames of one flow
 (``from_tap_batch``); their payloads are written with ``send()`` and the
 whole run is acknowledged once, as far as the kernel took it, with the
 socket's free send space (``SO_SNDBUF`` minus ``SIOCOUTQ``) as our window.
-When that window gets small we watch the socket for ``EPOLLOUT`` (polling it
-also marks the socket as short of space, which lets the kernel grow its send
-buffer) and send a window update when room comes back.  Sockets have
-``TCP_NODELAY``: the guest's own TCP already coalesces small writes.
+That query (a ``getsockopt`` and an ``ioctl``) is made only near the edge:
+while the last figure less what the socket took since stays above half the
+send buffer, the core advertises that estimate, which can only be short of
+the truth.  When the window gets small we watch the socket for ``EPOLLOUT``
+(polling it also marks the socket as short of space, which lets the kernel
+grow its send buffer) and send a window update when room comes back.
+Sockets have ``TCP_NODELAY``: the guest's own TCP already coalesces small
+writes.
+
+A little new data (a request: ``TcpConn.ack_can_wait``) is acknowledged
+after ``ACK_DELAY`` rather than at once: the answer usually comes first and
+its data frame carries the ACK, which saves a tap write (and the guest's
+processing of a bare ACK) per exchange.  Bulk data, a window near its edge
+and held data are acknowledged at the end of their batch, as before.
 
 Timers
 ~~~~~~
@@ -131,6 +141,7 @@ PEEK_BUF_SIZE = 1 << 20  # without SO_PEEK_OFF: one peek of up to 16 frames of 6
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
 FD_RESERVE = 64  # descriptors left for listeners, the tap, pipes...
 READ_ROUNDS = 16  # reads per socket event, to stay fair to other flows
+ACK_DELAY = 0.002  # seconds a small request's ACK waits for the answer to carry it
 SOCK_EVENTS = IN | RDHUP | ET
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -240,7 +251,7 @@ class TcpFlow:
 
     __slots__ = (
         "ctx", "core", "sock", "fd", "key", "tpl", "v6", "epoll_mask", "deadline",
-        "timer", "timer_at", "rdhup", "connecting", "freed", "hlen",
+        "timer", "timer_at", "rdhup", "connecting", "freed", "hlen", "ack_timer",
     )  # fmt: skip
 
     def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
@@ -256,6 +267,7 @@ class TcpFlow:
         self.deadline: float | None = None
         self.timer: Timer | None = None
         self.timer_at = 0.0
+        self.ack_timer: Timer | None = None  # delayed ACK (see _flush_ack)
         self.rdhup = False  # the peer's FIN may be queued: read until EOF or EAGAIN
         self.connecting = False
         self.freed = False
@@ -313,6 +325,7 @@ def _free(flow: TcpFlow, rst: bool) -> None:
     if flow.timer is not None:
         flow.timer.cancel()
         flow.timer = None
+    _cancel_ack_timer(flow)
     flow.deadline = None
     sock = flow.sock
     if rst:
@@ -402,15 +415,16 @@ def _watch_out(flow: TcpFlow, on: bool) -> None:
     flow.ctx.loop.modify(flow.fd, mask)
 
 
-def _send_space(sock: socket.socket) -> int:
-    """Free room in the socket's send buffer: our window to the guest."""
+def _send_space(sock: socket.socket) -> tuple[int, int]:
+    """(free room, size) of the socket's send buffer: the free room is our window
+    to the guest."""
     try:
         sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
     except OSError:
-        return 0
+        return 0, 0
     space = sndbuf - queued
-    return space if space > 0 else 0
+    return (space if space > 0 else 0), sndbuf
 
 
 # ---------------------------------------------------------------- socket side
@@ -528,6 +542,7 @@ def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
         out.append(buf[:frame_end])
         seq = (seq + size) & 0xFFFFFFFF
     chunks.clear()
+    _cancel_ack_timer(flow)  # the data carries the ACK
 
 
 def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
@@ -574,7 +589,7 @@ def _on_sock_event(flow: TcpFlow, events: int) -> None:
         if events & (IN | RDHUP | HUP):
             _read_sock(flow)
         if events & OUT and not core.closed:
-            _run(flow, core.on_sock_writable(_send_space(flow.sock)))
+            _run(flow, core.on_sock_writable(_send_space(flow.sock)[0]))
             _flush_ack(flow)
     _send_out(flow.ctx)
 
@@ -663,9 +678,36 @@ def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
 
 
 def _flush_ack(flow: TcpFlow) -> None:
+    """Acknowledge what the socket took, now or (a small request) after
+    ``ACK_DELAY`` unless data to the guest carries the ACK first; the socket's
+    free space is queried only when the core's estimate is not safe enough
+    (``TcpConn.space_query_needed``)."""
+    core = flow.core
+    if not core.ack_due or core.closed:
+        return
+    if core.space_query_needed():
+        core.note_send_space(*_send_space(flow.sock))
+    if core.ack_can_wait():
+        if flow.ack_timer is None:
+            loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
+            flow.ack_timer = loop.call_later(ACK_DELAY, lambda: _on_ack_timer(flow))
+        return
+    _cancel_ack_timer(flow)
+    _run(flow, core.flush_ack())
+
+
+def _on_ack_timer(flow: TcpFlow) -> None:
+    flow.ack_timer = None
     core = flow.core
     if core.ack_due and not core.closed:
-        _run(flow, core.flush_ack(_send_space(flow.sock)))
+        _run(flow, core.flush_ack())
+        _send_out(flow.ctx)
+
+
+def _cancel_ack_timer(flow: TcpFlow) -> None:
+    if flow.ack_timer is not None:
+        flow.ack_timer.cancel()
+        flow.ack_timer = None
 
 
 def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: tuple) -> TcpFlow | None:
@@ -794,7 +836,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
     except OSError:
         _abort(sock)
         return
-    window = _send_space(sock) or WINDOW_DEFAULT
+    window = _send_space(sock)[0] or WINDOW_DEFAULT
     core, acts = TcpConn.inbound(state.rng.getrandbits(32), state.mss_limit(v6), window)
     flow = TcpFlow(ctx, core, sock, key)
     if not _register(ctx, flow, SOCK_EVENTS):

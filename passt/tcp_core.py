@@ -30,7 +30,8 @@ From the guest we are the receiver: ``rcv_nxt`` is the next byte the socket
 has taken.  A segment at that point is written to the socket (``SOCK_SEND``)
 and the driver reports how much the kernel took (``on_sock_accepted``): only
 that is acknowledged.  We advertise the socket's free send space as our
-window, but the kernel's accounting can still fall short of what we
+window (queried only near the edge, ``space_query_needed``; in between, the
+last figure less what the socket took since), but the kernel's accounting can still fall short of what we
 promised (a window we advertised a moment ago, memory overhead); what it
 does not take is *held* (``held``, at most ``HOLD_MAX`` bytes) together with
 whatever follows in order, and written when the socket has room again
@@ -137,6 +138,7 @@ MSS_DEFAULT = 536  # RFC 9293 default when the SYN carries no MSS option
 WS_TO_GUEST = 8  # our window scale: windows up to 16 MiB
 MAX_WINDOW = 1 << 30  # RFC 7323 maximum
 WINDOW_DEFAULT = 65535
+ACK_DELAY_BYTES = 4096  # less new data than this (a request, a keystroke): the ACK may wait
 
 # Timer kinds.
 _T_NONE, _T_CONNECT, _T_HANDSHAKE, _T_RETRANS, _T_PROBE, _T_IDLE = range(6)
@@ -201,7 +203,7 @@ class TcpConn:
         "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
         "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
         "sock_pending", "ack_due", "dropped", "want_out", "pending_fin", "held", "offered",
-        "sending_held",
+        "sending_held", "rcv_est", "sndbuf", "rcv_acked",
     )  # fmt: skip
 
     def __init__(self, isn: int, mss_limit: int) -> None:
@@ -231,6 +233,9 @@ class TcpConn:
         self.held = bytearray()  # guest data after rcv_nxt the socket has not taken yet
         self.offered: memoryview | None = None  # payload of the SOCK_SEND under way
         self.sending_held = False  # ... which is `held`
+        self.rcv_est = 0  # free send space at the last query, less what the socket took since
+        self.sndbuf = 0  # the socket's send buffer size at the last query (0: not known)
+        self.rcv_acked = 0  # the last acknowledgement number sent to the guest
 
     # -- construction ------------------------------------------------------
 
@@ -269,6 +274,7 @@ class TcpConn:
             flags, ack = SYN | ACK, self.rcv_nxt
             wscale = self.ws_to_guest or None
         options = tcp_options(mss=self.mss_adv, wscale=wscale)
+        self.rcv_acked = ack
         return (TAP, flags, self.isn, ack, min(self.rcv_wnd, 0xFFFF), options)
 
     # -- state ---------------------------------------------------------------
@@ -289,6 +295,7 @@ class TcpConn:
     def _ack(self) -> Action:
         """A bare ACK to the guest, acknowledging everything the socket took."""
         self.ack_due = False
+        self.rcv_acked = self.rcv_nxt
         return (TAP, ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
 
     def peek_budget(self) -> int:
@@ -420,6 +427,7 @@ class TcpConn:
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
         self.ack_due = False  # data frames carry our ACK
+        self.rcv_acked = self.rcv_nxt
         if self.timer_kind == _T_RETRANS:
             return [(DATA, seq, length)]
         return [(DATA, seq, length), self._arm(_T_RETRANS, self.backoff)]
@@ -456,6 +464,7 @@ class TcpConn:
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
         self.ack_due = False
+        self.rcv_acked = self.rcv_nxt
         return (TAP, FIN | ACK, self.fin_seq, self.rcv_nxt, self.window_field(), b"")
 
     def on_sock_error(self) -> list[Action]:
@@ -472,6 +481,7 @@ class TcpConn:
         """The socket took ``accepted`` of the ``offered`` bytes of the last SOCK_SEND."""
         if accepted > 0:
             self.rcv_nxt = (self.rcv_nxt + accepted) & SEQ_MASK
+            self.rcv_est -= accepted
             self.ack_due = True
         if self.sending_held:
             self.sending_held = False
@@ -506,7 +516,7 @@ class TcpConn:
         if self.held:
             self.sending_held = True
             return [(SOCK_SEND, self.held)]
-        self.rcv_wnd = min(space, MAX_WINDOW)
+        self.rcv_wnd = self.rcv_est = min(space, MAX_WINDOW)
         acts: list[Action] = []
         if self.want_out:
             self.want_out = False
@@ -520,22 +530,59 @@ class TcpConn:
             acts.extend((ack, ack, ack))
         return acts
 
-    def _window_comfortable(self) -> bool:
-        """Room for a couple of full segments: no need to watch for more."""
-        return self.rcv_wnd >= 2 * self.mss_adv
+    def _window_comfortable(self, window: int) -> bool:
+        """Room for a couple of full segments, or half the socket's send buffer (a
+        small buffer is never "near the edge" just for being small): no need to
+        watch for more."""
+        edge = 2 * self.mss_adv
+        if self.sndbuf and self.sndbuf >> 1 < edge:
+            edge = self.sndbuf >> 1
+        return window >= edge
 
-    def flush_ack(self, space: int) -> list[Action]:
+    def ack_can_wait(self) -> bool:
+        """Whether the ACK due may wait a moment (the driver's delayed ACK) for data
+        to the guest to carry it: a little new data (a request, a keystroke) with
+        plenty of window left.  Bulk data, a window near its edge, held data or
+        a keepalive are acknowledged at once."""
+        new = (self.rcv_nxt - self.rcv_acked) & SEQ_MASK
+        return (
+            0 < new < ACK_DELAY_BYTES and not self.held and not self.want_out
+            and self._window_comfortable(self.rcv_est)
+        )  # fmt: skip
+
+    def space_query_needed(self) -> bool:
+        """Whether ``flush_ack`` needs the socket's free send space, or may go by the
+        last figure less what the socket took since (``flush_ack(None)``).
+
+        The estimate can only be short of the truth (the socket frees space as its
+        peer acknowledges), and advertising it keeps the right edge of our window
+        where it was; it is trusted while it stays above half the send buffer, so
+        a stream of small segments costs no ``getsockopt``/``ioctl`` per segment
+        while a full-speed one, near the edge, queries every time.
+        """
+        return not self.sndbuf or bool(self.held) or self.rcv_est < self.sndbuf >> 1
+
+    def note_send_space(self, space: int, sndbuf: int = 0) -> None:
+        """The socket's free send space now, and its send buffer size (0: unknown):
+        our window is that space, less what we hold."""
+        space -= len(self.held)
+        if sndbuf:
+            self.sndbuf = sndbuf
+        self.rcv_est = min(space, MAX_WINDOW) if space > 0 else 0
+
+    def flush_ack(self, space: int | None = None, sndbuf: int = 0) -> list[Action]:
         """End of a batch of guest segments: acknowledge what the socket took.
 
-        ``space`` is the socket's free send space now: our new window, less
-        what we hold.
+        ``space`` and ``sndbuf`` as for ``note_send_space``; None: go by the last
+        figure less what the socket took since (see ``space_query_needed``).
         """
-        space -= len(self.held)
-        self.rcv_wnd = min(space, MAX_WINDOW) if space > 0 else 0
+        if space is not None:
+            self.note_send_space(space, sndbuf)
+        self.rcv_wnd = self.rcv_est if self.rcv_est > 0 else 0
         if not self.ack_due or self.events & CLOSED:
             return []
         acts: list[Action] = [self._ack()]
-        if not self.want_out and not self._window_comfortable():
+        if not self.want_out and not self._window_comfortable(self.rcv_wnd):
             acts.extend(self._watch_out())
         return acts
 

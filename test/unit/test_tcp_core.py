@@ -386,6 +386,41 @@ def test_small_window_asks_for_writability():
     assert taps(acts)[0][4] == 500 >> tc.WS_TO_GUEST
 
 
+def guest_sends(conn, length: int) -> None:
+    """The guest sends ``length`` bytes in order and the socket takes them all."""
+    conn.on_segment(seg(conn.rcv_nxt, conn.snd_nxt, ACK | PSH, 1000, payload=b"q" * length))
+    conn.on_sock_accepted(length, length)
+
+
+def test_send_space_is_queried_only_near_the_edge_of_the_buffer():
+    conn = established_outbound()
+    guest_sends(conn, 100)
+    assert conn.space_query_needed()  # nothing known yet
+    (ack,) = taps(conn.flush_ack(100_000, 100_000))
+    assert ack[4] == 100_000 >> tc.WS_TO_GUEST
+    guest_sends(conn, 30_000)
+    assert not conn.space_query_needed()  # 70,000 left of 100,000: still far from the edge
+    (ack,) = taps(conn.flush_ack())
+    assert ack[4] == 70_000 >> tc.WS_TO_GUEST  # the right edge stays where it was
+    guest_sends(conn, 30_000)
+    assert conn.space_query_needed()  # below half the buffer: ask the kernel again
+
+
+def test_a_small_request_may_wait_for_its_answer_to_carry_the_ack():
+    conn = established_outbound()
+    guest_sends(conn, 100)
+    conn.note_send_space(100_000, 100_000)
+    assert conn.ack_can_wait()
+    send_from_socket(conn, 10)
+    assert not conn.ack_due and not conn.ack_can_wait()  # the answer carried the ACK
+    guest_sends(conn, tc.ACK_DELAY_BYTES)  # bulk: acknowledged at once
+    assert not conn.ack_can_wait()
+    conn.flush_ack(100_000, 100_000)
+    guest_sends(conn, 100)
+    conn.note_send_space(1000, 100_000)  # near the edge: at once, with a window update
+    assert not conn.ack_can_wait()
+
+
 def test_keepalive_or_window_probe_from_guest_is_answered_with_a_fresh_window():
     conn = established_outbound()
     acts = conn.on_segment(seg(GUEST_ISN, OUR_ISN + 1, ACK, 1000))  # seq one below rcv_nxt
