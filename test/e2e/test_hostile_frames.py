@@ -38,8 +38,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -59,19 +58,17 @@ from scapy.packet import Packet, fuzz, raw
 from passt.packet import parse_frame, parse_tcp
 
 from .test_hostile_harness import (
-    GUEST4,
-    REMOTE4,
+    ECHO_PORT,
     TIMEOUT,
-    EchoServer,
-    Guest,
-    GuestTcp,
     QemuLink,
-    TapLink,
+    Scene,
     Usage,
-    in_netns,
-    start_passt,
+    at_eof,
+    connected_guest,
+    echo_check,
+    passt_scene,
+    pasta_scene,
     wait_for,
-    world_for,
 )
 from .world import V4, V6
 
@@ -80,7 +77,6 @@ pytestmark = pytest.mark.e2e
 FRAMES = 6000
 ROUND = 1000
 BATCH = 50
-ECHO_PORT = 7777
 SEED = int(os.environ.get("HOSTILE_SEED", "0")) or random.randrange(1 << 32)
 ETH_MAX = 65535
 ETH_MIN = 60
@@ -330,86 +326,23 @@ class HostileFrames:
 # -- the two programs ------------------------------------------------------------------
 
 
-@dataclass
-class Setup:
-    """What a barrage needs: the hostile side, the flow to keep, the process to watch."""
-
-    pid: int
-    guest: Guest
-    alive: Callable[[], bool]
-    check_flow: Callable[[], None]
-    frame_max: int
-    server: EchoServer  # the remote namespace's echo server, which sees who connects
-
-
-def _echo(conn: GuestTcp) -> Callable[[], None]:
-    def check() -> None:
-        data = os.urandom(4096)
-        assert conn.echo(data) == data, "the established flow no longer echoes"
-    return check
+@pytest.fixture
+def passt_setup(chosen_impl, tmp_path) -> Iterator[Scene]:
+    with passt_scene(chosen_impl, str(tmp_path)) as scene:
+        yield scene
 
 
 @pytest.fixture
-def passt_setup(chosen_impl, tmp_path) -> Iterator[tuple[Setup, str]]:
-    with world_for("hostile-passt", str(tmp_path)) as world:
-        server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
-        daemon, socket_path = start_passt(chosen_impl, world, str(tmp_path), [])
-        link = QemuLink(socket_path)
-        try:
-            guest = Guest(link)
-            guest.resolve()
-            conn = guest.tcp(GUEST4, REMOTE4, 33333, ECHO_PORT)
-            conn.connect()
-            assert daemon.proc is not None
-            yield (Setup(daemon.proc.pid, guest, daemon.alive, _echo(conn), ETH_MAX, server),
-                   socket_path)
-            assert daemon.alive(), daemon.describe()
-        finally:
-            link.close()
-            daemon.stop()
-            server.close()
+def pasta_setup(chosen_impl, tmp_path) -> Iterator[Scene]:
+    with pasta_scene(chosen_impl, str(tmp_path)) as scene:
+        yield scene
 
 
-@pytest.fixture
-def pasta_setup(chosen_impl, tmp_path) -> Iterator[Setup]:
-    from .deploy import deploy_pasta
-
-    deployment = deploy_pasta(chosen_impl, str(tmp_path))
-    world = deployment.world
-    netns = world.extra_ns[0]
-    server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
-    link = TapLink(netns, "ext0")
-    try:
-        sock = in_netns(netns, lambda: socket.create_connection((V4.remote, ECHO_PORT), 10))
-        assert isinstance(sock, socket.socket)
-        sock.settimeout(TIMEOUT)
-
-        def check_flow() -> None:
-            data = os.urandom(4096)
-            sock.sendall(data)
-            got = b""
-            while len(got) < len(data):
-                got += sock.recv(65536)
-            assert got == data, "the established flow no longer echoes"
-
-        guest = Guest(link, mac=link.mac)
-        guest.resolve()
-        assert deployment.daemon.proc is not None
-        yield Setup(deployment.daemon.proc.pid, guest, deployment.daemon.alive, check_flow,
-                    link.mtu + 14, server)
-        assert deployment.daemon.alive(), deployment.daemon.describe()
-        sock.close()
-    finally:
-        link.close()
-        server.close()
-        deployment.teardown()
-
-
-def barrage(setup: Setup) -> None:
+def barrage(setup: Scene) -> None:
     """Send ``FRAMES`` hostile frames; check the flow each round; print what happened."""
     rng = random.Random(SEED)
     frames = HostileFrames(rng, setup.guest.mac, setup.guest.peer_mac, setup.frame_max)
-    setup.check_flow()
+    setup.echo()
     before = Usage.of(setup.pid)
     sent: Counter[str] = Counter()
     answered = 0
@@ -422,7 +355,7 @@ def barrage(setup: Setup) -> None:
             answered += setup.guest.pump(0.001)
             setup.guest.others.clear()
         assert setup.alive(), f"died after {round_start + ROUND} frames (seed {SEED})"
-        setup.check_flow()
+        setup.echo()
     during = Usage.of(setup.pid)
     print(f"seed {SEED}: {FRAMES} frames in {time.monotonic() - started:.1f} s, "
           f"{answered} frames answered")
@@ -431,7 +364,7 @@ def barrage(setup: Setup) -> None:
     wait_for(lambda: Usage.of(setup.pid).kinds["tcp"] <= before.kinds["tcp"], RECLAIM_TIMEOUT,
              f"TCP sockets back to {before.kinds['tcp']}", 0.5)
     after = Usage.of(setup.pid)
-    setup.check_flow()
+    setup.echo()
     print(f"TCP reclaimed: {after}; the established flow still echoes")
     datagram_flows = after.kinds["udp"] + after.kinds["icmp"]
     datagram_frames = sum(sent[k] for k in sent if k not in ("oversized", "spoofed"))
@@ -443,24 +376,20 @@ def barrage(setup: Setup) -> None:
           "(180 s, 60 s: see test_limits_reclaim.py)")
 
 
-def test_passt_survives_hostile_frames(passt_setup) -> None:
-    setup, _ = passt_setup
-    barrage(setup)
+def test_passt_survives_hostile_frames(passt_setup: Scene) -> None:
+    barrage(passt_setup)
 
 
 @pytest.mark.parametrize("prefix", [ETH_MAX + 1, 1 << 31, 10])
-def test_passt_drops_a_client_with_an_impossible_length(passt_setup, prefix: int) -> None:
-    setup, socket_path = passt_setup
+def test_passt_drops_a_client_with_an_impossible_length(passt_setup: Scene, prefix: int) -> None:
+    setup = passt_setup
     setup.guest.link.send_raw(struct.pack("!I", prefix) + os.urandom(64))
-    wait_for(lambda: _closed(setup.guest.link), TIMEOUT, "passt to drop the corrupt stream")
+    assert isinstance(setup.guest.link, QemuLink)
+    wait_for(lambda: at_eof(setup.guest.link), TIMEOUT, "passt to drop the corrupt stream")
     assert setup.alive()
-    link = QemuLink(socket_path)
+    link, conn = connected_guest(setup.socket_path, 44444)
     try:
-        guest = Guest(link)
-        guest.resolve()
-        conn = guest.tcp(GUEST4, REMOTE4, 44444, ECHO_PORT)
-        conn.connect()
-        _echo(conn)()
+        echo_check(conn)()
     finally:
         link.close()
     print(f"length prefix {prefix}: client dropped, passt alive, the next client served")
@@ -474,25 +403,16 @@ def _tcp_dport(frame: bytes) -> int | None:
         return None
 
 
-def _closed(link: QemuLink) -> bool:
-    try:
-        link.recv_frames(0.1)
-    except (EOFError, ConnectionResetError):
-        return True
-    return False
-
-
-def test_pasta_survives_hostile_frames(pasta_setup) -> None:
+def test_pasta_survives_hostile_frames(pasta_setup: Scene) -> None:
     barrage(pasta_setup)
 
 
 @pytest.mark.parametrize("program", ["passt", "pasta"])
 def test_frames_from_other_sources_reach_nobody(program: str, request) -> None:
     """Only the guest's own addresses get through; connections come from the host's address."""
-    fixture = request.getfixturevalue(f"{program}_setup")
-    setup: Setup = fixture[0] if program == "passt" else fixture
+    setup: Scene = request.getfixturevalue(f"{program}_setup")
     guest, server = setup.guest, setup.server
-    setup.check_flow()  # the server has accepted the established flow's connection
+    setup.echo()  # the server has accepted the established flow's connection
     peers_before = len(server.peers)
     spoofed = [(src, port) for port, src in enumerate(("10.1.2.3", V4.gateway, V4.remote,
                                                        "127.0.0.1", "0.0.0.0"), 21000)]
@@ -504,7 +424,7 @@ def test_frames_from_other_sources_reach_nobody(program: str, request) -> None:
     answers = guest.take(lambda f: _tcp_dport(f) in ports)
     assert len(server.peers) == peers_before, f"spoofed SYNs connected: {server.peers}"
     assert not answers, "spoofed SYNs were answered"
-    setup.check_flow()
+    setup.echo()
     assert {peer[0] for peer in server.peers} == {V4.host}, server.peers
     print(f"{len(spoofed)} SYNs from other sources: no connection, no answer; the guest's own "
           f"connection comes from {V4.host}, the host's address")

@@ -59,6 +59,7 @@ from passt.packet import (
 )
 
 from .daemon import Daemon
+from .deploy import deploy_pasta
 from .impl import Impl
 from .world import V4, V6, World
 
@@ -77,6 +78,9 @@ WINDOW = 65535
 MSS = 1400
 RETRIES = 8
 TIMEOUT = 10.0
+ECHO_PORT = 7777  # the remote namespace's echo service
+ETH_HLEN = 14
+FRAME_MAX = 65535  # the largest frame on passt's socket
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str,
@@ -371,6 +375,55 @@ class GuestTcp:
                 return
 
 
+def echo_check(conn: GuestTcp) -> Callable[[], None]:
+    """A check that ``conn`` still echoes 4 KiB."""
+    def check() -> None:
+        data = os.urandom(4096)
+        assert conn.echo(data) == data, "the established flow no longer echoes"
+    return check
+
+
+def connected_guest(path: str, sport: int, dport: int = ECHO_PORT) -> tuple[QemuLink, GuestTcp]:
+    """A new guest on passt's socket with a connection to the remote echo service."""
+    link = QemuLink(path)
+    try:
+        guest = Guest(link)
+        guest.resolve()
+        conn = guest.tcp(GUEST4, REMOTE4, sport, dport)
+        conn.connect()
+    except BaseException:
+        link.close()
+        raise
+    return link, conn
+
+
+def at_eof(link: QemuLink) -> bool:
+    """Whether passt closed (or reset) ``link`` within a tenth of a second."""
+    try:
+        link.recv_frames(0.1)
+    except (EOFError, ConnectionResetError):
+        return True
+    return False
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a kernel socket, or fewer if it ends first."""
+    got = bytearray()
+    while len(got) < size:
+        chunk = sock.recv(size - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def ns_connect(netns: str, address: str, port: int) -> socket.socket:
+    """A TCP connection made from inside namespace ``netns``."""
+    sock = in_netns(netns, lambda: socket.create_connection((address, port), timeout=TIMEOUT))
+    assert isinstance(sock, socket.socket)
+    return sock
+
+
 def _syn_to(frame: bytes, port: int) -> tuple | None:
     """(packet, segment) if ``frame`` is a SYN (without ACK) to TCP ``port``."""
     try:
@@ -409,80 +462,117 @@ def listen_in(netns: str, address: str, port: int) -> socket.socket:
     return listener
 
 
-class EchoServer:
-    """A TCP echo server in a namespace of the world, on its own thread."""
+class ServerThread:
+    """Sockets served by a thread of the test until ``close``; subclasses ``serve`` a turn."""
 
-    def __init__(self, netns: str, address: str, port: int) -> None:
-        self.listener = listen_in(netns, address, port)
-        self.peers: list[tuple] = []
+    def __init__(self, sockets: list[socket.socket]) -> None:
+        self.sockets = sockets
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _serve(self) -> None:
-        conns: list[socket.socket] = []
+    def _run(self) -> None:
         while not self._stop.is_set():
-            readable, _, _ = select.select([self.listener, *conns], [], [], 0.1)
-            for s in readable:
-                if s is self.listener:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, peer = s.accept()
-                        self.peers.append(peer)
-                        conns.append(conn)
-                    continue
-                try:
-                    data = s.recv(65536)
-                    if data:
-                        s.sendall(data)
-                        continue
-                except OSError:
-                    pass
-                conns.remove(s)
-                s.close()
-        for s in conns:
+            self.serve()
+        self.finish()
+
+    def serve(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Close what ``serve`` opened (on the thread, once stopped)."""
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in self.sockets:
             s.close()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
 
-
-class FloodServer:
-    """Sends to whoever connects as fast as they take it, until closed: a bulk source."""
+class TcpServer(ServerThread):
+    """A TCP listener in a namespace of the world and the connections it accepted."""
 
     def __init__(self, netns: str, address: str, port: int) -> None:
         self.listener = listen_in(netns, address, port)
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.conns: list[socket.socket] = []
+        super().__init__([self.listener])
 
-    def _serve(self) -> None:
-        chunk = bytes(1 << 16)
-        conns: list[socket.socket] = []
-        while not self._stop.is_set():
-            readable, writable, _ = select.select([self.listener], conns, [], 0.1)
-            if readable:
+    def finish(self) -> None:
+        for s in self.conns:
+            s.close()
+
+
+class EchoServer(TcpServer):
+    """A TCP echo server; ``peers`` is who connected."""
+
+    def __init__(self, netns: str, address: str, port: int) -> None:
+        self.peers: list[tuple] = []
+        super().__init__(netns, address, port)
+
+    def serve(self) -> None:
+        readable, _, _ = select.select([self.listener, *self.conns], [], [], 0.1)
+        for s in readable:
+            if s is self.listener:
                 with contextlib.suppress(BlockingIOError):
-                    conn, _ = self.listener.accept()
-                    conn.setblocking(False)
-                    conns.append(conn)
-            for conn in writable:
-                try:
-                    self.sent += conn.send(chunk)
-                except BlockingIOError:
+                    conn, peer = s.accept()
+                    self.peers.append(peer)
+                    self.conns.append(conn)
+                continue
+            try:
+                data = s.recv(65536)
+                if data:
+                    s.sendall(data)
                     continue
-                except OSError:
-                    conns.remove(conn)
-                    conn.close()
-        for conn in conns:
-            conn.close()
+            except OSError:
+                pass
+            self.conns.remove(s)
+            s.close()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.listener.close()
+
+class FloodServer(TcpServer):
+    """Sends to whoever connects as fast as they take it, until closed: a bulk source."""
+
+    CHUNK = bytes(1 << 16)
+
+    def __init__(self, netns: str, address: str, port: int) -> None:
+        self.sent = 0
+        super().__init__(netns, address, port)
+
+    def serve(self) -> None:
+        readable, writable, _ = select.select([self.listener], self.conns, [], 0.1)
+        if readable:
+            with contextlib.suppress(BlockingIOError):
+                conn, _ = self.listener.accept()
+                conn.setblocking(False)
+                self.conns.append(conn)
+        for conn in writable:
+            try:
+                self.sent += conn.send(self.CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self.conns.remove(conn)
+                conn.close()
+
+
+class UdpEchoServer(ServerThread):
+    """A UDP echo server on ``addresses``:``port`` in a namespace of the world."""
+
+    def __init__(self, netns: str, addresses: list[str], port: int) -> None:
+        super().__init__([in_netns(netns, lambda a=a: _bound_udp(a, port))  # type: ignore[misc]
+                          for a in addresses])
+
+    def serve(self) -> None:
+        readable, _, _ = select.select(self.sockets, [], [], 0.1)
+        for s in readable:
+            data, peer = s.recvfrom(65536)
+            s.sendto(data, peer)
+
+
+def _bound_udp(address: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((address, port))
+    return s
 
 
 def blackhole(world: World, address: str) -> None:
@@ -585,3 +675,83 @@ def world_for(tag: str, workdir: str) -> Iterator[World]:
         yield world
     finally:
         world.destroy()
+
+
+# -- scenes: a program, its hostile side and one established flow -------------------------
+
+
+@dataclass
+class Scene:
+    """A program under test, the hostile side facing it, and a flow that must keep working."""
+
+    pid: int
+    world: World
+    guest: Guest  # the hostile side: on passt's socket, or on pasta's tap
+    server: EchoServer  # the remote namespace's echo service, which sees who connects
+    alive: Callable[[], bool]
+    echo: Callable[[], None]  # the established flow still echoes (or raises)
+    connect: Callable[[], None]  # a new connection to the echo service (raises if refused)
+    frame_max: int  # the largest frame the link carries
+    socket_path: str = ""  # passt's
+
+
+@contextlib.contextmanager
+def passt_scene(impl: Impl, workdir: str, prefix: tuple[str, ...] = (),
+                blackholed: str | None = None) -> Iterator[Scene]:
+    """passt in a world of its own, the test as its guest, connected to the echo service."""
+    with world_for("scene-passt", workdir) as world:
+        if blackholed:
+            blackhole(world, blackholed)
+        server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
+        daemon, path = start_passt(impl, world, workdir, [], prefix=prefix)
+        link, conn = connected_guest(path, 33333)
+        ports = iter(range(50000, 60000))
+
+        def connect() -> None:
+            fresh = conn.guest.tcp(GUEST4, REMOTE4, next(ports), ECHO_PORT)
+            fresh.connect()
+            fresh.abort()
+
+        try:
+            assert daemon.proc is not None
+            yield Scene(daemon.proc.pid, world, conn.guest, server, daemon.alive,
+                        echo_check(conn), connect, FRAME_MAX, path)
+            assert daemon.alive(), daemon.describe()
+        finally:
+            link.close()
+            daemon.stop()
+            server.close()
+
+
+@contextlib.contextmanager
+def pasta_scene(impl: Impl, workdir: str, prefix: tuple[str, ...] = (),
+                blackholed: str | None = None) -> Iterator[Scene]:
+    """pasta attached to a namespace (``--config-net``), the test on its tap, and a
+    connection from the namespace to the echo service."""
+    deployment = deploy_pasta(Impl(impl.name, impl.passt, (*prefix, *impl.pasta)), workdir)
+    world = deployment.world
+    netns = world.extra_ns[0]
+    if blackholed:
+        blackhole(world, blackholed)
+    server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
+    link = TapLink(netns, "ext0")
+    try:
+        sock = ns_connect(netns, V4.remote, ECHO_PORT)
+
+        def echo() -> None:
+            data = os.urandom(4096)
+            sock.sendall(data)
+            assert recv_exactly(sock, len(data)) == data, "the established flow no longer echoes"
+
+        guest = Guest(link, mac=link.mac)
+        guest.resolve()
+        assert deployment.daemon.proc is not None
+        yield Scene(deployment.daemon.proc.pid, world, guest, server, deployment.daemon.alive,
+                    echo, lambda: ns_connect(netns, V4.remote, ECHO_PORT).close(),
+                    link.mtu + ETH_HLEN)
+        assert deployment.daemon.alive(), deployment.daemon.describe()
+        sock.close()
+    finally:
+        link.close()
+        server.close()
+        deployment.teardown()

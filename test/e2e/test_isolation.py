@@ -26,7 +26,6 @@ Afterwards the program must still be alive, with its status unchanged.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from . import traffic
 from .cells import FORWARDED, Cell, matrix, path
 from .deploy import Deployment, deploy_pasta
 from .test_hostile_harness import (
+    ECHO_PORT,
     GATEWAY4,
     GUEST4,
     GUEST6,
@@ -49,7 +49,9 @@ from .test_hostile_harness import (
     EchoServer,
     Guest,
     QemuLink,
+    UdpEchoServer,
     in_netns,
+    recv_exactly,
     start_passt,
     status,
     tasks,
@@ -63,7 +65,6 @@ pytestmark = pytest.mark.e2e
 NOBODY = "65534"
 CAP_KILL = 1 << 5
 CAP_NET_BIND_SERVICE = 1 << 10
-ECHO_PORT = 7777
 UDP_ECHO_PORT = 7778
 PAYLOAD = os.urandom(64 * 1024)
 
@@ -111,7 +112,7 @@ def passt_isolated(chosen_impl, tmp_path_factory) -> Iterator[PasstUnderTest]:
     with world_for("iso-passt", workdir) as world:
         servers = [EchoServer(world.remote_ns, a, ECHO_PORT) for a in (V4.remote, V6.remote)]
         servers += [EchoServer(world.host_ns, a, ECHO_PORT) for a in (V4.loopback, V6.loopback)]
-        udp = UdpEcho(world.remote_ns)
+        udp = UdpEchoServer(world.remote_ns, [V4.remote, V6.remote], UDP_ECHO_PORT)
         files = {name: os.path.join(workdir, f"passt.{name}") for name in ("pcap", "pid", "log")}
         options = ["-t", str(FORWARDED.stream), "-u", str(FORWARDED.dgram), "-d",
                    "--pcap", files["pcap"], "-P", files["pid"], "-l", files["log"]]
@@ -131,36 +132,6 @@ def passt_isolated(chosen_impl, tmp_path_factory) -> Iterator[PasstUnderTest]:
                 server.close()
         with open(files["log"], errors="replace") as f:
             print(f.read()[-3000:])
-
-
-class UdpEcho:
-    """A UDP echo server on the remote namespace's service addresses."""
-
-    def __init__(self, netns: str) -> None:
-        self.socks = [in_netns(netns, lambda a=a, f=f: _bound_udp(f, a))
-                      for f, a in ((socket.AF_INET, V4.remote), (socket.AF_INET6, V6.remote))]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            readable, _, _ = select.select(self.socks, [], [], 0.1)
-            for s in readable:
-                data, peer = s.recvfrom(65536)
-                s.sendto(data, peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for s in self.socks:
-            s.close()
-
-
-def _bound_udp(family: int, address: str) -> socket.socket:
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.bind((address, UDP_ECHO_PORT))
-    return s
 
 
 def test_passt_drops_to_nobody_with_nothing_left(passt_isolated: PasstUnderTest) -> None:
@@ -198,7 +169,7 @@ def test_passt_tcp_in_under_the_filter(passt_isolated: PasstUnderTest, family: i
         assert isinstance(sock, socket.socket)
         with sock:
             sock.sendall(PAYLOAD)
-            result.append(_read_exactly(sock, len(PAYLOAD)))
+            result.append(recv_exactly(sock, len(PAYLOAD)))
 
     thread = threading.Thread(target=client)
     thread.start()
@@ -208,16 +179,6 @@ def test_passt_tcp_in_under_the_filter(passt_isolated: PasstUnderTest, family: i
     conn.abort()
     assert result == [PAYLOAD]
     print(f"TCP v{family} in through port {FORWARDED.stream}: {len(PAYLOAD)} bytes each way")
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return bytes(got)
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -38,7 +38,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -49,6 +48,7 @@ from passt.packet import tcp_options as make_tcp_options
 from .deploy import deploy_pasta
 from .impl import Impl
 from .test_hostile_harness import (
+    ECHO_PORT,
     GATEWAY4,
     GUEST4,
     REMOTE4,
@@ -56,17 +56,22 @@ from .test_hostile_harness import (
     EchoServer,
     FloodServer,
     Guest,
-    GuestTcp,
     QemuLink,
-    TapLink,
+    Scene,
     Usage,
-    blackhole,
+    at_eof,
+    connected_guest,
+    echo_check,
     in_netns,
+    ns_connect,
+    passt_scene,
+    pasta_scene,
+    recv_exactly,
     start_passt,
     wait_for,
     world_for,
 )
-from .world import V4, World
+from .world import V4
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +82,6 @@ SYNS = 5000
 UDP_FLOWS = 5000
 BATCH = 250
 BLACKHOLE4 = "203.0.113.99"
-ECHO_PORT = 7777
 UDP_ECHO_PORT = 7778
 FLOOD_PORT = 7779
 RECLAIM_TIMEOUT = 40.0  # SYN timeout (10 s), plus a slow machine's margin
@@ -86,100 +90,16 @@ STALLED_FLOWS = 8
 MEMORY_BOUND_KIB = 64 * 1024
 
 
-@dataclass
-class Limited:
-    """A program under ``prlimit``, its hostile side, and its well-behaved flows."""
-
-    pid: int
-    world: World
-    guest: Guest
-    alive: Callable[[], bool]
-    echo: Callable[[], None]  # the established flow carries data (or raises)
-    connect: Callable[[], None]  # a new TCP connection (raises ConnectionRefusedError)
-
-
-def _guest_echo(conn: GuestTcp) -> Callable[[], None]:
-    def check() -> None:
-        data = os.urandom(4096)
-        assert conn.echo(data) == data, "the established flow no longer echoes"
-    return check
+@pytest.fixture
+def limited_passt(chosen_impl: Impl, tmp_path) -> Iterator[Scene]:
+    with passt_scene(chosen_impl, str(tmp_path), PRLIMIT, BLACKHOLE4) as scene:
+        yield scene
 
 
 @pytest.fixture
-def limited_passt(chosen_impl: Impl, tmp_path) -> Iterator[Limited]:
-    with world_for("limits-passt", str(tmp_path)) as world:
-        blackhole(world, BLACKHOLE4)
-        server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
-        daemon, path = start_passt(chosen_impl, world, str(tmp_path), [], prefix=PRLIMIT)
-        link = QemuLink(path)
-        try:
-            guest = Guest(link)
-            guest.resolve()
-            conn = guest.tcp(GUEST4, REMOTE4, 33333, ECHO_PORT)
-            conn.connect()
-            ports = iter(range(50000, 60000))
-
-            def connect() -> None:
-                fresh = guest.tcp(GUEST4, REMOTE4, next(ports), ECHO_PORT)
-                fresh.connect()
-                fresh.abort()
-
-            assert daemon.proc is not None
-            yield Limited(daemon.proc.pid, world, guest, daemon.alive, _guest_echo(conn), connect)
-            assert daemon.alive(), daemon.describe()
-        finally:
-            link.close()
-            daemon.stop()
-            server.close()
-
-
-@pytest.fixture
-def limited_pasta(chosen_impl: Impl, tmp_path) -> Iterator[Limited]:
-    limited = Impl(chosen_impl.name, chosen_impl.passt, (*PRLIMIT, *chosen_impl.pasta))
-    deployment = deploy_pasta(limited, str(tmp_path))
-    world = deployment.world
-    netns = world.extra_ns[0]
-    blackhole(world, BLACKHOLE4)
-    server = EchoServer(world.remote_ns, V4.remote, ECHO_PORT)
-    link = TapLink(netns, "ext0")
-    try:
-        sock = _ns_connect(netns, V4.remote, ECHO_PORT)
-
-        def echo() -> None:
-            data = os.urandom(4096)
-            sock.sendall(data)
-            assert _recv_exactly(sock, len(data)) == data, "the established flow no longer echoes"
-
-        def connect() -> None:
-            _ns_connect(netns, V4.remote, ECHO_PORT).close()
-
-        guest = Guest(link, mac=link.mac)
-        guest.resolve()
-        assert deployment.daemon.proc is not None
-        yield Limited(deployment.daemon.proc.pid, world, guest, deployment.daemon.alive, echo,
-                      connect)
-        assert deployment.daemon.alive(), deployment.daemon.describe()
-        sock.close()
-    finally:
-        link.close()
-        server.close()
-        deployment.teardown()
-
-
-def _ns_connect(netns: str, address: str, port: int) -> socket.socket:
-    sock = in_netns(netns, lambda: socket.create_connection((address, port), timeout=TIMEOUT))
-    assert isinstance(sock, socket.socket)
-    return sock
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        chunk = sock.recv(size - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return bytes(got)
+def limited_pasta(chosen_impl: Impl, tmp_path) -> Iterator[Scene]:
+    with pasta_scene(chosen_impl, str(tmp_path), PRLIMIT, BLACKHOLE4) as scene:
+        yield scene
 
 
 def _rsts_to(guest: Guest, ports: range) -> int:
@@ -210,7 +130,7 @@ def _refused(connect: Callable[[], None]) -> bool:
 # -- SYN flood ----------------------------------------------------------------------
 
 
-def syn_flood(limited: Limited) -> None:
+def syn_flood(limited: Scene) -> None:
     guest = limited.guest
     limited.echo()
     before = Usage.of(limited.pid)
@@ -251,18 +171,18 @@ def syn_flood(limited: Limited) -> None:
           f"{Usage.of(limited.pid)}; new connections accepted again")
 
 
-def test_passt_syn_flood(limited_passt: Limited) -> None:
+def test_passt_syn_flood(limited_passt: Scene) -> None:
     syn_flood(limited_passt)
 
 
-def test_pasta_syn_flood(limited_pasta: Limited) -> None:
+def test_pasta_syn_flood(limited_pasta: Scene) -> None:
     syn_flood(limited_pasta)
 
 
 # -- UDP flood -----------------------------------------------------------------------
 
 
-def test_passt_udp_flood(limited_passt: Limited) -> None:
+def test_passt_udp_flood(limited_passt: Scene) -> None:
     guest = limited_passt.guest
     pid = limited_passt.pid
     world = limited_passt.world
@@ -346,13 +266,9 @@ def test_passt_guest_that_never_reads(chosen_impl: Impl, tmp_path) -> None:
         finally:
             link.close()
         wait_for(lambda: not _listener_busy(path), TIMEOUT, "passt to let the stalled guest go")
-        link = QemuLink(path)
+        link, conn = connected_guest(path, 34568)
         try:
-            guest = Guest(link)
-            guest.resolve()
-            conn = guest.tcp(GUEST4, REMOTE4, 34568, ECHO_PORT)
-            conn.connect()
-            _guest_echo(conn)()
+            echo_check(conn)()
             print(f"next guest served: {Usage.of(pid)}")
         finally:
             link.close()
@@ -365,25 +281,17 @@ def _second_client_turned_away(path: str) -> None:
     started = time.monotonic()
     other = QemuLink(path)
     try:
-        wait_for(lambda: _at_eof(other), TIMEOUT, "passt to turn a second client away")
+        wait_for(lambda: at_eof(other), TIMEOUT, "passt to turn a second client away")
     finally:
         other.close()
     print(f"a second client was turned away in {time.monotonic() - started:.3f} s")
-
-
-def _at_eof(link: QemuLink) -> bool:
-    try:
-        link.recv_frames(0.1)
-    except (EOFError, ConnectionResetError):
-        return True
-    return False
 
 
 def _listener_busy(path: str) -> bool:
     """Whether passt still serves a client (a new one would be turned away)."""
     probe = QemuLink(path)
     try:
-        return _at_eof(probe) or _at_eof(probe)
+        return at_eof(probe) or at_eof(probe)
     finally:
         probe.close()
 
@@ -398,12 +306,12 @@ def test_pasta_application_that_never_reads(chosen_impl: Impl, tmp_path) -> None
         assert deployment.daemon.proc is not None
         pid = deployment.daemon.proc.pid
         before = Usage.of(pid)
-        stalled = _ns_connect(netns, V4.remote, FLOOD_PORT)  # never read
-        other = _ns_connect(netns, V4.remote, ECHO_PORT)
+        stalled = ns_connect(netns, V4.remote, FLOOD_PORT)  # never read
+        other = ns_connect(netns, V4.remote, ECHO_PORT)
         peak = _watch_memory(pid, STALL_SECONDS)
         data = os.urandom(1 << 20)
         other.sendall(data)
-        assert _recv_exactly(other, len(data)) == data
+        assert recv_exactly(other, len(data)) == data
         growth = peak.peak_kib - before.rss_kib
         print(f"the namespace stopped reading one connection; the source sent "
               f"{source.sent >> 10} KiB; another connection echoed 1 MiB")
