@@ -261,7 +261,7 @@ def install(names: Iterable[str], only: Mapping[str, tuple[int, Iterable[int]]] 
     program = assemble(syscall_numbers(names), arch, restricted)
     if len(program) > 4096:  # BPF_MAXINSNS
         raise SeccompError(0, f"filter of {len(program)} instructions is too long")
-    insns = (_SockFilter * len(program))(*program)
+    insns = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
     prog = _SockFprog(len(program), insns)
     ret = _libc.syscall(SYS_SECCOMP_X86_64, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
                         ctypes.byref(prog))

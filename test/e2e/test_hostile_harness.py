@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import random
 import select
@@ -39,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from passt import netns as netns_mod
 from passt.packet import (
@@ -50,6 +52,7 @@ from passt.packet import (
     RST,
     SYN,
     ParseError,
+    TcpSegment,
     build_frame_arp,
     build_frame_tcp,
     parse_arp,
@@ -63,6 +66,7 @@ from .deploy import deploy_pasta
 from .impl import Impl
 from .world import V4, V6, World
 
+T = TypeVar("T")
 GUEST_MAC = bytes.fromhex("525400123456")
 BROADCAST = b"\xff" * 6
 GUEST4 = socket.inet_pton(socket.AF_INET, V4.host)
@@ -132,10 +136,10 @@ class QemuLink:
         self.sock.close()
 
 
-def in_netns(netns: str, fn: Callable[[], object]) -> object:
+def in_netns(netns: str, fn: Callable[[], T]) -> T:
     """``fn()`` on a short-lived thread inside network namespace ``netns`` (a name or path)."""
     path = netns if "/" in netns else f"/run/netns/{netns}"
-    result: list[object] = []
+    result: list[T] = []
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -166,7 +170,6 @@ class TapLink:
             return s
 
         self.sock = in_netns(netns, make)
-        assert isinstance(self.sock, socket.socket)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.setblocking(False)
         request = struct.pack("16si12x", ifname.encode(), 0)
@@ -221,7 +224,7 @@ class Guest:
     def _dispatch(self, frame: bytes) -> None:
         try:
             pkt = parse_frame(frame)
-            if pkt.ip_version and pkt.proto == IPPROTO_TCP:
+            if pkt.src is not None and pkt.dst is not None and pkt.proto == IPPROTO_TCP:
                 seg = parse_tcp(pkt.l4)
                 conn = self.conns.get((pkt.dst, seg.dport, pkt.src, seg.sport))
                 if conn is not None:
@@ -275,8 +278,7 @@ class Guest:
                 conn.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
                 synack = conn._frame(conn.snd_nxt, SYN | ACK, options=tcp_options(mss=MSS))
                 conn.snd_nxt += 1
-                conn._until(lambda c=conn: c.snd_una == c.snd_nxt or c.reset, [synack],
-                            deadline - time.monotonic())
+                conn._until(conn.handshake_done, [synack], deadline - time.monotonic())
                 conn.established = conn.snd_una == conn.snd_nxt
                 if conn.established:
                     return conn
@@ -301,27 +303,31 @@ class GuestTcp:
                                self.sport, self.dport, seq & 0xFFFFFFFF, self.rcv_nxt, flags,
                                WINDOW, payload, options=options)
 
-    def on_segment(self, seg: object) -> None:
-        flags = seg.flags  # type: ignore[attr-defined]
+    def on_segment(self, seg: TcpSegment) -> None:
+        flags = seg.flags
         if flags & RST:
             self.reset = True
             return
         if flags & SYN and flags & ACK:
-            self.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF  # type: ignore[attr-defined]
-            self.snd_una = seg.ack  # type: ignore[attr-defined]
+            self.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
+            self.snd_una = seg.ack
             self.established = True
             self.guest.send([self._frame(self.snd_nxt, ACK)])
             return
-        if flags & ACK and _after(seg.ack, self.snd_una):  # type: ignore[attr-defined]
-            self.snd_una = seg.ack  # type: ignore[attr-defined]
-        payload = bytes(seg.payload)  # type: ignore[attr-defined]
+        if flags & ACK and _after(seg.ack, self.snd_una):
+            self.snd_una = seg.ack
+        payload = bytes(seg.payload)
         if payload or flags & FIN:
-            if seg.seq == self.rcv_nxt:  # type: ignore[attr-defined]
+            if seg.seq == self.rcv_nxt:
                 self.received += payload
                 self.rcv_nxt = (self.rcv_nxt + len(payload) + (1 if flags & FIN else 0)) \
                     & 0xFFFFFFFF
                 self.peer_fin |= bool(flags & FIN)
             self.guest.send([self._frame(self.snd_nxt, ACK)])  # (duplicate) ACK
+
+    def handshake_done(self) -> bool:
+        """Our SYN (or SYN-ACK) is acknowledged, or the peer reset."""
+        return self.snd_una == self.snd_nxt or self.reset
 
     def connect(self, timeout: float = TIMEOUT, wscale: int | None = None) -> None:
         """Open the connection; with ``wscale`` our window is ``WINDOW << wscale``."""
@@ -419,9 +425,7 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 def ns_connect(netns: str, address: str, port: int) -> socket.socket:
     """A TCP connection made from inside namespace ``netns``."""
-    sock = in_netns(netns, lambda: socket.create_connection((address, port), timeout=TIMEOUT))
-    assert isinstance(sock, socket.socket)
-    return sock
+    return in_netns(netns, lambda: socket.create_connection((address, port), timeout=TIMEOUT))
 
 
 def _syn_to(frame: bytes, port: int) -> tuple | None:
@@ -457,7 +461,6 @@ def listen_in(netns: str, address: str, port: int) -> socket.socket:
         return s
 
     listener = in_netns(netns, make)
-    assert isinstance(listener, socket.socket)
     listener.setblocking(False)
     return listener
 
@@ -559,7 +562,7 @@ class UdpEchoServer(ServerThread):
     """A UDP echo server on ``addresses``:``port`` in a namespace of the world."""
 
     def __init__(self, netns: str, addresses: list[str], port: int) -> None:
-        super().__init__([in_netns(netns, lambda a=a: _bound_udp(a, port))  # type: ignore[misc]
+        super().__init__([in_netns(netns, functools.partial(_bound_udp, a, port))
                           for a in addresses])
 
     def serve(self) -> None:

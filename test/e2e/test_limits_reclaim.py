@@ -45,8 +45,19 @@ NET = NetInfo(mac=OUR_MAC, mtu=65520, ifname4="lo", addr4=GUEST4, prefix4=24, gw
 
 
 class NullTap:
+    """Frames to the guest go nowhere."""
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv_frames(self) -> list[memoryview]:
+        return []
+
     def send_frames(self, frames) -> int:
         return len(frames)
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -72,10 +83,9 @@ def ask_for_flows(ctx: Ctx, ports: range) -> None:
         udp.from_tap_batch(ctx, [parse_frame(frame)])
 
 
-def run_loop(ctx: Ctx, seconds: float) -> None:
-    assert ctx.loop is not None
-    ctx.loop.call_later(seconds, lambda: ctx.loop.stop(0))  # type: ignore[union-attr]
-    ctx.loop.run()
+def run_loop(loop: EventLoop, seconds: float) -> None:
+    loop.call_later(seconds, lambda: loop.stop(0))
+    loop.run()
 
 
 def test_thousands_of_udp_flows_are_bounded_then_reclaimed(netns: str) -> None:
@@ -83,9 +93,9 @@ def test_thousands_of_udp_flows_are_bounded_then_reclaimed(netns: str) -> None:
 
 
 def flood_and_reclaim() -> None:
-    ctx = Ctx(conf=conf.parse("passt", []), net=NET, loop=EventLoop(),
-              flows=FlowTable(MAX_FLOWS))
-    ctx.tap = NullTap()  # type: ignore[assignment]
+    loop = EventLoop()
+    ctx = Ctx(conf=conf.parse("passt", []), net=NET, loop=loop, flows=FlowTable(MAX_FLOWS))
+    ctx.tap = NullTap()
     ctx.guest_mac = GUEST_MAC
     ctx.udp = udp.UdpState(ctx, timeout=IDLE_TIMEOUT, sweep_interval=SWEEP_INTERVAL)
     baseline = descriptors()
@@ -100,7 +110,7 @@ def flood_and_reclaim() -> None:
         assert ctx.stats["udp.refused_table"] == FLOWS - MAX_FLOWS
         assert peak - baseline <= MAX_FLOWS
         began = time.monotonic()
-        run_loop(ctx, IDLE_TIMEOUT + 4 * SWEEP_INTERVAL)
+        run_loop(loop, IDLE_TIMEOUT + 4 * SWEEP_INTERVAL)
         print(f"after {time.monotonic() - began:.2f} s: {len(ctx.flows)} flows, "
               f"{ctx.stats['udp.expired']} expired, descriptors {descriptors()}")
         assert len(ctx.flows) == 0 and ctx.stats["udp.expired"] == MAX_FLOWS
@@ -109,4 +119,4 @@ def flood_and_reclaim() -> None:
         assert len(ctx.flows) == 10, "new flows refused after the reclaim"
     finally:
         ctx.udp.close()
-        ctx.loop.close()  # type: ignore[union-attr]
+        loop.close()
