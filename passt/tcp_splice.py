@@ -24,6 +24,9 @@ arranged to make few, large calls:
   until a definite stopping point: the source said ``EAGAIN`` with the pipe
   empty (wait for the next ``IN`` edge), or the destination said ``EAGAIN``
   (wait for its ``OUT`` edge).  No ``epoll_ctl`` happens on the data path.
+  Nor do we spin: a partial write (the destination is full) or a small
+  read written whole (the source is empty) also ends the turn, since the
+  kernel raises a new edge for the next room or data (see ``move``).
 * **Back-pressure for free.**  When the destination is full the pipe fills,
   the source's receive buffer fills, and the sender's window closes: we
   simply stop calling ``splice`` in that direction.  Nothing is buffered
@@ -104,14 +107,18 @@ def probe_pipe_size(limit_file: str = _PIPE_MAX_SIZE_FILE) -> int:
         os.close(w)
 
 
-def open_pipe(size: int) -> tuple[int, int]:
-    """A non-blocking pipe of ``size`` bytes (or the default size if refused)."""
+Pipe = tuple[int, int, int]
+"""A pipe's read end, write end and capacity in bytes."""
+
+
+def open_pipe(size: int) -> Pipe:
+    """A non-blocking pipe of ``size`` bytes (or of the default size if refused)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, size)
-    except OSError:
-        pass
-    return r, w
+        capacity = fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, size)
+    except OSError:  # over the user's pipe quota: a smaller pipe still works
+        capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+    return r, w, capacity
 
 
 def new_stream_socket(family: int) -> socket.socket:
@@ -144,12 +151,12 @@ class SplicePools:
         self.ns_call = ns_call
         self.pipe_size = pipe_size
         self.families = families
-        self.pipes: list[tuple[int, int]] = []
+        self.pipes: list[Pipe] = []
         self.ns_socks: dict[int, list[socket.socket]] = {f: [] for f in families}
         self._refill_timer: ev.Timer | None = None
         self.refill()
 
-    def take_pipe(self) -> tuple[int, int]:
+    def take_pipe(self) -> Pipe:
         self._schedule_refill()
         if self.pipes:
             return self.pipes.pop()
@@ -184,7 +191,7 @@ class SplicePools:
         if self._refill_timer is not None:
             self._refill_timer.cancel()
             self._refill_timer = None
-        for r, w in self.pipes:
+        for r, w, _ in self.pipes:
             os.close(r)
             os.close(w)
         self.pipes.clear()
@@ -202,7 +209,7 @@ class SpliceConn:
     """
 
     __slots__ = (
-        "splicer", "key", "socks", "fds", "pipes", "pending", "eof", "fin_sent",
+        "splicer", "key", "socks", "fds", "pipes", "pending", "eof", "fin_seen", "fin_sent",
         "connecting", "closed", "lowat", "big_read", "lowat_timer", "handlers",
     )
 
@@ -212,9 +219,10 @@ class SpliceConn:
         self.key = key
         self.socks = (s0, s1)
         self.fds = (s0.fileno(), s1.fileno())
-        self.pipes: list[tuple[int, int]] = []
+        self.pipes: list[Pipe] = []
         self.pending = [0, 0]
         self.eof = [False, False]
+        self.fin_seen = [False, False]
         self.fin_sent = [False, False]
         self.connecting = True
         self.closed = False
@@ -237,6 +245,8 @@ class SpliceConn:
         if mask & ev.ERR:
             self.abort()
             return
+        if mask & (ev.RDHUP | ev.HUP):
+            self.fin_seen[side] = True
         if self.connecting:
             if side == 0 or not mask & ev.OUT:
                 return  # data from side 0 waits in its socket until we are connected
@@ -269,42 +279,54 @@ class SpliceConn:
     def move(self, d: int) -> None:
         """Move bytes in direction ``d`` until the source or destination blocks.
 
-        Edge-triggered rules for stopping: the destination said ``EAGAIN``
-        (its ``OUT`` edge will call us again), or the source said ``EAGAIN``
-        while the pipe was empty (its next ``IN`` edge will).  An ``EAGAIN``
-        from the source with bytes still in the pipe may only mean that the
-        pipe is full, so after writing we read again.
+        Edge-triggered, so we stop only where the kernel will call us again:
+
+        * the destination took only part of the pipe, or nothing: its send
+          buffer is full, and its ``OUT`` edge comes once a third of it is
+          free again;
+        * the source said ``EAGAIN`` with the pipe empty: its next ``IN``;
+        * a *small* read (under a tenth of the pipe, into an empty pipe)
+          was written whole: it emptied the source's queue, and the next
+          arrival raises a new ``IN`` edge.
+
+        Going round again in the last two cases would only pick up the few
+        kilobytes that trickled in or drained meanwhile, two system calls
+        per trickle for as long as the peers are busy (265,000 calls per
+        GiB were seen).  A large read may have stopped at a full pipe, so
+        it reads again.  Once the source's FIN was signalled no edge will
+        follow it, so from then on we read until the end of file.
         """
         src = self.fds[d]
         dst = self.fds[1 - d]
-        pipe_r, pipe_w = self.pipes[d]
+        pipe_r, pipe_w, capacity = self.pipes[d]
         size = self.splicer.pipe_size
         pending = self.pending[d]
         eof = self.eof[d]
         splice = os.splice
         big = size >> 3
+        small = 0 if self.fin_seen[d] else capacity // 10
         try:
             while True:
+                drained = False
                 if not eof:
                     try:
                         n = splice(src, pipe_w, size, flags=_SPLICE_FLAGS)
                     except BlockingIOError:
                         pass
                     else:
-                        if n:
-                            pending += n
-                            if n >= big:
-                                self._note_big_read(d)
-                        else:
+                        if not n:
                             eof = True
+                        elif n >= big:
+                            self._note_big_read(d)
+                        drained = n < small and not pending
+                        pending += n
                 if not pending:
                     break
                 try:
-                    written = splice(pipe_r, dst, pending, flags=_SPLICE_FLAGS)
+                    pending -= splice(pipe_r, dst, pending, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     break
-                pending -= written
-                if not written or (eof and not pending):
+                if pending or eof or drained:
                     break
         except OSError:  # ECONNRESET, EPIPE...: one side is gone
             self.abort()
@@ -375,7 +397,7 @@ class SpliceConn:
                 reset_and_close(s)
             else:
                 s.close()
-        for r, w in self.pipes:
+        for r, w, _ in self.pipes:
             os.close(r)
             os.close(w)
         self.pipes = []
