@@ -41,8 +41,16 @@ arranged to make few, large calls:
 * **Pools.**  Accepting a connection takes a ready-made pipe pair and, for
   connections into the namespace, a socket created there beforehand (a
   socket belongs to the namespace of the thread that creates it; creating
-  one means a round trip to the namespace helper thread).  Pools are
-  refilled from a zero-delay timer, after the current batch of events.
+  one means a round trip to the namespace helper thread).  The socket
+  pools are refilled from a zero-delay timer, after the current batch of
+  events.  Pipes are opened at start-up and *recycled*: a pipe's size is
+  counted against its user's pipe quota (``pipe-user-pages-soft``, shared
+  by every process of that user), and once isolated we lack the
+  capabilities that exempt us from it; over the quota a new pipe gets two
+  pages and ``F_SETPIPE_SZ`` is refused, and a 4 KiB pipe costs a
+  ``splice`` pair per page (265,000 calls per GiB were seen in ``make
+  bench``, with upstream's pools counted against root too).  A connection
+  closed cleanly returns its two empty pipes to the pool.
 
 Closing follows the observed events rather than TCP states: end of file on
 one side becomes ``shutdown(SHUT_WR)`` on the other only once every byte read
@@ -50,7 +58,8 @@ from it was written (the pipe is empty); when both directions have carried
 their FIN the connection is closed.  An error or reset on either side
 (``EPOLLERR``, ``ECONNRESET``/``EPIPE`` from ``splice``, a refused connect)
 resets the other side (``SO_LINGER`` zero) and closes everything at once.
-Pipes are closed, never recycled: they may still hold bytes.
+Pipes go back to the pool when a connection closes cleanly (both are empty
+then); after a reset they may still hold bytes and are closed.
 """
 
 from __future__ import annotations
@@ -154,13 +163,21 @@ class SplicePools:
         self.pipes: list[Pipe] = []
         self.ns_socks: dict[int, list[socket.socket]] = {f: [] for f in families}
         self._refill_timer: ev.Timer | None = None
+        self.fill_pipes()
         self.refill()
 
     def take_pipe(self) -> Pipe:
-        self._schedule_refill()
         if self.pipes:
             return self.pipes.pop()
         return open_pipe(self.pipe_size)
+
+    def give_back_pipe(self, pipe: Pipe) -> None:
+        """Keep an *empty* pipe for the next connection (or close it if the pool is full)."""
+        if len(self.pipes) < PIPE_POOL_SIZE:
+            self.pipes.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
 
     def take_ns_socket(self, family: int) -> socket.socket:
         pool = self.ns_socks.setdefault(family, [])
@@ -173,11 +190,13 @@ class SplicePools:
         if self._refill_timer is None:
             self._refill_timer = self.loop.call_later(0.0, self.refill)
 
-    def refill(self) -> None:
-        """Top pools up to their size: one namespace round trip per family at most."""
-        self._refill_timer = None
+    def fill_pipes(self) -> None:
         while len(self.pipes) < PIPE_POOL_SIZE:
             self.pipes.append(open_pipe(self.pipe_size))
+
+    def refill(self) -> None:
+        """Top the socket pools up: one namespace round trip per family at most."""
+        self._refill_timer = None
         for family in self.families:
             pool = self.ns_socks[family]
             if len(pool) < SOCK_POOL_SIZE // 2:
@@ -397,9 +416,12 @@ class SpliceConn:
                 reset_and_close(s)
             else:
                 s.close()
-        for r, w, _ in self.pipes:
-            os.close(r)
-            os.close(w)
+        for pipe, pending in zip(self.pipes, self.pending, strict=False):
+            if reset or pending:
+                os.close(pipe[0])
+                os.close(pipe[1])
+            else:
+                splicer.pools.give_back_pipe(pipe)
         self.pipes = []
         if self.lowat_timer is not None:
             self.lowat_timer.cancel()
