@@ -20,6 +20,13 @@ so it must be cheap *per call* for small ones.  Two facts make both easy:
   and skip the byte swapping that ``'>u2'`` would cost on every element:
   about twice as fast as summing ``'>u2'`` words (see bench/bench_checksum.py).
 
+NumPy is imported on the first large sum, not at start-up: it is about half
+of our import time, and a namespace is ready before any frame needs it.
+``load_numpy()`` imports it on purpose before isolation, after which its
+files could no longer be opened; until then ``_np_words`` is a stand-in that
+loads it, and loading rebinds it and ``_np_reduce`` to NumPy's own: the hot path pays nothing
+for the laziness.
+
 Ones' complement arithmetic has two zeros, 0x0000 and 0xffff; the folded sum
 of a buffer that is not all zeros is never 0x0000.  ``_reduce`` keeps that
 distinction so our checksums are bit-identical to a textbook implementation
@@ -40,18 +47,8 @@ incremental updates produce) into the 16-bit value to store in a header.
 from __future__ import annotations
 
 import os
-
-# NumPy's BLAS starts a pool of idle threads at import unless told not to; we
-# never call BLAS, and an extra thread would keep isolation.py from entering
-# a user namespace.  The variable is read once, at load: put back the caller's.
-_blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")
-os.environ["OPENBLAS_NUM_THREADS"] = "1"
-import numpy as np  # noqa: E402
-
-if _blas_threads is None:
-    del os.environ["OPENBLAS_NUM_THREADS"]
-else:
-    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads
+from collections.abc import Callable
+from typing import Any
 
 # What the functions accept: any 1-D buffer of bytes.
 Buffer = bytes | bytearray | memoryview
@@ -59,9 +56,6 @@ Buffer = bytes | bytearray | memoryview
 # Below this many bytes, int.from_bytes beats NumPy's per-call overhead
 # (measured crossover on these machines: about 1 to 1.5 KiB).
 NUMPY_THRESHOLD = 1024
-
-_U32_LE = np.dtype("<u4")
-_U64 = np.uint64
 
 
 def _reduce(total: int) -> int:
@@ -80,10 +74,47 @@ def _sum_small(data: Buffer, length: int) -> int:
     return _reduce(value)
 
 
+def load_numpy() -> None:
+    """Import NumPy now (before isolation) and switch large sums to it."""
+    global _np_reduce, _np_words, _U32_LE, _U64
+    # NumPy's BLAS starts a pool of idle threads at import unless told not to;
+    # we never call BLAS, and an extra thread would keep isolation.py from
+    # entering a user namespace.  The variable is read once, at load: put
+    # back the caller's.
+    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy as np
+    finally:
+        if blas_threads is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = blas_threads
+    _np_reduce, _np_words = np.add.reduce, np.frombuffer
+    _U32_LE, _U64 = np.dtype("<u4"), np.uint64
+
+
+def _first_words(data: Buffer, _dtype: Any, count: int) -> Any:
+    """Stands for ``np.frombuffer`` until the first large sum has loaded NumPy."""
+    load_numpy()
+    return _np_words(data, _U32_LE, count)
+
+
+def _first_reduce(words: Any, dtype: Any) -> Any:
+    """Stands for ``np.add.reduce`` in that first sum (``_first_words`` loaded NumPy)."""
+    return _np_reduce(words, dtype=_U64)
+
+
+_np_words: Callable[..., Any] = _first_words
+_np_reduce: Callable[..., Any] = _first_reduce
+_U32_LE: Any = "<u4"
+_U64: Any = "u8"
+
+
 def _sum_numpy(data: Buffer, length: int) -> int:
     """Word sum of a large buffer: 32-bit little-endian words summed by NumPy."""
     words = length >> 2
-    main = int(np.add.reduce(np.frombuffer(data, _U32_LE, words), dtype=_U64))
+    main = int(_np_reduce(_np_words(data, _U32_LE, words), dtype=_U64))
     tail_len = length & 3
     total = main << 8  # little-endian sum times 256 == big-endian sum (mod 0xffff)
     if tail_len:

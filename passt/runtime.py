@@ -37,6 +37,7 @@ from typing import Any
 
 from . import (
     arp,
+    checksum,
     daemon,
     dhcp,
     dhcpv6,
@@ -187,6 +188,7 @@ def run_pasta(conf: Any) -> int:
         rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
         readiness.ready()
         ns.start_command()
+        checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
         isolation.isolate(conf, "pasta", ns.runner, ns.child_pid is not None)  # stage 7
         return rt.run_loop()
     finally:
@@ -220,6 +222,7 @@ def run_passt(conf: Any) -> int:
         listener.start(rt.loop, on_client, rt.ctx.stats)
         stop_on_signals(rt.loop)
         readiness.ready()
+        checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
         isolation.isolate(conf, "passt")  # stage 7: isolation.py
         return rt.run_loop()
     finally:
