@@ -38,7 +38,11 @@ upstream does:
    is root in a user namespace root owns, and without it neither ``kill``
    nor even the parent-death signal (which the kernel checks like a
    ``kill``) could end it.  Both survive the UID change through
-   ``PR_SET_KEEPCAPS``.  Ambient capabilities are cleared.
+   ``PR_SET_KEEPCAPS``.  Ambient capabilities are cleared.  Without
+   ``CAP_SYS_RESOURCE`` a pipe made afterwards counts against the user's
+   pipe quota (``fs.pipe-user-pages-soft``): past it, new pipes get two
+   pages and cannot grow, which is why ``tcp_splice`` recycles the pipes
+   it made before.
 5. **no_new_privs**, per thread: nothing we could execute would gain any.
 6. **seccomp** (``seccomp.py``): an allow-list of the system calls the
    running program makes, one for passt and one for pasta, installed on
