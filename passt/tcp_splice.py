@@ -24,9 +24,9 @@ arranged to make few, large calls:
   until a definite stopping point: the source said ``EAGAIN`` with the pipe
   empty (wait for the next ``IN`` edge), or the destination said ``EAGAIN``
   (wait for its ``OUT`` edge).  No ``epoll_ctl`` happens on the data path.
-  Nor do we spin: a partial write (the destination is full) or a small
-  read written whole (the source is empty) also ends the turn, since the
-  kernel raises a new edge for the next room or data (see ``move``).
+  Nor do we spin: a partial write (the destination is full) also ends the
+  turn, since the kernel raises a new ``OUT`` edge once there is room (see
+  ``move``).
 * **Back-pressure for free.**  When the destination is full the pipe fills,
   the source's receive buffer fills, and the sender's window closes: we
   simply stop calling ``splice`` in that direction.  Nothing is buffered
@@ -303,30 +303,26 @@ class SpliceConn:
         * the destination took only part of the pipe, or nothing: its send
           buffer is full, and its ``OUT`` edge comes once a third of it is
           free again;
-        * the source said ``EAGAIN`` with the pipe empty: its next ``IN``;
-        * a *small* read (under a tenth of the pipe, into an empty pipe)
-          was written whole: it emptied the source's queue, and the next
-          arrival raises a new ``IN`` edge.
+        * the source said ``EAGAIN`` with the pipe empty: its next ``IN``.
 
-        Going round again in the last two cases would only pick up the few
-        kilobytes that trickled in or drained meanwhile, two system calls
-        per trickle for as long as the peers are busy (265,000 calls per
-        GiB were seen).  A large read may have stopped at a full pipe, so
-        it reads again.  Once the source's FIN was signalled no edge will
-        follow it, so from then on we read until the end of file.
+        A read that returned little does not prove the source is drained: a
+        socket splices one skb fragment per pipe slot, so a queue of many
+        small segments fills the slots with a few bytes each.  Stopping there
+        would wait for an edge that never comes (seen as an interactive
+        connection hanging once its peer paused), so we read again until
+        ``EAGAIN``.  Once the source's FIN was signalled no edge will follow
+        it either: we read until the end of file.
         """
         src = self.fds[d]
         dst = self.fds[1 - d]
-        pipe_r, pipe_w, capacity = self.pipes[d]
+        pipe_r, pipe_w, _capacity = self.pipes[d]
         size = self.splicer.pipe_size
         pending = self.pending[d]
         eof = self.eof[d]
         splice = os.splice
         big = size >> 3
-        small = 0 if self.fin_seen[d] else capacity // 10
         try:
             while True:
-                drained = False
                 if not eof:
                     try:
                         n = splice(src, pipe_w, size, flags=_SPLICE_FLAGS)
@@ -337,7 +333,6 @@ class SpliceConn:
                             eof = True
                         elif n >= big:
                             self._note_big_read(d)
-                        drained = n < small and not pending
                         pending += n
                 if not pending:
                     break
@@ -345,7 +340,7 @@ class SpliceConn:
                     pending -= splice(pipe_r, dst, pending, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     break
-                if pending or eof or drained:
+                if pending or eof:
                     break
         except OSError:  # ECONNRESET, EPIPE...: one side is gone
             self.abort()
