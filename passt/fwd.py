@@ -77,9 +77,9 @@ UDP_UNCONNECTED = "07"
 DATAGRAM_MAX = 65536
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_ANY = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
-_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-_PROC_FILES = {
+_ANY: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+_LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_PROC_FILES: dict[tuple[str, int], str] = {
     (TCP, socket.AF_INET): "tcp", (TCP, socket.AF_INET6): "tcp6",
     (UDP, socket.AF_INET): "udp", (UDP, socket.AF_INET6): "udp6",
 }

@@ -70,15 +70,22 @@ TRACE = False
 
 
 class LogOptions(Protocol):
-    """The subset of ``conf.Conf`` that ``setup`` reads."""
+    """The subset of ``conf.Conf`` that ``setup`` reads (read-only, as ``Conf`` is frozen)."""
 
-    debug: bool
-    trace: bool
-    quiet: bool
-    stderr: bool
-    log_file: str | None
-    log_size: int
-    foreground: bool
+    @property
+    def debug(self) -> bool: ...
+    @property
+    def trace(self) -> bool: ...
+    @property
+    def quiet(self) -> bool: ...
+    @property
+    def stderr(self) -> bool: ...
+    @property
+    def log_file(self) -> str | None: ...
+    @property
+    def log_size(self) -> int: ...
+    @property
+    def foreground(self) -> bool: ...
 
 
 class LogFile:

@@ -29,6 +29,7 @@ prints it and exits 1 (``STARTUP_ERRORS``).
 
 from __future__ import annotations
 
+import functools
 import resource
 import signal
 from collections.abc import Callable
@@ -149,7 +150,7 @@ class Runtime:
                 init(self.ctx)
             close = getattr(handler, "close", None)
             if close is not None:
-                self._cleanups.append(lambda close=close: close(self.ctx))
+                self._cleanups.append(functools.partial(close, self.ctx))
         start = getattr(fwd, "start", None)
         if start is not None:
             start(self.ctx)
@@ -232,7 +233,7 @@ def run_passt(conf: Any) -> int:
 def stop_on_signals(loop: EventLoop) -> None:
     """SIGTERM and SIGINT end the loop cleanly, with status 128 + signal."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal(signum, lambda signum=signum: loop.stop(128 + signum))
+        loop.add_signal(signum, functools.partial(loop.stop, 128 + signum))
 
 
 class _NonClosingTunTap(TunTap):

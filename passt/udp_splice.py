@@ -43,7 +43,7 @@ FLOW_TIMEOUT = 180.0
 REPLY_BATCH = 64
 DATAGRAM_MAX = 65536
 
-_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
 def new_flow_socket(family: int, source_port: int, target_port: int) -> socket.socket:
