@@ -173,10 +173,11 @@ class Guest:
         clean = False
         try:
             if self.qmp is not None:
-                self.qmp.cmd("quit")
+                try:
+                    self.qmp.cmd("quit")
+                except (OSError, EOFError, QMPError):
+                    pass  # QEMU may close QMP before its answer to "quit" is read
                 clean = self._wait_exit(timeout)
-        except (OSError, EOFError, QMPError):
-            clean = False  # QEMU already gone, or deaf: killed below
         finally:
             self._close_qmp()
             if self.child is not None:
