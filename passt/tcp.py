@@ -78,6 +78,21 @@ grow its send buffer) and send a window update when room comes back.
 Sockets have ``TCP_NODELAY``: the guest's own TCP already coalesces small
 writes.
 
+Buffer sizes
+~~~~~~~~~~~~
+The kernel sizes a socket's send buffer for its congestion window, and on a
+path with a short round trip (a local peer) that stays small, some tens of
+KiB: plenty for the kernel, but our window to the guest is that free space,
+and a guest (a slow TCG one above all) needs a window worth its own round
+trip through us to keep sending.  As upstream does, when the system allows
+large buffers (``net.core.wmem_max``/``rmem_max`` of at least
+``BIG_BUFFER``, read once at start-up), every connection socket asks for
+the largest send and receive buffers it may have: the guest then sees a
+window of megabytes, and the receive buffer, which is our retransmission
+queue toward the guest, can hold as much as the guest's window.  With the
+common smaller limits the kernel's own autotuning does better than a fixed
+size, so we leave it alone.
+
 A little new data (a request: ``TcpConn.ack_can_wait``) is acknowledged
 after ``ACK_DELAY`` rather than at once: the answer usually comes first and
 its data frame carries the ACK, which saves a tap write (and the guest's
@@ -139,6 +154,9 @@ FRAME_POOL = 2 * FRAMES_PER_READ  # reusable data frame buffers
 FRAME_MAX = 14 + 40 + 20 + 65535  # Ethernet, IPv6, TCP headers and the largest payload
 PEEK_BUF_SIZE = 1 << 20  # without SO_PEEK_OFF: one peek of up to 16 frames of 64 KiB
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
+BIG_BUFFER = 4 << 20  # net.core.[wr]mem_max from which sockets get the largest buffers
+_WMEM_MAX_FILE = "/proc/sys/net/core/wmem_max"
+_RMEM_MAX_FILE = "/proc/sys/net/core/rmem_max"
 FD_RESERVE = 64  # descriptors left for listeners, the tap, pipes...
 READ_ROUNDS = 16  # reads per socket event, to stay fair to other flows
 ACK_DELAY = 0.002  # seconds a small request's ACK waits for the answer to carry it
@@ -148,6 +166,7 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
+_INT_MAX = 0x7FFFFFFF
 _LOOPBACK6 = bytes(15) + b"\1"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -179,6 +198,8 @@ class TcpState:
         self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
         self.conns = 0
         self.peek_off = _peek_off_supported()
+        self.big_sndbuf = _sysctl_int(_WMEM_MAX_FILE) >= BIG_BUFFER
+        self.big_rcvbuf = _sysctl_int(_RMEM_MAX_FILE) >= BIG_BUFFER
         self.peek_view = memoryview(bytearray(0 if self.peek_off else PEEK_BUF_SIZE))
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
         self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(FRAME_POOL)]
@@ -211,6 +232,15 @@ def _outbound_addresses(conf: Any) -> tuple[str | None, str | None]:
         else:
             bind6 = str(parsed)
     return bind4, bind6
+
+
+def _sysctl_int(path: str) -> int:
+    """An integer from /proc/sys, 0 when it can't be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _peek_off_supported() -> bool:
@@ -801,6 +831,10 @@ def _scope_id(state: TcpState, target: str) -> int:
 def _prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
     """Options every connection socket gets (and outbound binding)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if state.big_sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _INT_MAX)
+    if state.big_rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _INT_MAX)
     if state.peek_off:
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     if not outbound:

@@ -402,3 +402,36 @@ def test_inbound_source_mapping():
     state.map_gw = False
     assert tcp._inbound_source(state, loop4, GUEST4) is None
     ctx.loop.close()
+
+
+@pytest.mark.parametrize("limit, big", [(4 << 20, True), (212992, False)])
+def test_connection_sockets_get_the_largest_buffers_only_where_allowed(
+        monkeypatch, tmp_path, server, limit, big):
+    """As upstream: with net.core.[wr]mem_max of 4 MiB or more, the guest's window is
+    not bounded by a send buffer the kernel sized for a short path; below that,
+    the kernel's autotuning is left alone."""
+    for name in ("wmem_max", "rmem_max"):
+        (tmp_path / name).write_text(f"{limit}\n")
+    monkeypatch.setattr(tcp, "_WMEM_MAX_FILE", str(tmp_path / "wmem_max"))
+    monkeypatch.setattr(tcp, "_RMEM_MAX_FILE", str(tmp_path / "rmem_max"))
+    ctx = make_ctx()
+    try:
+        guest = Guest(ctx, GW4, server.getsockname()[1])
+        guest.handshake()
+        accept_polling(ctx, server).close()
+        (flow,) = (f for k, f in ctx.flows.items() if k[0] == "tcp")
+        sndbuf = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        rcvbuf = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # asked for: the system's limit, which the kernel doubles for its overhead
+        largest_snd = 2 * tcp._sysctl_int("/proc/sys/net/core/wmem_max")
+        largest_rcv = 2 * tcp._sysctl_int("/proc/sys/net/core/rmem_max")
+        assert (sndbuf == largest_snd) is big and (rcvbuf == largest_rcv) is big
+    finally:
+        tcp.close(ctx)
+        ctx.loop.close()
+
+
+def test_sysctl_int_reads_zero_when_missing(tmp_path):
+    assert tcp._sysctl_int(str(tmp_path / "absent")) == 0
+    (tmp_path / "garbage").write_text("x\n")
+    assert tcp._sysctl_int(str(tmp_path / "garbage")) == 0
