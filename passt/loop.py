@@ -113,16 +113,20 @@ class EventLoop:
         return timer
 
     def _next_timeout(self) -> float:
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
-        if not self._timers:
+        """Seconds until the nearest live timer (0 if due), -1 with none."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if not timers:
             return -1
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        timeout = timers[0][0] - time.monotonic()
+        return timeout if timeout > 0 else 0.0
 
     def _run_timers(self) -> None:
+        timers = self._timers
         now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
+        while timers and timers[0][0] <= now:
+            _, _, timer = heapq.heappop(timers)
             if not timer.cancelled:
                 timer.cancelled = True
                 timer.callback()
@@ -177,7 +181,9 @@ class EventLoop:
             callback = handlers.get(fd)
             if callback is not None:
                 callback(mask)
-        self._run_timers()
+        timers = self._timers
+        if timers and timers[0][0] <= time.monotonic():
+            self._run_timers()
 
     def run(self) -> int:
         """Dispatch until ``stop()``; returns the exit status given to it."""

@@ -54,13 +54,16 @@ constant parts of both checksums pre-summed.  Then, per segment::
 
     frame = tpl.build(seq, ack, flags, window, payload)     # bytes, ready to send
     hdr = tpl.headers(seq, ack, flags, window, payload)     # bytearray, headers only
+    tpl.write_headers(frame_buf, seq, ack, flags, window, payload)  # in place
 
 ``build`` copies the 54-byte (IPv4) or 74-byte (IPv6) header, patches the
 IP length (and IPv4 header checksum), sequence, acknowledgement, flags,
 window and TCP checksum with one ``struct.pack_into``, sums the payload
 (NumPy for large payloads) and joins.  ``headers`` returns the patched
 headers without the payload, for callers that can write scatter-gather
-(``sendmsg([hdr, payload])``) and avoid even that copy.  ``options`` (a
+(``sendmsg([hdr, payload])``) and avoid even that copy; ``write_headers``
+patches them over the start of a frame buffer whose payload was read in
+place behind them (the TCP driver's peeks), allocating nothing.  ``options`` (a
 multiple of 4 bytes, e.g. from ``tcp_options``) may be passed for SYN
 segments; the data offset follows.  ``payload`` is any buffer, typically a
 ``memoryview`` of the socket's peek buffer.
@@ -704,10 +707,26 @@ class TcpFrameTemplate:
         options: bytes = b"",
     ) -> bytearray:  # fmt: skip
         """Ethernet + IP + TCP headers (and ``options``) for a segment carrying ``payload``."""
-        tcp_hlen = _tcp_header_len(options)
         header = bytearray(self._header)
         if options:
             header += options
+        self._patch(header, _tcp_header_len(options), seq, ack, flags, window, options, payload)
+        return header
+
+    def write_headers(
+        self, frame: Buffer, seq: int, ack: int, flags: int, window: int, payload: Buffer
+    ) -> None:
+        """``headers(...)`` (no options) written over the start of ``frame``, whose
+        ``payload`` follows them: no buffer made per segment."""
+        header = self._header
+        frame[: len(header)] = header  # type: ignore[index]
+        self._patch(frame, 20, seq, ack, flags, window, b"", payload)
+
+    def _patch(
+        self, header: Buffer, tcp_hlen: int, seq: int, ack: int, flags: int, window: int,
+        options: bytes, payload: Buffer,
+    ) -> None:  # fmt: skip
+        """Fill in lengths, sequence numbers, flags, window and checksums."""
         tcp_len = tcp_hlen + len(payload)
         if self._ipv4:
             total = self._tcp_offset - ETH_HLEN + tcp_len
@@ -719,7 +738,6 @@ class TcpFrameTemplate:
         acc = self._tcp_acc + tcp_len
         csum = _tcp_checksum(acc, seq, ack, off_flags, window, options, payload)
         _TCP_PATCH.pack_into(header, self._tcp_offset + 4, seq, ack, off_flags, window, csum)
-        return header
 
     def build(
         self, seq: int, ack: int, flags: int, window: int, payload: Buffer = b"",

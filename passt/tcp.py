@@ -94,10 +94,13 @@ common smaller limits the kernel's own autotuning does better than a fixed
 size, so we leave it alone.
 
 A little new data (a request: ``TcpConn.ack_can_wait``) is acknowledged
-after ``ACK_DELAY`` rather than at once: the answer usually comes first and
+within ``ACK_DELAY`` rather than at once: the answer usually comes first and
 its data frame carries the ACK, which saves a tap write (and the guest's
 processing of a bare ACK) per exchange.  Bulk data, a window near its edge
-and held data are acknowledged at the end of their batch, as before.
+and held data are acknowledged at the end of their batch, as before.  The
+waiting flows share one loop timer (``TcpState.ack_waiting``): a flow joins
+the list, the timer is armed only if it isn't, and when it fires every flow
+still waiting gets its ACK, so an exchange costs no timer of its own.
 
 Timers
 ~~~~~~
@@ -117,6 +120,7 @@ import resource
 import socket
 import struct
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from passt import log
@@ -169,6 +173,9 @@ _INT = struct.Struct("i")
 _INT_MAX = 0x7FFFFFFF
 _LOOPBACK6 = bytes(15) + b"\1"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+_UNSPECIFIED4 = bytes(4)
+_UNSPECIFIED6 = bytes(16)
+_BROADCAST4 = b"\xff" * 4
 
 
 # ---------------------------------------------------------------- state
@@ -206,6 +213,8 @@ class TcpState:
         self.pool_next = 0  # pool buffers from here on are free until the next send
         self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
         self.out: list[Buffer] = []  # frames of the event being handled
+        self.ack_waiting: list[TcpFlow] = []  # delayed ACKs (see _flush_ack)
+        self.ack_timer: Timer | None = None
         self.rng = random.SystemRandom()
 
     def mss_limit(self, v6: bool) -> int:
@@ -281,7 +290,7 @@ class TcpFlow:
 
     __slots__ = (
         "ctx", "core", "sock", "fd", "key", "tpl", "v6", "epoll_mask", "deadline",
-        "timer", "timer_at", "rdhup", "connecting", "freed", "hlen", "ack_timer",
+        "timer", "timer_at", "rdhup", "connecting", "freed", "hlen", "ack_waits",
     )  # fmt: skip
 
     def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
@@ -297,7 +306,7 @@ class TcpFlow:
         self.deadline: float | None = None
         self.timer: Timer | None = None
         self.timer_at = 0.0
-        self.ack_timer: Timer | None = None  # delayed ACK (see _flush_ack)
+        self.ack_waits = False  # on TcpState.ack_waiting (see _flush_ack)
         self.rdhup = False  # the peer's FIN may be queued: read until EOF or EAGAIN
         self.connecting = False
         self.freed = False
@@ -355,7 +364,7 @@ def _free(flow: TcpFlow, rst: bool) -> None:
     if flow.timer is not None:
         flow.timer.cancel()
         flow.timer = None
-    _cancel_ack_timer(flow)
+    flow.ack_waits = False
     flow.deadline = None
     sock = flow.sock
     if rst:
@@ -558,7 +567,7 @@ def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
     """Headers for the frame buffers just peeked: ``length`` bytes from ``seq``."""
     core = flow.core
     state: TcpState = flow.ctx.tcp
-    headers = flow.tpl.headers
+    write_headers = flow.tpl.write_headers
     out = state.out
     hlen = flow.hlen
     ack = core.rcv_nxt
@@ -567,12 +576,11 @@ def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
     last = len(chunks) - 1
     for i, (buf, size) in enumerate(chunks):
         frame_end = hlen + size
-        buf[:hlen] = headers(seq, ack, ACK | PSH if i == last else ACK, window,
-                             buf[hlen:frame_end])
+        write_headers(buf, seq, ack, ACK | PSH if i == last else ACK, window, buf[hlen:frame_end])
         out.append(buf[:frame_end])
         seq = (seq + size) & 0xFFFFFFFF
     chunks.clear()
-    _cancel_ack_timer(flow)  # the data carries the ACK
+    flow.ack_waits = False  # the data carries the ACK
 
 
 def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
@@ -718,26 +726,37 @@ def _flush_ack(flow: TcpFlow) -> None:
     if core.space_query_needed():
         core.note_send_space(*_send_space(flow.sock))
     if core.ack_can_wait():
-        if flow.ack_timer is None:
-            loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
-            flow.ack_timer = loop.call_later(ACK_DELAY, lambda: _on_ack_timer(flow))
+        if not flow.ack_waits:
+            _wait_for_ack_timer(flow)
         return
-    _cancel_ack_timer(flow)
+    flow.ack_waits = False
     _run(flow, core.flush_ack())
 
 
-def _on_ack_timer(flow: TcpFlow) -> None:
-    flow.ack_timer = None
-    core = flow.core
-    if core.ack_due and not core.closed:
-        _run(flow, core.flush_ack())
-        _send_out(flow.ctx)
+def _wait_for_ack_timer(flow: TcpFlow) -> None:
+    """Put the flow on the delayed-ACK list, arming the shared timer if needed."""
+    ctx = flow.ctx
+    state: TcpState = ctx.tcp
+    flow.ack_waits = True
+    state.ack_waiting.append(flow)
+    if state.ack_timer is None:
+        loop: EventLoop = ctx.loop  # type: ignore[assignment]
+        state.ack_timer = loop.call_later(ACK_DELAY, partial(_on_ack_timer, ctx))
 
 
-def _cancel_ack_timer(flow: TcpFlow) -> None:
-    if flow.ack_timer is not None:
-        flow.ack_timer.cancel()
-        flow.ack_timer = None
+def _on_ack_timer(ctx: Ctx) -> None:
+    """The shared delayed-ACK timer: acknowledge for every flow still waiting."""
+    state: TcpState = ctx.tcp
+    state.ack_timer = None
+    waiting, state.ack_waiting = state.ack_waiting, []
+    for flow in waiting:
+        if not flow.ack_waits:
+            continue  # data carried its ACK, or the flow is gone
+        flow.ack_waits = False
+        core = flow.core
+        if core.ack_due and not core.closed:
+            _run(flow, core.flush_ack())
+    _send_out(ctx)
 
 
 def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: tuple) -> TcpFlow | None:
@@ -813,10 +832,11 @@ def _outbound_target(state: TcpState, dst: bytes) -> str | None:
     v6 = len(dst) == 16
     if state.map_gw and (dst in state.gw6s if v6 else dst == state.gw4):
         return "::1" if v6 else "127.0.0.1"
-    address = ipaddress.ip_address(dst)
-    if address.is_multicast or address.is_unspecified or (not v6 and dst == b"\xff" * 4):
+    if dst[0] == 0xFF if v6 else 224 <= dst[0] <= 239 or dst == _BROADCAST4:
+        return None  # multicast or (IPv4) broadcast
+    if dst == (_UNSPECIFIED6 if v6 else _UNSPECIFIED4):
         return None
-    return str(address)
+    return socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, dst)
 
 
 def _scope_id(state: TcpState, target: str) -> int:

@@ -525,6 +525,11 @@ def test_template_equals_builder(family: str, size: int) -> None:
                                       window, payload, options=options, ttl=255)  # fmt: skip
         assert frame == expected
         assert tpl.headers(seq, ack, flags, window, payload, options) + payload == expected
+        if not options:  # in place, over a used buffer, as the driver's peeks do
+            hlen = len(expected) - size
+            buf = memoryview(bytearray(b"\xee" * hlen) + payload)
+            tpl.write_headers(buf, seq, ack, flags, window, buf[hlen:])
+            assert buf == expected
     assert scapy_recomputed(frame) == frame
 
 
