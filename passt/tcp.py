@@ -120,6 +120,7 @@ import random
 import resource
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,7 @@ _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 _INT_MAX = 0x7FFFFFFF
+_monotonic = time.monotonic
 _LOOPBACK6 = bytes(15) + b"\1"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _UNSPECIFIED4 = bytes(4)
@@ -351,7 +353,7 @@ def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
     state.conns += 1
     flow.epoll_mask = mask
     assert ctx.loop is not None
-    ctx.loop.add(flow.fd, mask, lambda events: _on_sock_event(flow, events))
+    ctx.loop.add(flow.fd, mask, partial(_on_sock_event, flow))  # (no Python frame of its own)
     return True
 
 
@@ -595,7 +597,9 @@ def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
         return
     if sent < len(payload):
         flow.ctx.stats["tcp.partial_send"] += 1
-    _run(flow, core.on_sock_accepted(sent, len(payload)))
+    acts = core.on_sock_accepted(sent, len(payload))
+    if acts:
+        _run(flow, acts)
 
 
 def _discard(flow: TcpFlow, length: int) -> None:
@@ -658,10 +662,10 @@ def _set_timer(flow: TcpFlow, seconds: float | None) -> None:
     if seconds is None:
         flow.deadline = None
         return
-    loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
-    deadline = loop.now() + seconds
+    deadline = _monotonic() + seconds  # (the loop's clock: EventLoop.now)
     flow.deadline = deadline
     if flow.timer is None or flow.timer_at > deadline:
+        loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
         if flow.timer is not None:
             flow.timer.cancel()
         flow.timer_at = deadline
