@@ -13,9 +13,12 @@ Python pays is a fixed cost per system call, which is why everything here is
 arranged to make few, large calls:
 
 * **Pipes as large as the system allows.**  ``probe_pipe_size()`` finds once
-  at start-up the largest size ``F_SETPIPE_SZ`` accepts (starting from
-  ``/proc/sys/fs/pipe-max-size`` or 8 MiB, halving); every pipe gets it, and
-  every ``splice`` asks for that much.  One pipe per direction.
+  at start-up the largest size ``F_SETPIPE_SZ`` accepts, from 8 MiB down,
+  halving: with ``CAP_SYS_RESOURCE`` (root, before isolation) that is above
+  ``/proc/sys/fs/pipe-max-size``, as upstream's pipes are.  The pool's pipes
+  get it; a pipe opened after isolation gets it if it can, else
+  ``pipe-max-size``, else the default.  Every ``splice`` asks for as much as
+  its pipe holds.  One pipe per direction.
 * **Edge-triggered epoll, registered once.**  Both sockets are watched for
   ``IN | OUT | RDHUP`` with ``EPOLLET`` from the start and never modified.
   An ``IN`` edge means "new data or FIN on this socket", an ``OUT`` edge
@@ -95,14 +98,20 @@ HOST = "host"
 NS = "ns"
 
 
-def probe_pipe_size(limit_file: str = _PIPE_MAX_SIZE_FILE) -> int:
-    """Largest pipe size ``F_SETPIPE_SZ`` grants us, probed on a scratch pipe."""
+def unprivileged_pipe_size(limit_file: str = _PIPE_MAX_SIZE_FILE) -> int:
+    """``pipe-max-size``: the largest pipe a process without ``CAP_SYS_RESOURCE``
+    may ask for (bounded by ``MAX_PIPE_SIZE``)."""
     try:
         with open(limit_file) as f:
             size = max(int(f.read()), MIN_PIPE_SIZE)
     except (OSError, ValueError):
-        size = MAX_PIPE_SIZE
-    size = min(size, MAX_PIPE_SIZE)
+        size = MIN_PIPE_SIZE
+    return min(size, MAX_PIPE_SIZE)
+
+
+def probe_pipe_size() -> int:
+    """Largest pipe size ``F_SETPIPE_SZ`` grants us now, probed on a scratch pipe."""
+    size = MAX_PIPE_SIZE
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         while size > MIN_PIPE_SIZE:
@@ -120,14 +129,16 @@ Pipe = tuple[int, int, int]
 """A pipe's read end, write end and capacity in bytes."""
 
 
-def open_pipe(size: int) -> Pipe:
-    """A non-blocking pipe of ``size`` bytes (or of the default size if refused)."""
+def open_pipe(*sizes: int) -> Pipe:
+    """A non-blocking pipe of the first of ``sizes`` granted (the default size if
+    none is: over the user's pipe quota, a smaller pipe still works)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        capacity = fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, size)
-    except OSError:  # over the user's pipe quota: a smaller pipe still works
-        capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
-    return r, w, capacity
+    for size in sizes:
+        try:
+            return r, w, fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            continue
+    return r, w, fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
 
 
 def new_stream_socket(family: int) -> socket.socket:
@@ -159,6 +170,7 @@ class SplicePools:
         self.loop = loop
         self.ns_call = ns_call
         self.pipe_size = pipe_size
+        self.fallback_pipe_size = unprivileged_pipe_size()
         self.families = families
         self.pipes: list[Pipe] = []
         self.ns_socks: dict[int, list[socket.socket]] = {f: [] for f in families}
@@ -169,7 +181,7 @@ class SplicePools:
     def take_pipe(self) -> Pipe:
         if self.pipes:
             return self.pipes.pop()
-        return open_pipe(self.pipe_size)
+        return open_pipe(self.pipe_size, self.fallback_pipe_size)
 
     def give_back_pipe(self, pipe: Pipe) -> None:
         """Keep an *empty* pipe for the next connection (or close it if the pool is full)."""
@@ -315,8 +327,7 @@ class SpliceConn:
         """
         src = self.fds[d]
         dst = self.fds[1 - d]
-        pipe_r, pipe_w, _capacity = self.pipes[d]
-        size = self.splicer.pipe_size
+        pipe_r, pipe_w, size = self.pipes[d]
         pending = self.pending[d]
         eof = self.eof[d]
         splice = os.splice
@@ -332,7 +343,7 @@ class SpliceConn:
                         if not n:
                             eof = True
                         elif n >= big:
-                            self._note_big_read(d)
+                            self._note_big_read(d, size)
                         pending += n
                 if not pending:
                     break
@@ -363,10 +374,10 @@ class SpliceConn:
 
     # -- SO_RCVLOWAT -------------------------------------------------------
 
-    def _note_big_read(self, d: int) -> None:
+    def _note_big_read(self, d: int, pipe_size: int) -> None:
         self.big_read[d] = True
         if not self.lowat[d]:
-            self._set_lowat(d, self.splicer.pipe_size >> 2)
+            self._set_lowat(d, pipe_size >> 2)
             if self.lowat_timer is None:
                 self.lowat_timer = self.splicer.loop.call_later(LOWAT_TICK, self._lowat_tick)
 

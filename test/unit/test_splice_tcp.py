@@ -9,6 +9,7 @@ through ordinary blocking sockets with timeouts.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -255,3 +256,25 @@ def test_full_flow_table_resets_new_connections_only(harness: Harness) -> None:
     refused.close()
     deliver_then_close(client, server, b"old one still works")
     assert harness.wait_no_flows() == 0
+
+
+def test_pipe_sizes_probed_and_fallen_back_to(tmp_path) -> None:
+    """The probe finds what F_SETPIPE_SZ grants (pipe-max-size, or more with
+    CAP_SYS_RESOURCE); a pipe opened later takes the first size granted."""
+    from passt import tcp_splice
+
+    probed = tcp_splice.probe_pipe_size()
+    assert tcp_splice.MIN_PIPE_SIZE <= probed <= tcp_splice.MAX_PIPE_SIZE
+    limit = tmp_path / "pipe-max-size"
+    limit.write_text("262144\n")
+    assert tcp_splice.unprivileged_pipe_size(str(limit)) == 262144
+    limit.write_text("nonsense\n")
+    assert tcp_splice.unprivileged_pipe_size(str(limit)) == tcp_splice.MIN_PIPE_SIZE
+    r, w, capacity = tcp_splice.open_pipe(0x7FFFFFFF, 128 << 10)  # the first is refused
+    try:
+        assert capacity == fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+        # 128 KiB, or (root over its pipe quota, other tests' pipes open) the default
+        assert capacity == 128 << 10 or capacity <= 64 << 10
+    finally:
+        os.close(r)
+        os.close(w)
