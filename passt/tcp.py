@@ -133,6 +133,7 @@ from passt.packet import ACK, PSH, SYN, Packet, ParseError, TcpFrameTemplate, pa
 from passt.tcp_core import (
     CLAMP,
     CLOSE,
+    CLOSED,
     DATA,
     DISCARD,
     PEEK,
@@ -478,7 +479,7 @@ def _read_sock(flow: TcpFlow) -> None:
     state: TcpState = flow.ctx.tcp
     peek = _peek_frames if state.peek_off else _peek_frames_from_start
     for _ in range(READ_ROUNDS):
-        if core.closed:
+        if core.events & CLOSED:
             return
         budget = core.on_sock_readable()
         if not budget:
@@ -620,7 +621,7 @@ def _discard(flow: TcpFlow, length: int) -> None:
 
 def _on_sock_event(flow: TcpFlow, events: int) -> None:
     core = flow.core
-    if core.closed:
+    if core.events & CLOSED:
         return
     if flow.connecting:
         _connect_done(flow, events)
@@ -631,7 +632,7 @@ def _on_sock_event(flow: TcpFlow, events: int) -> None:
             flow.rdhup = True
         if events & (IN | RDHUP | HUP):
             _read_sock(flow)
-        if events & OUT and not core.closed:
+        if events & OUT and not core.events & CLOSED:
             _run(flow, core.on_sock_writable(_send_space(flow.sock)[0]))
             _flush_ack(flow)
     _send_out(flow.ctx)
@@ -675,7 +676,7 @@ def _set_timer(flow: TcpFlow, seconds: float | None) -> None:
 def _on_timer(flow: TcpFlow) -> None:
     flow.timer = None
     deadline = flow.deadline
-    if deadline is None or flow.core.closed:
+    if deadline is None or flow.core.events & CLOSED:
         return
     loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
     if loop.now() < deadline:
@@ -711,7 +712,7 @@ def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
                 _flush_ack(flow)
             key = k
             flow = ctx.flows.get(k)
-        if flow is None or flow.core.closed:
+        if flow is None or flow.core.events & CLOSED:
             flow = _new_from_guest(ctx, pkt, seg, k)
             continue
         _run(flow, flow.core.on_segment(seg))
@@ -726,7 +727,7 @@ def _flush_ack(flow: TcpFlow) -> None:
     free space is queried only when the core's estimate is not safe enough
     (``TcpConn.space_query_needed``)."""
     core = flow.core
-    if not core.ack_due or core.closed:
+    if not core.ack_due or core.events & CLOSED:
         return
     if core.space_query_needed():
         core.note_send_space(*_send_space(flow.sock))
@@ -759,7 +760,7 @@ def _on_ack_timer(ctx: Ctx) -> None:
             continue  # data carried its ACK, or the flow is gone
         flow.ack_waits = False
         core = flow.core
-        if core.ack_due and not core.closed:
+        if core.ack_due and not core.events & CLOSED:
             _run(flow, core.flush_ack())
     _send_out(ctx)
 

@@ -203,7 +203,7 @@ class TcpConn:
         "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
         "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
         "sock_pending", "ack_due", "dropped", "want_out", "pending_fin", "held", "offered",
-        "sending_held", "rcv_est", "sndbuf", "rcv_acked", "closed",
+        "sending_held", "rcv_est", "sndbuf", "rcv_acked",
     )  # fmt: skip
 
     def __init__(self, isn: int, mss_limit: int) -> None:
@@ -235,7 +235,6 @@ class TcpConn:
         self.sending_held = False  # ... which is `held`
         self.rcv_est = 0  # free send space at the last query, less what the socket took since
         self.sndbuf = 0  # the socket's send buffer size at the last query (0: not known)
-        self.closed = False  # events & CLOSED, as a plain attribute for the driver
         self.rcv_acked = 0  # the last acknowledgement number sent to the guest
 
     # -- construction ------------------------------------------------------
@@ -284,6 +283,10 @@ class TcpConn:
         """The events seen so far, for logs."""
         names = [name for bit, name in enumerate(EVENT_NAMES) if self.events & (1 << bit)]
         return "|".join(names) or "NEW"
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.events & CLOSED)
 
     def window_field(self) -> int:
         """The 16-bit window field for a segment to the guest (not a SYN)."""
@@ -767,6 +770,5 @@ class TcpConn:
 
     def _close(self, rst: bool) -> list[Action]:
         self.events |= CLOSED
-        self.closed = True  # (events & CLOSED, kept as a plain attribute for the driver)
         self.timer_kind = _T_NONE
         return [(TIMER, None), (CLOSE, rst)]
