@@ -111,7 +111,7 @@ _DHCPV6_SERVER_PORT = 547
 _DHCP_SERVER_PORT_BYTES = _DHCP_SERVER_PORT.to_bytes(2, "big")
 _TCP_HLEN = 20
 _UDP_HLEN = 8
-_NO_ADDRESS = b"none"  # matches no packed address
+_NO_ADDRESS = b"none"  # no IPv4 address given: matches no packed address
 _flow_ports = struct.Struct("!I").unpack_from  # both L4 ports as one number
 _UNSPECIFIED4 = bytes(4)
 _UNSPECIFIED6 = bytes(16)
@@ -267,8 +267,7 @@ class SourceFilter:
     def __init__(
         self, addr4: bytes | None = None, net6: ipaddress.IPv6Network | None = None
     ) -> None:
-        self._allowed4 = addr4
-        self.allowed4 = addr4 or _NO_ADDRESS  # (for the dispatcher's shortcut)
+        self.allowed4 = addr4 or _NO_ADDRESS  # the dispatcher accepts it without a call
         self._net6 = None if net6 is None else (
             int(net6.network_address) >> (128 - net6.prefixlen), 128 - net6.prefixlen
         )  # fmt: skip
@@ -284,7 +283,7 @@ class SourceFilter:
     def allows(self, pkt: Packet) -> bool:
         src = pkt.src
         if pkt.ip_version == 4:
-            if self._allowed4 is None or src == self._allowed4:
+            if self.allowed4 is _NO_ADDRESS or src == self.allowed4:
                 return True
             # No address yet: a DHCP request, and nothing that would open a flow.
             return src == _UNSPECIFIED4 and pkt.proto == IPPROTO_UDP and \
@@ -392,9 +391,7 @@ class Dispatcher:
             if pkt.ip_version and pkt.src != allowed4 and not allows(pkt):
                 stats["drop.src_addr"] += 1
                 continue
-            route = "tcp" if (
-                pkt.proto == IPPROTO_TCP and not pkt.fragment and len(pkt.l4) >= _TCP_HLEN
-            ) else classify(pkt)  # (the commonest route first, without a call)
+            route = classify(pkt)
             handler = single.get(route)
             if handler is not None:
                 if pending:
