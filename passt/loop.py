@@ -169,13 +169,7 @@ class EventLoop:
 
     def run_once(self, max_wait: float = -1) -> None:
         """One iteration: wait (bounded by timers and ``max_wait``), dispatch."""
-        timers = self._timers
-        if timers and not timers[0][2].cancelled:  # (_next_timeout's usual case, inline)
-            timeout = timers[0][0] - time.monotonic()
-            if timeout < 0:
-                timeout = 0.0
-        else:
-            timeout = self._next_timeout()
+        timeout = self._next_timeout()
         if max_wait >= 0 and (timeout < 0 or timeout > max_wait):
             timeout = max_wait
         try:
@@ -187,8 +181,7 @@ class EventLoop:
             callback = handlers.get(fd)
             if callback is not None:
                 callback(mask)
-        if timers and timers[0][0] <= time.monotonic():
-            self._run_timers()
+        self._run_timers()
 
     def run(self) -> int:
         """Dispatch until ``stop()``; returns the exit status given to it."""
