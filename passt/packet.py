@@ -74,7 +74,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from passt.checksum import NUMPY_THRESHOLD, Buffer, csum_fold, csum_partial, pseudo_sum
+from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
 
 # Ethertypes and IP protocol numbers.
 ETH_HLEN = 14
@@ -727,27 +727,16 @@ class TcpFrameTemplate:
         options: bytes, payload: Buffer,
     ) -> None:  # fmt: skip
         """Fill in lengths, sequence numbers, flags, window and checksums."""
-        # (csum_fold and _tcp_checksum inlined: this runs for every frame we send;
-        # both accumulators are never zero, so no "0 means 0xffff" case arises)
-        size = len(payload)
-        tcp_len = tcp_hlen + size
+        tcp_len = tcp_hlen + len(payload)
         if self._ipv4:
             total = self._tcp_offset - ETH_HLEN + tcp_len
             _U16.pack_into(header, ETH_HLEN + 2, total)
-            _U16.pack_into(header, ETH_HLEN + 10,
-                           0xFFFF - ((self._ip_acc + total) % 0xFFFF or 0xFFFF))
+            _U16.pack_into(header, ETH_HLEN + 10, csum_fold(self._ip_acc + total))
         else:
             _U16.pack_into(header, ETH_HLEN + 4, tcp_len)
         off_flags = tcp_hlen << 10 | flags
-        acc = self._tcp_acc + tcp_len + seq + ack + off_flags + window
-        if options:
-            acc = csum_partial(options, acc)
-        if size >= NUMPY_THRESHOLD:
-            acc = csum_partial(payload, acc)
-        elif size:  # (csum_partial's small case, inlined: requests, answers, keystrokes)
-            words = int.from_bytes(payload, "big")
-            acc += words << 8 if size & 1 else words
-        csum = 0xFFFF - (acc % 0xFFFF or 0xFFFF)
+        acc = self._tcp_acc + tcp_len
+        csum = _tcp_checksum(acc, seq, ack, off_flags, window, options, payload)
         _TCP_PATCH.pack_into(header, self._tcp_offset + 4, seq, ack, off_flags, window, csum)
 
     def build(
