@@ -28,7 +28,8 @@ kernel:
   may ``setns()`` into a user namespace afterwards, which the kernel only
   allows to single-threaded processes);
 * ``parse_resolv_conf()`` turns ``/etc/resolv.conf`` text into nameservers
-  and a search list;
+  and a search list (and ``read_sysctl_int()`` reads the kernel's limits that
+  size our buffers and pipes);
 * ``pick()`` is a pure function from options (``Overrides``), snapshot and
   resolver configuration to ``NetInfo``.
 
@@ -246,6 +247,15 @@ def read_resolv_conf(path: str = RESOLV_CONF) -> Resolv:
             return parse_resolv_conf(f.read())
     except OSError:
         return Resolv()
+
+
+def read_sysctl_int(path: str) -> int:
+    """An integer setting from ``/proc/sys`` (its first field); 0 when unreadable."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def parse_resolv_conf(text: str) -> Resolv:

@@ -128,6 +128,7 @@ from typing import TYPE_CHECKING, Any
 from passt import log
 from passt.checksum import Buffer
 from passt.flow import FlowTableFull
+from passt.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
 from passt.packet import ACK, PSH, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
 from passt.tcp_core import (
@@ -209,8 +210,8 @@ class TcpState:
         self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
         self.conns = 0
         self.peek_off = _peek_off_supported()
-        self.big_sndbuf = _sysctl_int(_WMEM_MAX_FILE) >= BIG_BUFFER
-        self.big_rcvbuf = _sysctl_int(_RMEM_MAX_FILE) >= BIG_BUFFER
+        self.big_sndbuf = read_sysctl_int(_WMEM_MAX_FILE) >= BIG_BUFFER
+        self.big_rcvbuf = read_sysctl_int(_RMEM_MAX_FILE) >= BIG_BUFFER
         self.peek_view = memoryview(bytearray(0 if self.peek_off else PEEK_BUF_SIZE))
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
         self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(FRAME_POOL)]
@@ -245,15 +246,6 @@ def _outbound_addresses(conf: Any) -> tuple[str | None, str | None]:
         else:
             bind6 = str(parsed)
     return bind4, bind6
-
-
-def _sysctl_int(path: str) -> int:
-    """An integer from /proc/sys, 0 when it can't be read."""
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _peek_off_supported() -> bool:

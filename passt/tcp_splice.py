@@ -77,6 +77,7 @@ from typing import Any
 
 from . import loop as ev
 from .flow import FlowTable, FlowTableFull
+from .hostnet import read_sysctl_int
 
 NsCall = Callable[..., Any]
 """``ns_call(fn, *args)``: run ``fn(*args)`` in the target namespace, return its result."""
@@ -101,12 +102,7 @@ NS = "ns"
 def unprivileged_pipe_size(limit_file: str = _PIPE_MAX_SIZE_FILE) -> int:
     """``pipe-max-size``: the largest pipe a process without ``CAP_SYS_RESOURCE``
     may ask for (bounded by ``MAX_PIPE_SIZE``)."""
-    try:
-        with open(limit_file) as f:
-            size = max(int(f.read()), MIN_PIPE_SIZE)
-    except (OSError, ValueError):
-        size = MIN_PIPE_SIZE
-    return min(size, MAX_PIPE_SIZE)
+    return min(max(read_sysctl_int(limit_file), MIN_PIPE_SIZE), MAX_PIPE_SIZE)
 
 
 def probe_pipe_size() -> int:

@@ -268,3 +268,9 @@ def test_query_host_in_a_namespace(veth_world: str) -> None:
     assert net.ll6 is not None and net.ll6.is_link_local
     assert net.mac == bytes.fromhex("02005e005301")
     assert net.dns == (ipa("198.51.100.2"),)
+
+
+def test_sysctl_int_reads_zero_when_missing(tmp_path):
+    assert hostnet.read_sysctl_int(str(tmp_path / "absent")) == 0
+    (tmp_path / "garbage").write_text("x\n")
+    assert hostnet.read_sysctl_int(str(tmp_path / "garbage")) == 0

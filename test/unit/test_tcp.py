@@ -21,6 +21,7 @@ import pytest
 from passt import tcp
 from passt.context import Ctx
 from passt.flow import FlowTable
+from passt.hostnet import read_sysctl_int
 from passt.loop import EventLoop
 from passt.packet import (
     ACK,
@@ -423,15 +424,9 @@ def test_connection_sockets_get_the_largest_buffers_only_where_allowed(
         sndbuf = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         rcvbuf = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         # asked for: the system's limit, which the kernel doubles for its overhead
-        largest_snd = 2 * tcp._sysctl_int("/proc/sys/net/core/wmem_max")
-        largest_rcv = 2 * tcp._sysctl_int("/proc/sys/net/core/rmem_max")
+        largest_snd = 2 * read_sysctl_int("/proc/sys/net/core/wmem_max")
+        largest_rcv = 2 * read_sysctl_int("/proc/sys/net/core/rmem_max")
         assert (sndbuf == largest_snd) is big and (rcvbuf == largest_rcv) is big
     finally:
         tcp.close(ctx)
         ctx.loop.close()
-
-
-def test_sysctl_int_reads_zero_when_missing(tmp_path):
-    assert tcp._sysctl_int(str(tmp_path / "absent")) == 0
-    (tmp_path / "garbage").write_text("x\n")
-    assert tcp._sysctl_int(str(tmp_path / "garbage")) == 0
