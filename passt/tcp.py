@@ -120,7 +120,6 @@ import random
 import resource
 import socket
 import struct
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -175,7 +174,6 @@ _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 _INT_MAX = 0x7FFFFFFF
-_monotonic = time.monotonic
 _LOOPBACK6 = bytes(15) + b"\1"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _UNSPECIFIED4 = bytes(4)
@@ -655,10 +653,10 @@ def _set_timer(flow: TcpFlow, seconds: float | None) -> None:
     if seconds is None:
         flow.deadline = None
         return
-    deadline = _monotonic() + seconds  # (the loop's clock: EventLoop.now)
+    loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
+    deadline = loop.now() + seconds
     flow.deadline = deadline
     if flow.timer is None or flow.timer_at > deadline:
-        loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
         if flow.timer is not None:
             flow.timer.cancel()
         flow.timer_at = deadline
