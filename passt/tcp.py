@@ -59,7 +59,13 @@ go out in one ``send_frames`` call, after which the buffers are free again
 (a backend copies whatever it has to keep).  Acknowledged bytes are
 discarded with ``MSG_TRUNC``, which frees them in the kernel without
 copying: the scratch buffer it names is an anonymous mapping that is never
-touched.  A kernel without ``SO_PEEK_OFF`` for TCP (before 6.9) gets the
+touched.  A trickle of acknowledged bytes (the answers of a request/response
+exchange: a byte or a few hundred each) is left in the buffer until
+``DISCARD_LATER`` bytes have gathered, which saves a system call per
+exchange: peeks go on from the peek offset, which the bytes before it don't
+move.  They are discarded before anything that counts from the head of the
+buffer (rewinding the peek offset to retransmit) and before a clean close
+(closing with unread data would reset the connection).  A kernel without ``SO_PEEK_OFF`` for TCP (before 6.9) gets the
 same behaviour from one peek from the first unacknowledged byte, copied
 into the frame buffers past what was already sent.
 
@@ -161,6 +167,7 @@ FRAME_POOL = 2 * FRAMES_PER_READ  # reusable data frame buffers
 FRAME_MAX = 14 + 40 + 20 + 65535  # Ethernet, IPv6, TCP headers and the largest payload
 PEEK_BUF_SIZE = 1 << 20  # without SO_PEEK_OFF: one peek of up to 16 frames of 64 KiB
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
+DISCARD_LATER = 16 << 10  # acknowledged bytes left in the receive buffer, at most
 BIG_BUFFER = 4 << 20  # net.core.[wr]mem_max from which sockets get the largest buffers
 _WMEM_MAX_FILE = "/proc/sys/net/core/wmem_max"
 _RMEM_MAX_FILE = "/proc/sys/net/core/rmem_max"
@@ -285,6 +292,7 @@ class TcpFlow:
     __slots__ = (
         "ctx", "core", "sock", "fd", "key", "tpl", "v6", "epoll_mask", "deadline",
         "timer", "timer_at", "rdhup", "connecting", "freed", "hlen", "ack_waits",
+        "undiscarded",
     )  # fmt: skip
 
     def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
@@ -301,6 +309,7 @@ class TcpFlow:
         self.timer: Timer | None = None
         self.timer_at = 0.0
         self.ack_waits = False  # on TcpState.ack_waiting (see _flush_ack)
+        self.undiscarded = 0  # acknowledged bytes still in the receive buffer
         self.rdhup = False  # the peer's FIN may be queued: read until EOF or EAGAIN
         self.connecting = False
         self.freed = False
@@ -366,6 +375,8 @@ def _free(flow: TcpFlow, rst: bool) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         except OSError:
             pass
+    else:
+        _discard_acknowledged(flow)  # unread data would turn our FIN into a reset
     sock.close()
     if ctx.flows.remove(flow.key) is not None:
         state.conns -= 1
@@ -391,7 +402,7 @@ def _run(flow: TcpFlow, acts: list) -> None:
         elif op == SOCK_SEND:
             _sock_send(flow, act[1])
         elif op == DISCARD:
-            _discard(flow, act[1])
+            _acknowledged(flow, act[1])
         elif op == TIMER:
             _set_timer(flow, act[1])
         elif op == PEEK:
@@ -401,6 +412,7 @@ def _run(flow: TcpFlow, acts: list) -> None:
         elif op == REWIND:
             flow.ctx.stats["tcp.retransmit"] += 1
             if flow.ctx.tcp.peek_off:
+                _discard_acknowledged(flow)  # offset 0 must be the first unacknowledged byte
                 _setsockopt(flow, socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         elif op == WANT_OUT:
             _watch_out(flow, act[1])
@@ -591,6 +603,23 @@ def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
     acts = core.on_sock_accepted(sent, len(payload))
     if acts:
         _run(flow, acts)
+
+
+def _acknowledged(flow: TcpFlow, length: int) -> None:
+    """The guest acknowledged ``length`` more bytes: discard them now, or with the
+    next ones if they are a trickle (see "Data from the socket to the guest")."""
+    due = flow.undiscarded + length
+    if due < DISCARD_LATER and flow.ctx.tcp.peek_off:
+        flow.undiscarded = due
+        return
+    flow.undiscarded = 0
+    _discard(flow, due)
+
+
+def _discard_acknowledged(flow: TcpFlow) -> None:
+    if flow.undiscarded:
+        _discard(flow, flow.undiscarded)
+        flow.undiscarded = 0
 
 
 def _discard(flow: TcpFlow, length: int) -> None:

@@ -225,6 +225,63 @@ def test_unacknowledged_data_is_sent_again_from_the_socket(monkeypatch, server, 
         ctx.loop.close()
 
 
+def small_answers(guest: Guest, peer: socket.socket, count: int) -> int:
+    """``count`` short answers from the peer, each taken and acknowledged; their length."""
+    total = 0
+    for i in range(count):
+        answer = b"answer %d;" % i
+        peer.sendall(answer)
+        segs = guest.wait_for(lambda s: len(s.payload))
+        assert [bytes(s.payload) for s in segs if len(s.payload)] == [answer]
+        guest.ack += len(answer)
+        guest.send(ACK)
+        total += len(answer)
+    return total
+
+
+def test_acknowledged_trickle_is_discarded_later_but_before_it_matters(ctx, server):
+    """Short acknowledged answers stay in the socket (no discard per exchange) until
+    a retransmission, which must start at the first unacknowledged byte, or a
+    clean close, which must stay a FIN."""
+    if not ctx.tcp.peek_off:
+        pytest.skip("needs SO_PEEK_OFF for TCP (Linux 6.9)")
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    (flow,) = [f for k, f in ctx.flows.items() if k[0] == "tcp"]
+    answered = small_answers(guest, peer, 5)
+    assert flow.undiscarded == answered > 0
+    peer.sendall(b"lost")
+    guest.wait_for(lambda s: len(s.payload))  # not acknowledged: sent again
+    again = guest.wait_for(lambda s: s.seq == guest.ack and len(s.payload), timeout=5)
+    assert bytes(next(s for s in again if len(s.payload)).payload) == b"lost"
+    assert flow.undiscarded == 0 and ctx.stats["tcp.retransmit"] >= 1
+    guest.ack += 4
+    guest.send(ACK)
+    answered = small_answers(guest, peer, 2)
+    assert flow.undiscarded == 4 + answered
+    # The peer closes first and stops reading; the guest's last data and FIN
+    # are still queued in our socket when the flow ends: they must follow.
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.shutdown(socket.SHUT_WR)
+    guest.wait_for(lambda s: s.flags & FIN)
+    guest.ack += 1
+    last = os.urandom(60_000)
+    for offset in range(0, len(last), 1000):
+        guest.send(ACK | PSH, last[offset:offset + 1000])
+    guest.send(ACK | FIN)
+    for _ in range(50):
+        if not tcp_flows(ctx):
+            break
+        ctx.loop.run_once(0.02)
+    assert tcp_flows(ctx) == 0
+    assert ctx.stats["tcp.closed"] == 1 and not ctx.stats["tcp.closed_rst"]
+    received = b""
+    while chunk := peer.recv(65536):  # a reset would raise here, or cut the data short
+        received += chunk
+    assert received == last
+
+
 def test_connection_refused_resets_the_guest(ctx):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
