@@ -418,7 +418,7 @@ def _one_line(e: BaseException) -> str:
 
 def parse_args(argv: list[str]) -> Settings:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="rounds (samples per cell)")
+    ap.add_argument("--runs", type=int, default=5, help="rounds (samples per cell)")
     ap.add_argument("--time", type=float, default=3.0, help="seconds per measurement")
     ap.add_argument("--smoke", action="store_true", help="one short round: does it still run?")
     ap.add_argument("--out", default=Settings.out, help="directory for results and logs")

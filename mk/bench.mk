@@ -1,8 +1,8 @@
 # The side-by-side benchmark (bench/sidebyside.py; doc/performance.md).
 #
 #   make bench           our pasta and passt next to Debian's upstream ones and
-#                        slirp4netns, same run, same workloads: 3 rounds of 3 s
-#                        per cell, about 10 minutes; the table with ratios,
+#                        slirp4netns, same run, same workloads: 5 rounds of 3 s
+#                        per cell, about 13 minutes; the table with ratios,
 #                        $(BENCH_OUT)/results.json and results.png
 #   make bench-smoke     one 1-second round of every cell, to prove the
 #                        benchmark still runs (part of `make check`: prints
@@ -10,7 +10,7 @@
 #   make bench-profile   where our time goes: py-spy and cProfile of our
 #                        programs on the same workloads, $(BENCH_OUT)/profile/
 #
-# BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 5 --time 5',
+# BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 7 --time 5',
 # '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
 #
 # matplotlib (the plot) and py-spy (the profiles) serve these targets only,
