@@ -59,7 +59,7 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass
 class Settings:
-    runs: int = 3
+    runs: int = 5
     seconds: float = 3.0
     udp: UdpLoad = field(default_factory=UdpLoad)
     guest: bool = True
@@ -182,6 +182,17 @@ MEMORY = {
     ("passt", "VmHWM"): _info("rss_peak_passt", "passt peak RSS, loaded", "MiB",
                               higher_is_better=False),
 }
+
+
+def with_cpu(cell: Cell, sample: Sample, seconds: float, before: float | None,
+             after: float | None) -> Sample:
+    """``sample`` with the CPU time (``after - before``, seconds) the program spent
+    per unit of the work it did in ``seconds``."""
+    if cell.fresh or before is None or after is None or sample.value <= 0:
+        return sample
+    amount, unit = report.work(cell.info.unit, sample.value, seconds)
+    scale = report.CPU_UNITS[unit][1]
+    return dataclasses.replace(sample, cpu=(after - before) / amount * scale)
 
 
 # -- the run -----------------------------------------------------------------------
@@ -355,12 +366,7 @@ class Bench:
     def with_cpu(self, cell: Cell, subject: Subject, sample: Sample,
                  before: float | None) -> Sample:
         """``sample`` with the program's CPU time per unit of the work it did."""
-        after = subject.cpu_seconds()
-        if cell.fresh or before is None or after is None or sample.value <= 0:
-            return sample
-        amount, unit = report.work(cell.info.unit, sample.value, self.settings.seconds)
-        scale = report.CPU_UNITS[unit][1]
-        return dataclasses.replace(sample, cpu=(after - before) / amount * scale)
+        return with_cpu(cell, sample, self.settings.seconds, before, subject.cpu_seconds())
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -9,6 +9,10 @@
 #                        figures, fails only if the harness breaks)
 #   make bench-profile   where our time goes: py-spy and cProfile of our
 #                        programs on the same workloads, $(BENCH_OUT)/profile/
+#   make bench-ab        did a change help?  Our pasta at AB_BASE (default
+#                        HEAD) and the working tree, measured alternately
+#                        round after round on the same cells (AB_ARGS:
+#                        '--only tcp_rr_tap --rounds 8', see --help)
 #
 # BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 7 --time 5',
 # '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
@@ -21,9 +25,11 @@
 
 BENCH_OUT      ?= $(BUILD)/bench
 BENCH_ARGS     ?=
+AB_BASE        ?= HEAD
+AB_ARGS        ?=
 BENCH_PIP_DEPS := matplotlib py-spy
 
-.PHONY: bench-deps bench-sidebyside bench-smoke bench-profile
+.PHONY: bench-deps bench-sidebyside bench-smoke bench-profile bench-ab
 
 bench: bench-sidebyside
 
@@ -44,3 +50,6 @@ bench-profile: deps bench-deps guest
 	$(PYTHON) bench/hotspots.py --out $(BENCH_OUT)/profile $(BENCH_ARGS)
 
 CHECK_PREREQS += bench-smoke
+
+bench-ab: deps bench-deps
+	$(PYTHON) bench/abtest.py --base $(AB_BASE) $(AB_ARGS)
