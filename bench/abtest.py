@@ -146,7 +146,8 @@ def main() -> int:
     ap.add_argument("--base", default="HEAD", help="the commit to compare with (A)")
     ap.add_argument("--only", default=DEFAULT_CELLS, help="cells (sidebyside.py keys)")
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--time", type=float, default=3.0, help="seconds per measurement")
+    ap.add_argument("--time", type=float, default=Settings.seconds,
+                    help="seconds per measurement")
     args = ap.parse_args()
     wanted = args.only.split(",")
     cells = [c for c in CELLS if c.info.key in wanted and c.program == "pasta" and not c.fresh]

@@ -351,7 +351,9 @@ class Bench:
         began = time.monotonic()
         cpu_before = live.cpu_seconds()
         try:
-            sample = self.with_cpu(cell, live, cell.measure(live, self), cpu_before)
+            measured = cell.measure(live, self)
+            sample = with_cpu(cell, measured, self.settings.seconds, cpu_before,
+                              live.cpu_seconds())
         except Exception as e:  # noqa: BLE001 - one failed sample; the run goes on
             series.errors.append(_one_line(e))
             print(f"   {cell.info.key:20} {live.label:12} FAILED: {_one_line(e)[:150]}",
@@ -362,11 +364,6 @@ class Bench:
         loss = "" if sample.loss is None else f" ({sample.loss:.1f}% lost)"
         print(f"   {cell.info.key:20} {live.label:12} {sample.value:10.3f} {cell.info.unit}{loss}"
               f"  [{time.monotonic() - began:.1f} s]", flush=True)
-
-    def with_cpu(self, cell: Cell, subject: Subject, sample: Sample,
-                 before: float | None) -> Sample:
-        """``sample`` with the program's CPU time per unit of the work it did."""
-        return with_cpu(cell, sample, self.settings.seconds, before, subject.cpu_seconds())
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -424,8 +421,9 @@ def _one_line(e: BaseException) -> str:
 
 def parse_args(argv: list[str]) -> Settings:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=5, help="rounds (samples per cell)")
-    ap.add_argument("--time", type=float, default=3.0, help="seconds per measurement")
+    ap.add_argument("--runs", type=int, default=Settings.runs, help="rounds (samples per cell)")
+    ap.add_argument("--time", type=float, default=Settings.seconds,
+                    help="seconds per measurement")
     ap.add_argument("--smoke", action="store_true", help="one short round: does it still run?")
     ap.add_argument("--out", default=Settings.out, help="directory for results and logs")
     ap.add_argument("--only", default="", help="comma-separated cell keys")

@@ -65,9 +65,10 @@ exchange: a byte or a few hundred each) is left in the buffer until
 exchange: peeks go on from the peek offset, which the bytes before it don't
 move.  They are discarded before anything that counts from the head of the
 buffer (rewinding the peek offset to retransmit) and before a clean close
-(closing with unread data would reset the connection).  A kernel without ``SO_PEEK_OFF`` for TCP (before 6.9) gets the
-same behaviour from one peek from the first unacknowledged byte, copied
-into the frame buffers past what was already sent.
+(closing with unread data would reset the connection).  A kernel without
+``SO_PEEK_OFF`` for TCP (before 6.9) gets the same behaviour from one peek
+from the first unacknowledged byte, copied into the frame buffers past what
+was already sent.
 
 Data from the guest to the socket
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -608,12 +609,9 @@ def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
 def _acknowledged(flow: TcpFlow, length: int) -> None:
     """The guest acknowledged ``length`` more bytes: discard them now, or with the
     next ones if they are a trickle (see "Data from the socket to the guest")."""
-    due = flow.undiscarded + length
-    if due < DISCARD_LATER and flow.ctx.tcp.peek_off:
-        flow.undiscarded = due
-        return
-    flow.undiscarded = 0
-    _discard(flow, due)
+    flow.undiscarded += length
+    if flow.undiscarded >= DISCARD_LATER or not flow.ctx.tcp.peek_off:
+        _discard_acknowledged(flow)
 
 
 def _discard_acknowledged(flow: TcpFlow) -> None:
