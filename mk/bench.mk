@@ -13,6 +13,10 @@
 #                        HEAD) and the working tree, measured alternately
 #                        round after round on the same cells (AB_ARGS:
 #                        '--only tcp_rr_tap --rounds 8', see --help)
+#   make bench-inproc    our own work (Python and system calls) per 1-byte
+#                        round trip, in one process with no other program
+#                        to wake: steady to a few per cent, where bench-ab
+#                        cannot see 10 % (INPROC_ARGS: '--profile')
 #
 # BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 7 --time 5',
 # '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
@@ -29,7 +33,7 @@ AB_BASE        ?= HEAD
 AB_ARGS        ?=
 BENCH_PIP_DEPS := matplotlib py-spy
 
-.PHONY: bench-deps bench-sidebyside bench-smoke bench-profile bench-ab
+.PHONY: bench-deps bench-sidebyside bench-smoke bench-profile bench-ab bench-inproc
 
 bench: bench-sidebyside
 
@@ -45,11 +49,16 @@ bench-sidebyside: deps bench-deps guest
 
 bench-smoke: deps guest
 	timeout 400 $(PYTHON) bench/sidebyside.py --smoke --out $(BUILD)/bench-smoke
+	timeout 60 $(PYTHON) bench/inproc_rr.py --exchanges 200 --repeat 1
 
 bench-profile: deps bench-deps guest
 	$(PYTHON) bench/hotspots.py --out $(BENCH_OUT)/profile $(BENCH_ARGS)
 
 CHECK_PREREQS += bench-smoke
+
+# Our own work per round trip, in one process: steady where bench-ab is noisy.
+bench-inproc: deps
+	$(PYTHON) bench/inproc_rr.py $(INPROC_ARGS)
 
 bench-ab: deps bench-deps
 	$(PYTHON) bench/abtest.py --base $(AB_BASE) $(AB_ARGS)

@@ -282,6 +282,24 @@ def test_acknowledged_trickle_is_discarded_later_but_before_it_matters(ctx, serv
     assert received == last
 
 
+def test_acknowledged_trickle_is_discarded_after_a_bounded_number_of_answers(ctx, server):
+    """Each short answer left in the socket is a buffer that every later peek walks
+    past: they are discarded after ``DISCARD_LATER_ACKS`` acknowledgements, long
+    before their bytes add up to ``DISCARD_LATER``."""
+    if not ctx.tcp.peek_off:
+        pytest.skip("needs SO_PEEK_OFF for TCP (Linux 6.9)")
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    (flow,) = [f for k, f in ctx.flows.items() if k[0] == "tcp"]
+    answered = small_answers(guest, peer, tcp.DISCARD_LATER_ACKS - 1)
+    assert flow.undiscarded == answered < tcp.DISCARD_LATER
+    small_answers(guest, peer, 1)
+    assert flow.undiscarded == 0
+    answered = small_answers(guest, peer, 1)  # peeks are still in step
+    assert flow.undiscarded == answered
+
+
 def test_connection_refused_resets_the_guest(ctx):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
