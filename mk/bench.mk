@@ -14,9 +14,10 @@
 #                        round after round on the same cells (AB_ARGS:
 #                        '--only tcp_rr_tap --rounds 8', see --help)
 #   make bench-inproc    our own work (Python and system calls) per 1-byte
-#                        round trip, in one process with no other program
-#                        to wake: steady to a few per cent, where bench-ab
-#                        cannot see 10 % (INPROC_ARGS: '--profile')
+#                        round trip and per connection, in one process with
+#                        no other program to wake: steady to a few per
+#                        cent, where bench-ab cannot see 10 %
+#                        (INPROC_ARGS: '--only rr --profile', see --help)
 #
 # BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 7 --time 5',
 # '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
@@ -49,7 +50,7 @@ bench-sidebyside: deps bench-deps guest
 
 bench-smoke: deps guest
 	timeout 400 $(PYTHON) bench/sidebyside.py --smoke --out $(BUILD)/bench-smoke
-	timeout 60 $(PYTHON) bench/inproc_rr.py --exchanges 200 --repeat 1
+	timeout 60 $(PYTHON) bench/inproc_rr.py --exchanges 200 --connections 20 --repeat 1
 
 bench-profile: deps bench-deps guest
 	$(PYTHON) bench/hotspots.py --out $(BENCH_OUT)/profile $(BENCH_ARGS)
