@@ -57,7 +57,8 @@ bench-profile: deps bench-deps guest
 
 CHECK_PREREQS += bench-smoke
 
-# Our own work per round trip, in one process: steady where bench-ab is noisy.
+# Our own work per round trip and per connection, in one process: steady where
+# bench-ab is noisy.
 bench-inproc: deps
 	$(PYTHON) bench/inproc_rr.py $(INPROC_ARGS)
 

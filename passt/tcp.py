@@ -67,9 +67,10 @@ offset, which the bytes before it don't move.  The count matters as much as
 the bytes: each answer is a buffer of its own in the kernel's receive queue,
 and a peek walks the queue up to its offset, so with 16 KiB of 1-byte
 answers left in it (thousands of buffers) a peek cost 4 µs more than the
-discard it saved (bench/inproc_rr.py: 28.9 against 23.9 µs per exchange).  They are discarded before anything that counts from the head of the
-buffer (rewinding the peek offset to retransmit) and before a clean close
-(closing with unread data would reset the connection).  A kernel without
+discard it saved (bench/inproc_rr.py: 28.9 against 23.9 µs per exchange).
+They are discarded before anything that counts from the head of the buffer
+(rewinding the peek offset to retransmit) and before a clean close (closing
+with unread data would reset the connection).  A kernel without
 ``SO_PEEK_OFF`` for TCP (before 6.9) gets the same behaviour from one peek
 from the first unacknowledged byte, copied into the frame buffers past what
 was already sent.

@@ -225,6 +225,21 @@ def test_unacknowledged_data_is_sent_again_from_the_socket(monkeypatch, server, 
         ctx.loop.close()
 
 
+def connected_with_peek_off(
+    ctx: Ctx, server: socket.socket
+) -> tuple[Guest, socket.socket, tcp.TcpFlow]:
+    """A connection from the guest to ``server``: the guest, the server's socket and
+    our flow; skips the test on kernels without ``SO_PEEK_OFF`` for TCP (Linux 6.9),
+    where acknowledged bytes are always discarded at once."""
+    if not ctx.tcp.peek_off:
+        pytest.skip("needs SO_PEEK_OFF for TCP (Linux 6.9)")
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake()
+    peer = accept_polling(ctx, server)
+    (flow,) = [f for k, f in ctx.flows.items() if k[0] == "tcp"]
+    return guest, peer, flow
+
+
 def small_answers(guest: Guest, peer: socket.socket, count: int) -> int:
     """``count`` short answers from the peer, each taken and acknowledged; their length."""
     total = 0
@@ -243,12 +258,7 @@ def test_acknowledged_trickle_is_discarded_later_but_before_it_matters(ctx, serv
     """Short acknowledged answers stay in the socket (no discard per exchange) until
     a retransmission, which must start at the first unacknowledged byte, or a
     clean close, which must stay a FIN."""
-    if not ctx.tcp.peek_off:
-        pytest.skip("needs SO_PEEK_OFF for TCP (Linux 6.9)")
-    guest = Guest(ctx, GW4, server.getsockname()[1])
-    guest.handshake()
-    peer = accept_polling(ctx, server)
-    (flow,) = [f for k, f in ctx.flows.items() if k[0] == "tcp"]
+    guest, peer, flow = connected_with_peek_off(ctx, server)
     answered = small_answers(guest, peer, 5)
     assert flow.undiscarded == answered > 0
     peer.sendall(b"lost")
@@ -286,12 +296,7 @@ def test_acknowledged_trickle_is_discarded_after_a_bounded_number_of_answers(ctx
     """Each short answer left in the socket is a buffer that every later peek walks
     past: they are discarded after ``DISCARD_LATER_ACKS`` acknowledgements, long
     before their bytes add up to ``DISCARD_LATER``."""
-    if not ctx.tcp.peek_off:
-        pytest.skip("needs SO_PEEK_OFF for TCP (Linux 6.9)")
-    guest = Guest(ctx, GW4, server.getsockname()[1])
-    guest.handshake()
-    peer = accept_polling(ctx, server)
-    (flow,) = [f for k, f in ctx.flows.items() if k[0] == "tcp"]
+    guest, peer, flow = connected_with_peek_off(ctx, server)
     answered = small_answers(guest, peer, tcp.DISCARD_LATER_ACKS - 1)
     assert flow.undiscarded == answered < tcp.DISCARD_LATER
     small_answers(guest, peer, 1)
