@@ -86,7 +86,12 @@ while the last figure less what the socket took since stays above half the
 send buffer, the core advertises that estimate, which can only be short of
 the truth.  When the window gets small we watch the socket for ``EPOLLOUT``
 (polling it also marks the socket as short of space, which lets the kernel
-grow its send buffer) and send a window update when room comes back.
+grow its send buffer) and send a window update when room comes back.  Every
+ACK that leaves the window small polls again, even while we already watch:
+the edge comes only if the socket is marked short of space, and a write the
+socket took whole (held data, after the previous edge) does not mark it.
+Without that a sender with a window smaller than its segment waited for its
+zero-window probe, 200 ms at a time (namespace -> host fell to a third).
 Sockets have ``TCP_NODELAY``: the guest's own TCP already coalesces small
 writes.
 

@@ -582,7 +582,10 @@ class TcpConn:
         if not self.ack_due or self.events & CLOSED:
             return []
         acts: list[Action] = [self._ack()]
-        if not self.want_out and not self._window_comfortable(self.rcv_wnd):
+        if not self._window_comfortable(self.rcv_wnd):
+            # Even if already watching: with edge-triggered polling only a fresh
+            # poll is sure to mark the socket as short of space (a write that it
+            # took whole does not), and without that no edge would ever come.
             acts.extend(self._watch_out())
         return acts
 

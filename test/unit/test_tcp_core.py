@@ -386,6 +386,21 @@ def test_small_window_asks_for_writability():
     assert taps(acts)[0][4] == 500 >> tc.WS_TO_GUEST
 
 
+def test_a_small_window_is_watched_again_even_while_watching():
+    """Writing held data can fill the socket without the kernel marking it short of
+    space (it took everything); the ACK after it leaves a small window, and only
+    a fresh poll makes the kernel report room later: without it the guest waits
+    for its zero-window probe (200 ms at least)."""
+    conn = established_outbound()
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000, payload=b"a" * 3000))
+    assert conn.on_sock_accepted(1000, 3000) == [(WANT_OUT, True)]
+    (send,) = conn.on_sock_writable(1 << 20)
+    assert send[0] == SOCK_SEND
+    assert conn.on_sock_accepted(2000, 2000) == []
+    acts = conn.flush_ack(1000)
+    assert taps(acts)[0][3] == GUEST_ISN + 3001 and (WANT_OUT, True) in acts
+
+
 def guest_sends(conn, length: int) -> None:
     """The guest sends ``length`` bytes in order and the socket takes them all."""
     conn.on_segment(seg(conn.rcv_nxt, conn.snd_nxt, ACK | PSH, 1000, payload=b"q" * length))
