@@ -77,12 +77,12 @@ Ubuntu 22.04 and 24.04, so the common case) peek from the first
 unacknowledged byte every time: one ``recvmsg`` whose first buffer takes
 the bytes already in flight (a scratch mapping, ``skip_view``, whose content
 nobody reads) and whose next buffers are the frame buffers, past the
-headers, as above.  One peek must cover what is in flight, so the core is
-told to keep at most ``FALLBACK_INFLIGHT`` bytes in flight
-(``TcpConn.inflight_max``); beyond it the flow waits for the guest's ACK
-like a full window, which lets the peek go on.  Every peek copies what is in
-flight once more, which is the price of these kernels (upstream pays it
-too).  ``PASST_NO_PEEK_OFF=1`` in the environment takes this path on any
+headers, as above.  Every peek copies what is in flight once more, which is
+the price of these kernels (upstream pays it too), so a peek takes up to
+``FALLBACK_FRAMES`` frames at once, and the core keeps at most as many full
+segments in flight and peeks again only once they are down to half
+(``TcpConn.inflight_segments``): each peek brings at least as many new bytes
+as it copies again.  ``PASST_NO_PEEK_OFF=1`` in the environment takes this path on any
 kernel, so that every machine tests it.  Acknowledged bytes are discarded
 at once on this path: the peek counts from the head of the buffer.
 
@@ -180,7 +180,6 @@ from passt.tcp_core import (
     CLOSED,
     DATA,
     DISCARD,
-    MAX_WINDOW,
     PEEK,
     REWIND,
     SHUT_WR,
@@ -203,9 +202,8 @@ SIOCOUTQ = 0x5411
 TCP_WINDOW_CLAMP = 10
 MTU_DEFAULT = 65520
 FRAMES_PER_READ = 16  # frames peeked per read round
-FRAME_POOL = 2 * FRAMES_PER_READ  # reusable data frame buffers
+FALLBACK_FRAMES = 64  # ... without SO_PEEK_OFF, and full segments in flight, at most
 FRAME_MAX = 14 + 40 + 20 + 65535  # Ethernet, IPv6, TCP headers and the largest payload
-FALLBACK_INFLIGHT = 16 << 20  # without SO_PEEK_OFF: bytes in flight, at most (one peek)
 NO_PEEK_OFF_ENV = "PASST_NO_PEEK_OFF"  # "1": behave as on a kernel without SO_PEEK_OFF
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
 DISCARD_LATER = 16 << 10  # acknowledged bytes left in the receive buffer, at most
@@ -257,13 +255,16 @@ class TcpState:
         self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
         self.conns = 0
         self.peek_off = _peek_off_supported()
-        self.inflight_max = MAX_WINDOW if self.peek_off else FALLBACK_INFLIGHT
+        self.frames_per_read = FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES
+        self.inflight_segments = 0 if self.peek_off else FALLBACK_FRAMES
         self.big_sndbuf = read_sysctl_int(_WMEM_MAX_FILE) >= BIG_BUFFER
         self.big_rcvbuf = read_sysctl_int(_RMEM_MAX_FILE) >= BIG_BUFFER
-        self.skip_view = None if self.peek_off else memoryview(mmap.mmap(-1, FALLBACK_INFLIGHT))
+        skip = FALLBACK_FRAMES * (self.mtu - 40)  # what is in flight, at most
+        self.skip_view = None if self.peek_off else memoryview(mmap.mmap(-1, skip))
         self.hold_budget = HoldBudget()
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
-        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(FRAME_POOL)]
+        pool = 2 * FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES  # one peek's at least
+        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(pool)]
         self.pool_next = 0  # pool buffers from here on are free until the next send
         self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
         self.out: list[Buffer] = []  # frames of the event being handled
@@ -552,7 +553,7 @@ def _read_sock(flow: TcpFlow) -> None:
         if not budget:
             _run(flow, core.on_window_full())
             return
-        if state.pool_next + FRAMES_PER_READ > FRAME_POOL:
+        if state.pool_next + state.frames_per_read > len(state.pool):
             _send_out(flow.ctx)
         try:
             got, short = peek(flow, budget)
@@ -610,7 +611,7 @@ def _peek_frames(flow: TcpFlow, budget: int) -> tuple[int, bool]:
 def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
     """The same without SO_PEEK_OFF: one peek from the first unacknowledged byte,
     what is in flight into the skip map and the new bytes into frame buffers
-    (``TcpConn.inflight_max`` keeps them within the map); returns (new bytes,
+    (``TcpConn.inflight_segments`` keeps them within the map); returns (new bytes,
     whether the read came up short).  No bytes at all: end of file."""
     core = flow.core
     state: TcpState = flow.ctx.tcp
@@ -623,7 +624,7 @@ def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
     mss = core.mss
     first = state.pool_next
     wanted = 0
-    for buf in pool[first:first + FRAMES_PER_READ]:
+    for buf in pool[first:first + FALLBACK_FRAMES]:
         want = min(mss, budget - wanted)
         if want <= 0:
             break
@@ -638,7 +639,7 @@ def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
     chunks = state.chunks
     chunks.clear()
     left = got
-    for buf in pool[first:first + FRAMES_PER_READ]:
+    for buf in pool[first:first + FALLBACK_FRAMES]:
         size = min(mss, left)
         chunks.append((buf, size))
         left -= size
@@ -919,7 +920,7 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
     core, acts = TcpConn.outbound(
         syn, isn, state.mss_limit(family == socket.AF_INET6), state.hold_budget
     )
-    core.inflight_max = state.inflight_max
+    core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     try:
         _prepare_socket(state, sock, family, outbound=True)
@@ -1029,7 +1030,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
     core, acts = TcpConn.inbound(
         state.rng.getrandbits(32), state.mss_limit(v6), window, state.hold_budget
     )
-    core.inflight_max = state.inflight_max
+    core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     if not _register(ctx, flow, SOCK_EVENTS):
         _abort(sock)

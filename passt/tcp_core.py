@@ -100,9 +100,12 @@ to the socket with ``TCP_WINDOW_CLAMP`` (``CLAMP``, only on changes of more
 than 1/16th, to spare system calls), so the far end sees the guest's
 receiving pace.  Our segments to the guest are at most its MSS and at most
 what the tap MTU allows (``mss_limit``); the MSS we advertise is the MTU's.
-The driver may also bound the bytes in flight (``inflight_max``): without
-``SO_PEEK_OFF`` every peek re-reads what is in flight, and one peek must
-cover it.
+The driver may also bound what is in flight to ``inflight_segments``
+full segments: without ``SO_PEEK_OFF`` every peek copies again what is in
+flight, so the core keeps it within what one peek covers, and once more
+than half of that is in flight it waits for ACKs to bring it down to half
+before peeking again: each peek then brings at least as many new bytes as
+it copies again, rather than a segment or two per ACK.
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ class TcpConn:
         "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
         "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
         "sock_pending", "ack_due", "dropped", "want_out", "pending_fin", "held", "offered",
-        "sending_held", "rcv_est", "sndbuf", "rcv_acked", "fin_resend", "inflight_max",
+        "sending_held", "rcv_est", "sndbuf", "rcv_acked", "fin_resend", "inflight_segments",
         "budget",
     )  # fmt: skip
 
@@ -250,7 +253,7 @@ class TcpConn:
         self.snd_wnd = 0  # the guest's window, scaled
         self.fin_seq = 0  # sequence number of our FIN, once TAP_FIN_SENT
         self.fin_resend = False  # going back: send the FIN again after the data before it
-        self.inflight_max = MAX_WINDOW  # bytes in flight to the guest, at most
+        self.inflight_segments = 0  # full segments in flight to the guest, at most (0: any)
         self.rcv_nxt = 0
         self.rcv_wnd = WINDOW_DEFAULT  # our window: the socket's free send space
         self.ws_from_guest = self.ws_to_guest = 0
@@ -343,13 +346,20 @@ class TcpConn:
         return (TAP, ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
 
     def peek_budget(self) -> int:
-        """How many new bytes the guest's window (and ``inflight_max``) lets us send
-        now; after our FIN, only the data before it, when going back."""
+        """How many new bytes the guest's window (and ``inflight_segments``) lets us
+        send now; after our FIN, only the data before it, when going back."""
         events = self.events
         if events & CLOSED or not events & ESTABLISHED:
             return 0
-        window = self.snd_wnd if self.snd_wnd < self.inflight_max else self.inflight_max
-        budget = window - ((self.snd_nxt - self.snd_una) & SEQ_MASK)
+        in_flight = (self.snd_nxt - self.snd_una) & SEQ_MASK
+        window = self.snd_wnd
+        if self.inflight_segments:
+            bound = self.inflight_segments * self.mss
+            if in_flight > bound >> 1:
+                return 0  # wait until a peek brings more than it copies again
+            if bound < window:
+                window = bound
+        budget = window - in_flight
         if events & TAP_FIN_SENT:
             if not self.fin_resend:
                 return 0

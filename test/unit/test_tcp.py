@@ -560,7 +560,7 @@ def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
             guest.send(ACK, window=0xFFFF)
     writer.join(5)
     assert bytes(got) == sent and fin_at == guest.ack
-    assert (1 << 20) < most_in_flight <= tcp.FALLBACK_INFLIGHT
+    assert (1 << 20) < most_in_flight <= tcp.FALLBACK_FRAMES * ctx.tcp.mss_limit(False)
     tcp.close(ctx)
     ctx.loop.close()
 

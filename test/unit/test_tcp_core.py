@@ -728,11 +728,14 @@ def test_closing_gives_held_bytes_back_to_the_budget():
     assert budget.used == 0 and not conn.held
 
 
-def test_bytes_in_flight_are_bounded_by_inflight_max():
+def test_bytes_in_flight_are_bounded_and_peeks_wait_for_half_of_them_acknowledged():
     conn = established_outbound(window=0xFFFF)  # 8 MiB with the scale
-    conn.inflight_max = 100_000
-    assert conn.on_sock_readable() == 100_000
-    assert find(conn.on_sock_data(100_000), TIMER) == [(TIMER, tc.ACK_TIMEOUT)]
+    conn.inflight_segments = 4
+    bound = 4 * conn.mss
+    assert conn.on_sock_readable() == bound
+    assert find(conn.on_sock_data(bound), TIMER) == [(TIMER, tc.ACK_TIMEOUT)]
     assert conn.on_sock_readable() == 0
-    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 40_001, ACK, 0xFFFF))
-    assert PEEK in ops(acts) and conn.peek_budget() == 40_000
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1 + conn.mss, ACK, 0xFFFF))
+    assert PEEK not in ops(acts) and conn.peek_budget() == 0  # 3 of 4 still in flight
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1 + 2 * conn.mss, ACK, 0xFFFF))
+    assert PEEK in ops(acts) and conn.peek_budget() == 2 * conn.mss

@@ -12,7 +12,7 @@ every run wraps around.
 The second set of runs adds what kernels without ``SO_PEEK_OFF`` and slow
 readers bring: the model driver peeks from the first unacknowledged byte
 (as ``tcp._peek_frames_from_start``), the core bounds what is in flight
-(``inflight_max``), and the guest's reader pauses, shutting its window for
+(``inflight_segments``), and the guest's reader pauses, shutting its window for
 many timer rounds; the connection must neither lose a byte nor be reset.
 """
 
@@ -30,7 +30,6 @@ from passt.tcp_core import (
     DATA,
     DISCARD,
     ESTABLISHED,
-    MAX_WINDOW,
     PEEK,
     REWIND,
     SHUT_WR,
@@ -79,7 +78,7 @@ class Model:
         syn = self.segment(self.g_isn, 0, SYN, 65535, mss=rng.choice([536, 1400, 9000]), ws=0)
         self.conn, acts = TcpConn.outbound(syn, isn, 65480)
         if slow_kernel:
-            self.conn.inflight_max = rng.choice([MAX_WINDOW, 3000, 50000])
+            self.conn.inflight_segments = rng.choice([0, 1, 4, 64])
         self.run(acts)
         self.run(self.conn.on_connected())
         self.deliver_to_guest()
