@@ -156,6 +156,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "version", None, BOTH, "Show version and exit"),
     _opt("s", "socket", "PATH", PASST, "UNIX domain socket path",
          "default: probe free path starting from /tmp/passt_1.socket"),
+    _opt(None, "socket-path", "PATH", PASST, "Same as --socket (vhost-user convention)"),
+    _opt(None, "vhost-user", None, PASST, "Enable vhost-user mode",
+         "UNIX domain socket is provided by -s option"),
+    _opt(None, "print-capabilities", None, PASST, "Print back-end capabilities in JSON format",
+         "only meaningful for vhost-user mode"),
     _opt("I", "ns-ifname", "NAME", PASTA, "Namespace interface name",
          "default: same interface name as external one"),
     _opt("F", "fd", "FD", BOTH, "Use FD as pre-opened connected socket",
@@ -352,6 +357,7 @@ class Conf:
     socket: str | None = None
     fd: int | None = None
     one_off: bool = False               # --one-off, or --fd (which implies it)
+    vhost_user: bool = False
     # what the guest or namespace is told
     mtu: int | None = None              # 0: don't advertise an MTU
     address: tuple[IPAddress, ...] = ()
@@ -626,6 +632,7 @@ _ONCE_FLAGS = {  # flags upstream refuses twice
     "one-off": "Redundant --one-off option",
 }
 _PORT_OPTIONS = ("tcp-ports", "udp-ports", "tcp-ns", "udp-ns")
+_SYNONYMS = {"socket-path": "socket"}  # long name → the option it stands for
 
 
 class _Parser:
@@ -743,7 +750,7 @@ class _Parser:
             assert value is not None
             where = f"--{name}, {e.hint}" if e.hint else f"--{name}"
             raise ConfError(f"{e.problem}: {shown(value)} ({where})") from None
-        self.seen.add(name)
+        self.seen.add(_SYNONYMS.get(name, name))
 
     def flag(self, opt: OptionSpec, _value: str | None) -> None:
         if opt.long in self.seen and opt.long in _ONCE_FLAGS:
@@ -754,12 +761,13 @@ class _Parser:
 
     def single(self, opt: OptionSpec, value: str | None) -> None:
         assert value is not None
-        if opt.long in self.seen:
-            if opt.long in _REDUNDANT:
-                raise _Bad(_REDUNDANT[opt.long])
-            raise ConfError(f"Multiple --{opt.long} options given")
-        self.values[opt.long.replace("-", "_")] = _SINGLE[opt.long](value)
-        if opt.long == "fd":
+        name = _SYNONYMS.get(opt.long, opt.long)
+        if name in self.seen:
+            if name in _REDUNDANT:
+                raise _Bad(_REDUNDANT[name])
+            raise ConfError(f"Multiple --{name} options given")
+        self.values[name.replace("-", "_")] = _SINGLE[name](value)
+        if name == "fd":
             self.values["one_off"] = True
 
     def per_family(self, opt: OptionSpec, value: str | None) -> None:
@@ -823,6 +831,13 @@ class _Parser:
         sys.stdout.flush()
         raise SystemExit(0)
 
+    def print_capabilities(self, _opt: OptionSpec, _value: str | None) -> None:
+        from passt.vhost_user import CAPABILITIES
+
+        sys.stdout.write(CAPABILITIES)
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def version(self, _opt: OptionSpec, _value: str | None) -> None:
         sys.stdout.write(version_text(self.mode))
         sys.stdout.flush()
@@ -856,8 +871,8 @@ def _handlers() -> dict[str, _Handler]:
     table: dict[str, _Handler] = {}
     for opt in OPTIONS:
         name = opt.long
-        if name in ("help", "version", "dns", "search"):
-            table[name] = getattr(_Parser, name)
+        if name in ("help", "version", "dns", "search", "print-capabilities"):
+            table[name] = getattr(_Parser, name.replace("-", "_"))
         elif name in _PORT_OPTIONS:
             table[name] = _Parser.port_spec
         elif name in _PER_FAMILY:

@@ -150,8 +150,13 @@ _SOCKETS = (
     "socket bind connect listen accept4 shutdown getsockname getpeername "
     "setsockopt getsockopt sendto recvfrom sendmsg recvmsg"
 )
-# passt: removing its socket file at exit, through the directory's descriptor.
-PASST_SYSCALLS: tuple[str, ...] = tuple(f"{_INTERPRETER} {_SOCKETS} unlinkat".split())
+# passt: removing its socket file at exit, through the directory's descriptor;
+# with --vhost-user, each front end's session gets an epoll instance of its own
+# (vhost_backend), and maps the guest's memory from descriptors it received
+# (mmap, recvmsg, read and write of eventfds are on the interpreter's list).
+PASST_SYSCALLS: tuple[str, ...] = tuple(
+    f"{_INTERPRETER} {_SOCKETS} unlinkat epoll_create1".split()
+)
 # pasta: the spliced path's pipes, and ending and reaping its command.
 PASTA_SYSCALLS: tuple[str, ...] = tuple(
     f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4".split()

@@ -47,7 +47,8 @@ Listening (``QemuListener``)
     is taken: a path is free if nothing accepts connections on it; a stale
     socket file there is removed, anything that is not a socket is left alone.
     A given ``--socket`` path that something listens on is refused ("already
-    in use").  One client is served at a time, as upstream: a connection
+    in use").  With ``--vhost-user`` the socket carries the vhost-user
+    protocol instead, and each client is a ``vhost_backend.VhostUserBackend``.  One client is served at a time, as upstream: a connection
     arriving while one is served is accepted and closed at once (QEMU's
     ``reconnect`` option retries).  When the client goes, the caller either
     stops (``--one-off``) or calls ``resume`` to wait for the next one; a
@@ -68,10 +69,11 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 from passt import log
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
+from passt.vhost_backend import VhostUserBackend
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -101,6 +103,9 @@ _ucred = struct.Struct("3i")
 _prefixes: dict[int, bytes] = {}
 
 
+Client = Union["QemuStream", VhostUserBackend]
+
+
 class QemuError(Exception):
     """The QEMU socket can't be set up; one-line message."""
 
@@ -114,6 +119,7 @@ class QemuOptions(Protocol):
 
     socket: str | None
     fd: int | None
+    vhost_user: bool
 
 
 def frame_prefix(size: int) -> bytes:
@@ -343,24 +349,27 @@ class QemuListener:
     """The listening socket (or the ``--fd`` socket) and the one client it serves."""
 
     def __init__(
-        self, sock: socket.socket, path: str | None, bound: BoundPath | None = None
+        self, sock: socket.socket, path: str | None, bound: BoundPath | None = None,
+        vhost_user: bool = False,
     ) -> None:
-        """``sock`` listens on ``path``, or is already connected (``path`` None)."""
+        """``sock`` listens on ``path``, or is already connected (``path`` None);
+        clients speak vhost-user (``vhost_backend``) or the stream protocol."""
         self._sock: socket.socket | None = sock
         self.path = path
         self._bound = bound
+        self._vhost_user = vhost_user
         self._loop: EventLoop | None = None
-        self._on_client: Callable[[QemuStream], None] | None = None
+        self._on_client: Callable[[Client], None] | None = None
         self._stats: Counter[str] | None = None
-        self.client: QemuStream | None = None
+        self.client: Client | None = None
 
     def start(
         self,
         loop: EventLoop,
-        on_client: Callable[[QemuStream], None],
+        on_client: Callable[[Client], None],
         stats: Counter[str] | None = None,
     ) -> None:
-        """Serve clients from ``loop``: ``on_client(stream)`` for each accepted one.
+        """Serve clients from ``loop``: ``on_client(backend)`` for each accepted one.
 
         The caller attaches the stream (``Dispatcher.attach``) and calls
         ``resume`` (or stops, with ``--one-off``) when it hangs up.  With
@@ -393,8 +402,11 @@ class QemuListener:
 
     def _serve(self, conn: socket.socket) -> None:
         assert self._on_client is not None
-        _enlarge_buffers(conn)
-        self.client = QemuStream(conn, self._loop, self._stats)
+        if self._vhost_user:
+            self.client = VhostUserBackend(conn, self._stats)
+        else:
+            _enlarge_buffers(conn)
+            self.client = QemuStream(conn, self._loop, self._stats)
         self._on_client(self.client)
 
     def resume(self) -> None:
@@ -444,7 +456,7 @@ class BoundPath:
 def listen(opts: QemuOptions) -> QemuListener:
     """Bind and listen on the QEMU socket (or adopt ``--fd``); raises ``QemuError``."""
     if opts.fd is not None:
-        return QemuListener(_adopt_fd(opts.fd), None)
+        return QemuListener(_adopt_fd(opts.fd), None, vhost_user=opts.vhost_user)
     sock, path = bind_socket(opts.socket)
     try:
         sock.listen(LISTEN_BACKLOG)
@@ -454,13 +466,22 @@ def listen(opts: QemuOptions) -> QemuListener:
         _unlink_quietly(path)
         raise QemuError(f"Failed to listen on UNIX domain socket {path}: {e.strerror}") from None
     log.info("UNIX domain socket bound at %s", path)
-    for line in startup_hint(path):
+    for line in startup_hint(path, opts.vhost_user):
         log.info("%s", line)
-    return QemuListener(sock, path, bound)
+    return QemuListener(sock, path, bound, opts.vhost_user)
 
 
-def startup_hint(path: str) -> list[str]:
+def startup_hint(path: str, vhost_user: bool = False) -> list[str]:
     """How to start QEMU against ``path``, as upstream prints it."""
+    if vhost_user:
+        return [
+            "",
+            "You can start qemu with:",
+            f"    kvm ... -chardev socket,id=chr0,path={path} "
+            "-netdev vhost-user,id=netdev0,chardev=chr0 "
+            "-device virtio-net,netdev=netdev0 -object memory-backend-memfd,id=memfd0,"
+            "share=on,size=$RAMSIZE -numa node,memdev=memfd0",
+        ]
     return [
         "",
         "You can now start qemu (>= 7.2):",

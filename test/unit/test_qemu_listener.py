@@ -22,6 +22,7 @@ from passt.tap import Dispatcher
 class Opts:
     socket: str | None = None
     fd: int | None = None
+    vhost_user: bool = False
 
 
 @pytest.fixture
