@@ -57,6 +57,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
         elif chosen.name == "upstream":
+            lacks = features.upstream_lacks(cell)
+            if lacks:
+                item.add_marker(pytest.mark.skip(reason=f"upstream: {lacks}"))
             reason = features.upstream_failure(cell)
             if reason:
                 item.add_marker(pytest.mark.xfail(reason=f"upstream: {reason}", strict=True))
@@ -114,6 +117,10 @@ def _stage_fixture(name: str, label: str, deploy: Callable[[impl.Impl, str], Dep
 
 
 passt_stage = _stage_fixture("passt_stage", "passt", deploy_passt)
+passt_vu_stage = _stage_fixture(
+    "passt_vu_stage", "passt-vu",
+    lambda chosen, workdir: deploy_passt(chosen, workdir, backend="vhost-user"),
+)
 pasta_stage = _stage_fixture("pasta_stage", "pasta", deploy_pasta)
 pasta_l2_stage = _stage_fixture(
     "pasta_l2_stage", "pasta-l2",
@@ -122,6 +129,7 @@ pasta_l2_stage = _stage_fixture(
 
 
 def _use(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:
+    """``stage``'s deployment for one test, cleaned up after it."""
     deployment = stage.get()
     request.node.e2e_deployment = deployment
     try:

@@ -150,17 +150,19 @@ def _prepare(shells: list[Shell]) -> None:
         traffic.make_payloads(shell)
 
 
-def deploy_passt(impl: Impl, workdir: str) -> Deployment:
-    """A world, passt in its host namespace, a guest configured by DHCP/SLAAC."""
-    world = World("passt", workdir).create()
+def deploy_passt(impl: Impl, workdir: str, backend: str = "stream") -> Deployment:
+    """A world, passt in its host namespace, a guest configured by DHCP/SLAAC,
+    connected through ``backend`` (guest.BACKENDS)."""
+    world = World("passt" if backend == "stream" else "passt-vu", workdir).create()
     socket_path = os.path.join(workdir, "passt.sock")
-    options = ["-s", socket_path, "-1", *forward_options("passt")]
+    vhost_user = ["--vhost-user"] if backend == "vhost-user" else []
+    options = ["-s", socket_path, "-1", *vhost_user, *forward_options("passt")]
     daemon = Daemon(impl.argv("passt", options), world.host_ns, os.path.join(workdir, "passt.log"))
     deployment = Deployment(world, daemon, world.host)  # inner: the guest, once booted
     with torn_down_on_error(deployment):
         build_guest_image()
         daemon.start(lambda: os.path.exists(socket_path))
-        deployment.guest = Guest(socket_path, workdir)
+        deployment.guest = Guest(socket_path, workdir, backend)
         deployment.inner = shell = deployment.guest.boot().shell
         deployment.notes.append(
             f"passt started in {daemon.start_seconds:.1f} s; "

@@ -61,6 +61,7 @@ PARTS = {
     "port forwarding": Part(6, ("passt.fwd:Forwarder",)),
     "TCP splice": Part(6, ("passt.tcp_splice:TcpSplice",)),
     "UDP splice": Part(6, ("passt.udp_splice:UdpSplice",)),
+    "vhost-user": Part(22, ("passt.vhost_backend:VhostUserBackend",)),
 }
 
 _BASE = {"passt": ["core", "passt socket", "L2 services"], "pasta": ["core", "pasta namespace"]}
@@ -71,6 +72,8 @@ _L2_NEEDS = {"ping_gateway": ["ICMP"], "ping_remote": ["ICMP"]}
 def parts_needed(cell: Cell) -> list[str]:
     """Names of the parts ``cell`` exercises."""
     needed = list(_BASE[cell.program])
+    if cell.name.startswith(VHOST_USER_PREFIX):
+        needed.append("vhost-user")
     if cell.proto:  # a direction cell
         if (cell.program, cell.name) in _SPLICED:
             needed.append(f"{cell.proto.upper()} splice")
@@ -132,6 +135,16 @@ UPSTREAM_FAILS: dict[str, str] = {
     "pasta out_host udp v6": _GATEWAY_UDP6,
     "passt in_host udp v6": _LOOPBACK_UDP6,
 }
+
+
+VHOST_USER_PREFIX = "vu_"  # cells run over passt --vhost-user (test_passt_vhost_user.py)
+
+
+def upstream_lacks(cell: Cell) -> str | None:
+    """What Debian's 2023 upstream lacks for ``cell`` (the cell is skipped), or None."""
+    if cell.name.startswith(VHOST_USER_PREFIX):
+        return "Debian's passt 0.0~git20230309 has no --vhost-user (PASST_IMPL=upstream2026)"
+    return None
 
 
 def upstream_failure(cell: Cell) -> str | None:

@@ -9,6 +9,9 @@ variable ``PASST_IMPL``:
   Debian's C programs are there too);
 - ``upstream``: Debian's C ``passt``/``pasta`` in ``/usr/bin``, the
   behavioural reference;
+- ``upstream2026``: upstream's release 2026_07_16, built by
+  ``/work/shared/tools/build-upstream.sh build/upstream-2026`` (it has
+  ``--vhost-user``, which Debian's 2023 build lacks);
 - ``installed``: programs installed by a package, from ``PASST_BIN_DIR``
   (default ``/usr/bin``), for the packaging tests.
 
@@ -55,6 +58,15 @@ def _upstream() -> Impl:
     return Impl("upstream", ("/usr/bin/passt",), ("/usr/bin/pasta",))
 
 
+UPSTREAM_2026 = os.path.join(os.path.dirname(__file__), "..", "..", "build", "upstream-2026")
+
+
+def _upstream2026() -> Impl:
+    bin_dir = os.path.abspath(UPSTREAM_2026)
+    return Impl("upstream2026", (os.path.join(bin_dir, "passt"),),
+                (os.path.join(bin_dir, "pasta"),))
+
+
 def _installed() -> Impl:
     bin_dir = os.environ.get("PASST_BIN_DIR", "/usr/bin")
     return Impl(
@@ -65,6 +77,7 @@ def _installed() -> Impl:
 _IMPLS: dict[str, Callable[[], Impl]] = {
     "ours": _ours,
     "upstream": _upstream,
+    "upstream2026": _upstream2026,
     "installed": _installed,
 }
 

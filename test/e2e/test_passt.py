@@ -4,9 +4,16 @@ One guest serves the whole module (conftest.py's ``passt_env``); the tests
 run in file order: the boot checks first, then the direction matrix (its
 inbound cells first, so that they reach a guest that has not yet sent
 anything from its global address), the L2 checks, the clean shutdown last.
+
+The same tests run over each of passt's back ends: ``passt_tests(backend)``
+makes them, this module takes the stream socket's and
+test_passt_vhost_user.py the vhost-user ones (cells ``passt vu_out tcp
+v4``..., run as the plain cell ``passt out tcp v4``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -14,38 +21,60 @@ from . import l2, traffic
 from .cells import Cell, cell_id, l2_cells, matrix
 from .deploy import Deployment
 from .guest import GUEST_MAC
+from .test_passt_qrap import plain_cell, variant_params
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.mark.parametrize("cell", [Cell("passt", "boot")], ids=cell_id)
-def test_guest_boots_on_passt_socket(cell: Cell, passt_env: Deployment) -> None:
-    guest = passt_env.guest
-    assert guest is not None
-    report = guest.report
-    print(f"guest booted in {report.boot_seconds:.1f} s")
-    assert report.initial_status == "prelaunch", f"QEMU started {report.initial_status}"
-    assert "type=stream" in report.netdev_info, report.netdev_info
-    assert guest.socket_path in report.netdev_info, report.netdev_info
-    rx_filter = guest.qmp_command("query-rx-filter")
-    assert [f["main-mac"] for f in rx_filter] == [GUEST_MAC]
+VARIANTS = {"stream": "", "vhost-user": "vu"}  # back end → prefix of its cells' names
 
 
-@pytest.mark.parametrize("cell", matrix("passt"), ids=cell_id)
-def test_direction(cell: Cell, passt_env: Deployment, record_property) -> None:
-    throughput = traffic.run_cell(cell, passt_env.world, passt_env.inner)
-    print(f"{cell.label}: {throughput.text}")
-    record_property("throughput", throughput.text)
+def _params(backend: str, plains: Iterable[Cell]) -> list[object]:
+    prefix = VARIANTS[backend]
+    if prefix:
+        return variant_params(prefix, plains)
+    return [pytest.param(cell, id=cell_id(cell)) for cell in plains]
 
 
-@pytest.mark.parametrize("cell", l2_cells("passt", l2.CHECKS), ids=cell_id)
-def test_l2(cell: Cell, passt_env: Deployment) -> None:
-    print(l2.check(cell.name, cell.version, passt_env.inner))
+def _plain(cell: Cell) -> Cell:
+    return plain_cell(cell) if cell.name.split("_", 1)[0] in VARIANTS.values() else cell
 
 
-@pytest.mark.parametrize("cell", [Cell("passt", "shutdown")], ids=cell_id)
-def test_qemu_quits_and_one_off_passt_follows(cell: Cell, passt_env: Deployment) -> None:
-    assert passt_env.guest is not None
-    assert passt_env.guest.shutdown(), "QEMU did not exit after QMP quit"
-    status = passt_env.daemon.proc.wait(10) if passt_env.daemon.proc else None
-    assert status == 0, f"passt --one-off exited {status} after its guest left"
+def passt_tests(backend: str) -> dict[str, Callable[..., None]]:
+    """The tests of this module for ``backend``, by name, to be put in a module."""
+
+    @pytest.mark.parametrize("cell", _params(backend, [Cell("passt", "boot")]))
+    def test_guest_boots_on_passt_socket(cell: Cell, passt_env: Deployment) -> None:
+        guest = passt_env.guest
+        assert guest is not None
+        report = guest.report
+        print(f"guest booted in {report.boot_seconds:.1f} s")
+        assert report.initial_status == "prelaunch", f"QEMU started {report.initial_status}"
+        assert f"type={backend}" in report.netdev_info, report.netdev_info
+        if backend == "stream":
+            assert guest.socket_path in report.netdev_info, report.netdev_info
+        rx_filter = guest.qmp_command("query-rx-filter")
+        assert [f["main-mac"] for f in rx_filter] == [GUEST_MAC]
+
+    @pytest.mark.parametrize("cell", _params(backend, matrix("passt")))
+    def test_direction(cell: Cell, passt_env: Deployment, record_property) -> None:
+        throughput = traffic.run_cell(_plain(cell), passt_env.world, passt_env.inner)
+        print(f"{cell.label}: {throughput.text}")
+        record_property("throughput", throughput.text)
+
+    @pytest.mark.parametrize("cell", _params(backend, l2_cells("passt", l2.CHECKS)))
+    def test_l2(cell: Cell, passt_env: Deployment) -> None:
+        plain = _plain(cell)
+        print(l2.check(plain.name, plain.version, passt_env.inner))
+
+    @pytest.mark.parametrize("cell", _params(backend, [Cell("passt", "shutdown")]))
+    def test_qemu_quits_and_one_off_passt_follows(cell: Cell, passt_env: Deployment) -> None:
+        assert passt_env.guest is not None
+        assert passt_env.guest.shutdown(), "QEMU did not exit after QMP quit"
+        status = passt_env.daemon.proc.wait(10) if passt_env.daemon.proc else None
+        assert status == 0, f"passt --one-off exited {status} after its guest left"
+
+    return {f.__name__: f for f in (test_guest_boots_on_passt_socket, test_direction, test_l2,
+                                    test_qemu_quits_and_one_off_passt_follows)}
+
+
+globals().update(passt_tests("stream"))
