@@ -30,7 +30,11 @@ Subjects:
   outside reached through slirp's sockets in the host namespace); it has
   the tap path only;
 - ``passt`` ours and upstream: a QEMU TCG guest (``e2e.guest``) on passt's
-  socket, configured by DHCP and SLAAC (``e2e.l2``) as a user's would be.
+  socket, configured by DHCP and SLAAC (``e2e.l2``) as a user's would be;
+- ``passt-vu``: the same over ``--vhost-user`` (QEMU 10, see mk/qemu10.mk),
+  ours and upstream's 2026 release (``upstream``; Debian's has none), next
+  to ours over the stream socket (``stream``), so that one run compares all
+  three.
 
 Clients "inside" run in the target namespace (``ip netns exec``) or on the
 guest's console (``Shell``), behind one ``Endpoint`` interface; servers
@@ -87,6 +91,9 @@ FEATURES = {
     ("pasta", "direct"): frozenset({"tap", "splice", "peer"}),
     ("passt", "ours"): frozenset({"guest", "startup"}),
     ("passt", "upstream"): frozenset({"guest", "startup"}),
+    ("passt-vu", "ours"): frozenset({"guest"}),
+    ("passt-vu", "upstream"): frozenset({"guest"}),
+    ("passt-vu", "stream"): frozenset({"guest"}),
     # pasta as on kernels without TCP SO_PEEK_OFF (before 6.9: Debian 12...):
     # ours told so by PASST_NO_PEEK_OFF=1; upstream's 2023 build never uses it.
     ("pasta-fallback", "ours"): frozenset({"tap"}),
@@ -286,8 +293,9 @@ def slirp_argv(netns_path: str) -> list[str]:
     return [SLIRP4NETNS, *SLIRP_OPTIONS, "--netns-type=path", netns_path, "tap0"]
 
 
-def passt_argv(impl: Impl, socket_path: str) -> list[str]:
-    return impl.argv("passt", ["-s", socket_path, "-1", "-t", "none", "-u", "none"])
+def passt_argv(impl: Impl, socket_path: str, backend: str = "stream") -> list[str]:
+    vhost_user = ["--vhost-user"] if backend == "vhost-user" else []
+    return impl.argv("passt", ["-s", socket_path, "-1", *vhost_user, "-t", "none", "-u", "none"])
 
 
 def _tune(*namespaces: str) -> None:
@@ -352,19 +360,37 @@ def start_direct(workdir: str) -> Subject:
                    inner=host)
 
 
-def start_passt(label: str, workdir: str, impl: Impl | None = None) -> Subject:
+def missing(program: str, label: str) -> str | None:
+    """Why subject ``program`` ``label`` can't run here, or None."""
+    if (program, label) == ("passt-vu", "upstream"):
+        passt = implementation("upstream2026").passt[0]
+        if not os.path.exists(passt):
+            return f"no {passt} (make upstream-2026)"
+    return None
+
+
+def start_passt_vu(label: str, workdir: str) -> Subject:
+    """A ``passt-vu`` subject: ours or upstream's 2026 release over vhost-user, or
+    ours over the stream socket (``stream``)."""
+    impl = implementation("upstream2026" if label == "upstream" else "ours")
+    backend = "stream" if label == "stream" else "vhost-user"
+    return start_passt(label, workdir, impl, backend, "passt-vu")
+
+
+def start_passt(label: str, workdir: str, impl: Impl | None = None, backend: str = "stream",
+                program: str = "passt") -> Subject:
     """Our or upstream passt (or ``impl``) with a TCG guest, configured by DHCP/SLAAC."""
     impl = impl or implementation(label)
     os.makedirs(workdir, exist_ok=True)
-    world = new_world(f"bench-{label}-passt", workdir, extra=())
+    world = new_world(f"bench-{label}-{program}", workdir, extra=())
     socket_path = os.path.join(workdir, "passt.sock")
-    daemon = Daemon(passt_argv(impl, socket_path), world.host_ns,
+    daemon = Daemon(passt_argv(impl, socket_path, backend), world.host_ns,
                     os.path.join(workdir, "program.log"))
-    subject = Subject(label, "passt", world, daemon, Namespace(world.host_ns),
-                      FEATURES["passt", label], lambda path: passt_argv(impl, path))
+    subject = Subject(label, program, world, daemon, Namespace(world.host_ns),
+                      FEATURES[program, label], lambda path: passt_argv(impl, path, backend))
     try:
         daemon.start(lambda: os.path.exists(socket_path), timeout=START_TIMEOUT)
-        subject.guest = Guest(socket_path, workdir)
+        subject.guest = Guest(socket_path, workdir, backend)
         shell = subject.guest.boot().shell
         subject.notes.append(f"guest booted in {subject.guest.report.boot_seconds:.1f} s")
         shell.check(f"cp /usr/share/udhcpc/default.script {shell.path(l2.UDHCPC_SCRIPT)}")

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 from workloads import Sample
 
-LABELS = ("ours", "upstream", "slirp4netns", "direct")
+LABELS = ("ours", "upstream", "slirp4netns", "direct", "stream")
 LEGEND = ("median (min-max) over the runs; direct: the same traffic with no program in"
-          " between (veth or loopback), the ceiling of the measurement")
+          " between (veth or loopback), the ceiling of the measurement; vhost-user rows:"
+          " upstream is its 2026 release, stream is ours over passt's stream socket")
 
 
 @dataclass(frozen=True)
@@ -180,15 +181,17 @@ def _target_text(cell: CellResult) -> str:
 def table(cells: list[CellResult]) -> list[str]:
     """The results table, one line per cell, and the errors below it."""
     head = (f"{'cell':44} {'unit':6} " + "".join(f"{label:25}" for label in LABELS)
-            + f"{'ours/up':>7} {'ours/slirp':>10}  target")
+            + f"{'ours/up':>7} {'ours/slirp':>10} {'ours/stream':>11}  target")
     lines = [LEGEND, head, "-" * len(head)]
     for cell in cells:
         unit = cell.info.unit
         columns = "".join(f"{_cell_text(cell.series.get(label), unit):25}" for label in LABELS)
-        ratio, over_slirp = cell.ratio(), cell.ratio("slirp4netns")
+        ratio, over_slirp, over_stream = (cell.ratio(), cell.ratio("slirp4netns"),
+                                          cell.ratio("stream"))
         lines.append(
             f"{cell.info.title:44} {unit:6} {columns}"
-            f"{_ratio_text(ratio):>7} {_ratio_text(over_slirp):>10}  {_target_text(cell)}")
+            f"{_ratio_text(ratio):>7} {_ratio_text(over_slirp):>10} {_ratio_text(over_stream):>11}"
+            f"  {_target_text(cell)}")
     lines += cpu_table(cells)
     errors = [f"  {cell.info.key} {label}: {error}"
               for cell in cells for label, series in cell.series.items()

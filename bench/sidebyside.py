@@ -171,6 +171,10 @@ CELLS = [
          "passt", "guest", tap_iperf(reverse=False, udp=False)),
     Cell(_info("passt_host_guest", "passt host -> TCG guest, TCP", "Gbit/s", target=0.8),
          "passt", "guest", tap_iperf(reverse=True, udp=False)),
+    Cell(_info("passt_vu_guest_host", "passt vhost-user, TCG guest -> host, TCP", "Gbit/s",
+               target=0.8), "passt-vu", "guest", tap_iperf(reverse=False, udp=False)),
+    Cell(_info("passt_vu_host_guest", "passt vhost-user, host -> TCG guest, TCP", "Gbit/s",
+               target=0.8), "passt-vu", "guest", tap_iperf(reverse=True, udp=False)),
     Cell(_info("startup_pasta", "pasta start-up to a ready namespace", "ms",
                higher_is_better=False), "pasta", "startup", pasta_startup, fresh=True),
     Cell(_info("startup_passt", "passt start-up to a listening socket", "ms",
@@ -210,7 +214,7 @@ class Bench:
         os.makedirs(self.workdir, exist_ok=True)
         self.cells = [c for c in CELLS if not settings.only or c.info.key in settings.only]
         if not settings.guest:
-            self.cells = [c for c in self.cells if c.program != "passt"]
+            self.cells = [c for c in self.cells if not c.program.startswith("passt")]
         self.results = {c.info.key: CellResult(c.info) for c in self.cells}
         self.memory = {key: CellResult(info) for key, info in MEMORY.items()
                        if any(c.program == key[0] for c in self.cells)}
@@ -233,9 +237,13 @@ class Bench:
     # -- subjects --
 
     def programs(self) -> list[tuple[str, str]]:
-        """(program, label) of every subject some chosen cell applies to."""
-        return [key for key, features in harness.FEATURES.items()
-                if any(c.program == key[0] and c.needs in features for c in self.cells)]
+        """(program, label) of every subject some chosen cell applies to (and that exists)."""
+        chosen = [key for key, features in harness.FEATURES.items()
+                  if any(c.program == key[0] and c.needs in features for c in self.cells)]
+        missing = [key for key in chosen if harness.missing(*key)]
+        for program, label in missing:
+            self.note(f"{program} {label} left out: {harness.missing(program, label)}")
+        return [key for key in chosen if key not in missing]
 
     def start(self, program: str, label: str, impl: harness.Impl | None = None
               ) -> Subject | None:
@@ -245,6 +253,8 @@ class Bench:
         try:
             if program == "passt":
                 subject = harness.start_passt(label, workdir, impl)
+            elif program == "passt-vu":
+                subject = harness.start_passt_vu(label, workdir)
             elif label == "slirp4netns":
                 subject = harness.start_slirp(workdir)
             elif label == "direct":

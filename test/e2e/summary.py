@@ -34,7 +34,9 @@ class Summary:
         cell = getattr(item, "callspec", None) and item.callspec.params.get("cell")
         if cell is None:
             return
-        row = self.rows.setdefault(cell.label, Row(cell.label))
+        label = cell.label + "".join(  # a module run per fixture parameter (libvirt's)
+            f" ({value})" for name, value in item.callspec.params.items() if name != "cell")
+        row = self.rows.setdefault(label, Row(label))
         row.seconds += report.duration
         for name, value in item.user_properties:
             if name == "throughput":
