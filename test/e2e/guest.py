@@ -45,7 +45,7 @@ READY_MARKER = "E2E-GUEST-READY"
 MEMORY_MIB = 512
 BACKENDS = ("stream", "vhost-user")
 QEMU10 = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "build", "qemu10",
-                                      "root", "usr", "bin", "qemu-system-x86_64"))
+                                      "qemu-system-x86_64"))  # mk/qemu10.mk's wrapper
 
 
 def qemu_command(backend: str) -> list[str]:

@@ -351,16 +351,17 @@ def deploy(chosen: impl.Impl, root: str, interface: str = "user") -> LibvirtEnv:
     os.chown(passt_dir, user.pw_uid, user.pw_gid)
     write_wrapper(path_dir, passt_dir, chosen)
     world = World("libvirt", os.path.join(root, "world")).create()
+    xml = domain_xml(passt_dir, interface)
     env = LibvirtEnv(world, Libvirtd(os.path.join(root, "libvirt"), world.host_ns, path_dir),
                      passt_dir, os.path.join(root, "console.log"))
     try:
         began = time.monotonic()
         env.libvirtd.start()
         env.notes.append(f"libvirt: libvirtd answered in {time.monotonic() - began:.1f} s")
-        xml = os.path.join(root, "domain.xml")
-        with open(xml, "w") as f:
-            f.write(domain_xml(passt_dir, interface))
-        env.libvirtd.virsh("define", xml)
+        xml_path = os.path.join(root, "domain.xml")
+        with open(xml_path, "w") as f:
+            f.write(xml)
+        env.libvirtd.virsh("define", xml_path)
         env.libvirtd.virsh("start", "--paused", DOMAIN, timeout=START_TIMEOUT)
         env.notes.append(f"libvirt: domain up (passt started) in {time.monotonic() - began:.1f} s")
         env.console = env.libvirtd.console(env.console_log)

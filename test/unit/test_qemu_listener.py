@@ -265,3 +265,37 @@ def test_closed_descriptor_is_refused() -> None:
     os.close(fd)
     with pytest.raises(QemuError, match=f"Invalid --fd {fd}: Bad file descriptor"):
         qemu.listen(Opts(fd=fd))
+
+
+def vhost_user_features(client: socket.socket, loop: EventLoop) -> int:
+    """GET_FEATURES through the listener's vhost-user client, as QEMU starts."""
+    from passt import vhost_user
+
+    client.sendall(vhost_user.HEADER.pack(vhost_user.Request.GET_FEATURES, vhost_user.VERSION, 0))
+    run_until(loop, lambda: select.select([client], [], [], 0)[0])
+    _, _, size = vhost_user.HEADER.unpack(client.recv(vhost_user.HEADER_SIZE))
+    return struct.unpack("<Q", client.recv(size))[0]
+
+
+def test_vhost_user_clients_come_back_and_one_off_ends(tmp_path, loop) -> None:
+    from passt.vhost_backend import VhostUserBackend
+    from passt.vhost_user import FEATURES
+
+    path = str(tmp_path / "passt.sock")
+    listener = qemu.listen(Opts(socket=path, vhost_user=True))
+    dispatcher = wire(listener, loop)
+    try:
+        for _ in range(2):  # QEMU goes away, the next one is served as well
+            client = connect(path)
+            run_until(loop, lambda: listener.client is not None)
+            assert isinstance(listener.client, VhostUserBackend)
+            assert vhost_user_features(client, loop) == FEATURES
+            client.close()
+            run_until(loop, lambda: listener.client is None)
+    finally:
+        dispatcher.detach()
+        listener.close()
+    listener = qemu.listen(Opts(socket=path, vhost_user=True))
+    wire(listener, loop, one_off=True)
+    connect(path).close()
+    assert run_to_the_end(loop, listener) == 0
