@@ -511,7 +511,11 @@ def test_destroy_leaves_no_passt_behind(cell: Cell, libvirt: LibvirtEnv) -> None
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}"), "passt still runs after the domain went"
     assert not os.path.exists(socket_path), "socket left behind"
-    assert not os.path.exists(pid_path), "PID file left behind"
+    if libvirt.interface == "user":
+        # libvirt stops passt by its PID file, and removes it, for type='user'
+        # only; for type='vhostuser' it relies on --one-off (passt leaves when
+        # QEMU goes) and leaves the file, whichever passt it ran.
+        assert not os.path.exists(pid_path), "PID file left behind"
     left = [c for c in netns_commands(libvirt.world.host_ns) if "passt" in c]
     assert not left, f"passt processes left: {left}"
     libvirt.libvirtd.virsh("undefine", DOMAIN)
