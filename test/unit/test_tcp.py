@@ -473,15 +473,22 @@ def test_outbound_target(dst, map_gw, expected):
 
 def test_inbound_source_mapping():
     ctx = make_ctx()
-    state = ctx.tcp
+    nat = ctx.tcp.nat
     loop4 = ipaddress.ip_address("127.0.0.1").packed
-    assert tcp._inbound_source(state, loop4, GUEST4) == GW4
-    assert tcp._inbound_source(state, bytes(15) + b"\1", GUEST6) == GW6
-    assert tcp._inbound_source(state, GUEST4, GUEST4) == GW4  # the host's own address
+    assert nat.inbound(loop4) == GW4
+    assert nat.inbound(bytes(15) + b"\1") == GW6
+    assert nat.inbound(GUEST4) == GW4  # the host's own address
     mapped = bytes(10) + b"\xff\xff" + ipaddress.ip_address("203.0.113.9").packed
-    assert tcp._inbound_source(state, mapped, GUEST4) == mapped[12:]
-    state.map_gw = False
-    assert tcp._inbound_source(state, loop4, GUEST4) is None
+    assert nat.inbound(mapped) == mapped[12:]
+    ctx.loop.close()
+
+
+def test_inbound_source_without_map_gw_is_still_the_gateway():
+    """Upstream 2026: what the guest could not answer comes from our tap-side
+    address, so published ports work through every host address."""
+    ctx = make_ctx(no_map_gw=True)
+    assert ctx.tcp.nat.inbound(ipaddress.ip_address("127.0.0.1").packed) == GW4
+    assert ctx.tcp.nat.inbound(GUEST4) == GW4
     ctx.loop.close()
 
 
