@@ -1,0 +1,285 @@
+"""The command lines of today's clients, against ours and upstream 2026_07_16.
+
+Theory of operation: podman 5 and rootlesskit 2 start pasta with fixed
+command lines (DESIGN.md, "The interface as it is in 2026").  This harness
+runs exactly those argv (plus ``--runas 0``: started as root, upstream would
+drop to ``nobody``), in the world's "host" namespace (world.py), attached to
+a namespace the test made (``--netns /run/netns/NAME``, as podman does), and
+checks from the outside what a container would see: addresses, routes, MTU,
+DNS through the forwarded address, the host through ``--map-guest-addr``,
+outbound TCP (SHA-256 of an echoed stream) and UDP, published ports through
+the host's loopback and external addresses, and pasta's exit once the
+namespace is gone.  ``peers.py`` serves and asks inside the namespaces, and
+reports the peer address each server saw, so that the address mapping is
+checked too.
+
+Every case runs against ours and against upstream 2026 (built by
+``make deps`` into ``build/upstream-2026``); ``UPSTREAM_DIFFERS`` lists,
+with reasons, the answers where the two differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .world import IFNAME, V4, V6, World
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+UPSTREAM = os.path.join(REPO, "build", "upstream-2026", "pasta")
+TIMEOUT = 20.0
+IMPLS = ["ours", "upstream"]
+
+HOST_PORT_TCP, HOST_PORT_UDP = 25233, 25234
+CTR_PORT_TCP, CTR_PORT_UDP = 7001, 7002
+HOST_SERVICE = 7100           # on the host, reached through host.containers.internal
+DNS_FORWARD, GUEST_ADDR = "169.254.1.1", "169.254.1.2"
+RESOLVER = "203.0.113.53"     # the world's resolver (world.RESOLVERS), served in "remote"
+
+
+def podman_argv(netns: str) -> list[str]:
+    """podman 5's rootless ``--network pasta`` command line, one TCP and one UDP port."""
+    return ["--config-net",
+            "-t", f"{HOST_PORT_TCP}-{HOST_PORT_TCP}:{CTR_PORT_TCP}-{CTR_PORT_TCP}",
+            "-u", f"{HOST_PORT_UDP}-{HOST_PORT_UDP}:{CTR_PORT_UDP}-{CTR_PORT_UDP}",
+            "--dns-forward", DNS_FORWARD, "-T", "none", "-U", "none", "--no-map-gw", "--quiet",
+            "--netns", netns, "--map-guest-addr", GUEST_ADDR]
+
+
+def rootlesskit_argv(netns: str) -> list[str]:
+    """rootlesskit 2's pasta network driver (its defaults)."""
+    return ["--stderr", "--ns-ifname=tap0", "--mtu=65520", "--config-net",
+            "--address", "10.0.2.100", "--netmask", "24", "--gateway", "10.0.2.2",
+            "--dns-forward", "10.0.2.3", "--tcp-ports", "none", "--udp-ports", "none",
+            "--netns", netns]
+
+
+def program(impl: str) -> list[str]:
+    if impl == "ours":
+        return [sys.executable, "-c", "from passt.cli import main_pasta; main_pasta()"]
+    if not os.path.exists(UPSTREAM):
+        pytest.skip("upstream 2026 not built (make deps builds it)")
+    return [UPSTREAM]
+
+
+def run_in(netns: str, *argv: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": REPO})
+
+
+def ask(netns: str, *targets: str) -> dict[str, str]:
+    """What ``peers.py ask`` got for each target, from ``netns``."""
+    result = run_in(netns, sys.executable, PEERS, "ask", *targets)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def serving(netns: str, tcp: str, udp: str) -> Iterator[None]:
+    """``peers.py serve`` in ``netns`` (TCP port 7 echoes) for the block."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, PEERS, "serve", "60",
+                             tcp, udp], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def ip_json(netns: str, *args: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True,
+                         check=True, timeout=TIMEOUT).stdout
+    return json.loads(out) if out.strip() else []
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World("cl26", str(tmp_path_factory.mktemp("clients-2026")))
+    w.create()
+    subprocess.run(["ip", "-n", w.remote_ns, "addr", "add", f"{RESOLVER}/32", "dev", "lo"],
+                   check=True, timeout=TIMEOUT)
+    try:
+        with serving(w.remote_ns, "7,7001", f"53@{RESOLVER},7002"):   # echo, who, DNS
+            yield w
+    finally:
+        w.destroy()
+
+
+class Container:
+    """A namespace named as podman names its own, and the pasta attached to it."""
+
+    def __init__(self, world: World, impl: str, argv: Callable[[str], list[str]]) -> None:
+        self.name = f"ctr26-{impl}-{os.getpid()}"
+        self.path = f"/run/netns/{self.name}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=TIMEOUT)
+        self.pid_file = os.path.join(world.workdir, f"{self.name}.pid")
+        started = time.monotonic()
+        result = run_in(world.host_ns, *program(impl), "--runas", "0", *argv(self.path),
+                        "--pid", self.pid_file)
+        self.startup = time.monotonic() - started
+        assert result.returncode == 0, result.stderr   # podman waits for this exit status
+        with open(self.pid_file) as f:
+            self.pid = int(f.read())
+
+    def stop(self) -> None:
+        """As podman does when the container stops: the namespace goes away."""
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self.stop()
+        if not process_gone(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=IMPLS)
+def podman(request, world) -> Iterator[Container]:
+    program(request.param)   # skip early if upstream is missing
+    container = Container(world, request.param, podman_argv)
+    try:
+        with serving(container.name, f"{CTR_PORT_TCP}", f"{CTR_PORT_UDP}"):
+            yield container
+    finally:
+        container.close()
+
+
+@pytest.fixture(params=IMPLS)
+def rootlesskit(request, world) -> Iterator[Container]:
+    program(request.param)
+    container = Container(world, request.param, rootlesskit_argv)
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def global_addresses(netns: str, ifname: str) -> set[tuple[str, int]]:
+    links = {link["ifname"]: link for link in ip_json(netns, "addr", "show")}
+    return {(a["local"], a["prefixlen"]) for a in links[ifname]["addr_info"]
+            if a["scope"] == "global"}
+
+
+def default_gateways(netns: str) -> set[str]:
+    return {r.get("gateway", "") for v in ("-4", "-6") for r in ip_json(netns, v, "route")
+            if r["dst"] == "default"}
+
+
+def mtu(netns: str, ifname: str) -> int:
+    return next(link["mtu"] for link in ip_json(netns, "link", "show") if link["ifname"] == ifname)
+
+
+# -- podman 5 ---------------------------------------------------------------------------
+
+
+def test_podman_container_gets_the_host_s_addresses_routes_and_mtu(podman) -> None:
+    assert global_addresses(podman.name, IFNAME) == {(V4.host, V4.prefix), (V6.host, V6.prefix)}
+    assert default_gateways(podman.name) == {V4.gateway, V6.gateway}
+    assert mtu(podman.name, IFNAME) == 65520
+    print(f"start-up to exit 0: {podman.startup:.3f} s")
+
+
+def test_podman_dns_and_host_containers_internal(podman, world) -> None:
+    with serving(world.host_ns, f"{HOST_SERVICE}", f"{HOST_SERVICE}"):
+        got = ask(podman.name, f"udp:{DNS_FORWARD}:53",
+                  f"tcp:{GUEST_ADDR}:{HOST_SERVICE}", f"udp:{GUEST_ADDR}:{HOST_SERVICE}")
+    # the resolver in "remote" saw the host; the host's own service saw the host itself
+    assert got == {f"udp:{DNS_FORWARD}:53": V4.host,
+                   f"tcp:{GUEST_ADDR}:{HOST_SERVICE}": V4.host,
+                   f"udp:{GUEST_ADDR}:{HOST_SERVICE}": V4.host}
+
+
+def test_podman_outbound_tcp_and_udp(podman) -> None:
+    result = run_in(podman.name, sys.executable, PEERS, "sha256", V4.remote, "7", str(4 << 20))
+    assert result.returncode == 0, result.stderr
+    digests = json.loads(result.stdout)
+    assert digests["sent"] == digests["back"]
+    got = ask(podman.name, f"udp:{V4.remote}:7002", f"udp:[{V6.remote}]:7002",
+              f"tcp:[{V6.remote}]:7001")
+    assert got == {f"udp:{V4.remote}:7002": V4.host, f"udp:[{V6.remote}]:7002": V6.host,
+                   f"tcp:[{V6.remote}]:7001": V6.host}
+
+
+def published(*hosts: str) -> list[str]:
+    return [f"{proto}:{host}:{port}" for host in hosts
+            for proto, port in (("tcp", HOST_PORT_TCP), ("udp", HOST_PORT_UDP))]
+
+
+def test_podman_published_ports_from_the_host(podman, world) -> None:
+    """Through the host's loopback and its own external addresses, TCP and UDP: the
+    container's server names the source it saw (upstream 2026's mapping)."""
+    got = ask(world.host_ns, *published("127.0.0.1", "[::1]", V4.host, f"[{V6.host}]"))
+    print(json.dumps(got, indent=1))
+    assert not [t for t, answer in got.items() if answer.startswith("error")], got
+    for proto in ("tcp", "udp"):
+        port = HOST_PORT_TCP if proto == "tcp" else HOST_PORT_UDP
+        # spliced: to the container's own address, from it (not its loopback)
+        assert got[f"{proto}:127.0.0.1:{port}"] == V4.host
+        assert got[f"{proto}:[::1]:{port}"] == V6.host
+        # through the tap: the host's own address is --map-guest-addr
+        assert got[f"{proto}:{V4.host}:{port}"] == GUEST_ADDR
+        assert got[f"{proto}:[{V6.host}]:{port}"].startswith("fe80::")
+
+
+def test_podman_published_ports_from_outside(podman, world) -> None:
+    got = ask(world.remote_ns, *published(V4.host, f"[{V6.host}]"))
+    assert got == {f"tcp:{V4.host}:{HOST_PORT_TCP}": V4.remote,
+                   f"udp:{V4.host}:{HOST_PORT_UDP}": V4.remote,
+                   f"tcp:[{V6.host}]:{HOST_PORT_TCP}": V6.remote,
+                   f"udp:[{V6.host}]:{HOST_PORT_UDP}": V6.remote}
+
+
+def test_podman_pasta_is_gone_after_the_container(podman) -> None:
+    podman.stop()
+    wait_until(lambda: process_gone(podman.pid), "pasta to quit with its namespace")
+
+
+# -- rootlesskit 2 ------------------------------------------------------------------------
+
+
+def test_rootlesskit_probe_exits_0() -> None:
+    for impl in IMPLS:
+        result = subprocess.run([*program(impl), "--host-lo-to-ns-lo", "--version"],
+                                capture_output=True, text=True, timeout=TIMEOUT,
+                                env={**os.environ, "PYTHONPATH": REPO})
+        assert result.returncode == 0 and result.stdout.startswith("pasta "), impl
+
+
+def test_rootlesskit_network(rootlesskit, world) -> None:
+    name = rootlesskit.name
+    assert global_addresses(name, "tap0") >= {("10.0.2.100", 24)}
+    assert "10.0.2.2" in default_gateways(name)
+    assert mtu(name, "tap0") == 65520
+    with serving(world.host_ns, f"{HOST_SERVICE}", ""):
+        got = ask(name, "udp:10.0.2.3:53", f"udp:{V4.remote}:7002",
+                  f"tcp:10.0.2.2:{HOST_SERVICE}")
+    # DNS forwarded to the resolver; the gateway is the host's loopback
+    assert got == {"udp:10.0.2.3:53": V4.host, f"udp:{V4.remote}:7002": V4.host,
+                   f"tcp:10.0.2.2:{HOST_SERVICE}": "127.0.0.1"}
+    result = run_in(name, sys.executable, PEERS, "sha256", V4.remote, "7", str(1 << 20))
+    digests = json.loads(result.stdout)
+    assert digests["sent"] == digests["back"]
