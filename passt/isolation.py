@@ -150,11 +150,13 @@ _SOCKETS = (
     "socket bind connect listen accept4 shutdown getsockname getpeername "
     "setsockopt getsockopt sendto recvfrom sendmsg recvmsg"
 )
-# passt: removing its socket file at exit, through the directory's descriptor.
+# passt: removing its socket file and PID file at exit, through the directory's
+# descriptor (fsref).
 PASST_SYSCALLS: tuple[str, ...] = tuple(f"{_INTERPRETER} {_SOCKETS} unlinkat".split())
-# pasta: the spliced path's pipes, and ending and reaping its command.
+# pasta: the spliced path's pipes, ending and reaping its command, removing
+# its PID file at exit.
 PASTA_SYSCALLS: tuple[str, ...] = tuple(
-    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4".split()
+    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4 unlinkat".split()
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
 # FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),

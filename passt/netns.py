@@ -61,7 +61,9 @@ convention and newer upstream's), through ``SIGCHLD`` on the event loop.
 **Quitting.**  A namespace bound to a path goes away when the path is
 deleted (``ip netns del``): an inotify watch on the directory stops the loop.
 A PID target stops it when the process exits (a pidfd).  ``--no-netns-quit``
-keeps running in both cases.  ``SIGTERM``/``SIGINT`` stop it too; then
+keeps running in both cases.  A path under ``/proc`` (``/proc/PID/ns/net``)
+cannot be watched with inotify: it stands for its process, watched with a
+pidfd as a PID target is.  Signals (``runtime.STOP_SIGNALS``) stop it too; then
 ``PastaNamespace.teardown`` stops the helper thread, closes the tap (the
 device disappears with its last descriptor), terminates the command and reaps
 it, so no namespace, device or process of ours survives pasta (processes the
@@ -86,9 +88,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import functools
 import os
 import queue
+import re
 import select
 import signal
 import socket
@@ -233,13 +235,19 @@ def default_command(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     return shell, ("-" + shell,)
 
 
+_PROC_NETNS = re.compile(r"/proc/([0-9]+)/(?:task/[0-9]+/)?ns/net")
+
+
 def make_target(command: Sequence[str], pid: int | None, netns_path: str | None,
                 userns: str | None, netns_only: bool, no_netns_quit: bool,
                 env: Mapping[str, str]) -> Target:
     """The ``Target`` for these options (pure; the options were validated by ``conf``)."""
     if netns_path is not None:
+        holder = _PROC_NETNS.fullmatch(netns_path)
+        quit_pid = int(holder.group(1)) if holder and not no_netns_quit else None
+        quit_path = None if no_netns_quit or holder else netns_path
         return Target(netns_path=netns_path, userns_path=None if netns_only else userns,
-                      quit_path=None if no_netns_quit else netns_path)
+                      quit_path=quit_path, quit_pid=quit_pid)
     if pid is not None:
         if netns_only:
             userns = None
@@ -626,8 +634,6 @@ def setup_target(target: Target, spec: TapSpec, loop: EventLoop) -> PastaNamespa
 
 def _arm_exits(ns: PastaNamespace, target: Target) -> None:
     loop = ns.loop
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal(signum, functools.partial(loop.stop, 128 + signum))
     if ns.child_pid is not None:
         loop.add_signal(signal.SIGCHLD, ns._on_sigchld)
         loop.call_later(0, ns._on_sigchld)  # an exit before the handler was there

@@ -12,6 +12,10 @@ IPv6 addresses are written in brackets: ``tcp:[::1]:80``.
 ``python3 peers.py sha256 ADDR PORT BYTES`` sends BYTES of random data over TCP,
 half-closes, and prints the SHA-256 of what was sent and of what came back.
 ``serve`` answers that on TCP port 7 (echo) when given.
+
+``python3 peers.py hold ADDR PORT SECONDS`` connects over TCP, prints
+"connected", and then what became of the connection within SECONDS: "reset",
+"eof" or "timeout".
 """
 
 from __future__ import annotations
@@ -116,11 +120,25 @@ def sha256(host: str, port: str, size: str) -> None:
     print(json.dumps({"sent": hashlib.sha256(data).hexdigest(), "back": back.hexdigest()}))
 
 
+def hold(host: str, port: str, seconds: str) -> None:
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:
+        print("connected", flush=True)
+        s.settimeout(float(seconds))
+        try:
+            print("eof" if not s.recv(1) else "data")
+        except ConnectionResetError:
+            print("reset")
+        except TimeoutError:
+            print("timeout")
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "serve":
         serve(*args)
     elif command == "ask":
         print(json.dumps({t: ask_one(t) for t in args}))
+    elif command == "hold":
+        hold(*args)
     else:
         sha256(*args)
