@@ -16,8 +16,8 @@ address is always in its own family and the tables of ``/proc/net`` show
 exactly what we own; without a bind address, host-side listeners bind the
 wildcard address and namespace-side ones the loopback address (``-T``/``-U``
 only exist to reach the host's loopback).  A bind address may be given by
-the spec (``IP_FREEBIND`` lets it be one that is not configured yet), and an
-interface (``SO_BINDTODEVICE``).
+the spec (with ``--freebind``, ``IP_FREEBIND`` lets it be one that is not
+configured yet, as upstream 2026), and an interface (``SO_BINDTODEVICE``).
 
 What a listener receives is handed to a callback chosen by the peer: a
 loopback peer is local traffic, which pasta splices socket to socket
@@ -125,8 +125,10 @@ def listens_for(proto: str, origin: str, port: int, addr: str | None, ifname: st
     return [Listen(proto, origin, family, addr, port, ifname)]
 
 
-def open_listen_socket(listen: Listen, backlog: int = 128) -> socket.socket:
-    """Create, configure and bind the socket for ``listen`` (runs in its namespace)."""
+def open_listen_socket(listen: Listen, backlog: int = 128, freebind: bool = False
+                       ) -> socket.socket:
+    """Create, configure and bind the socket for ``listen`` (runs in its namespace);
+    ``freebind``: the address need not be configured (``--freebind``)."""
     kind = socket.SOCK_STREAM if listen.proto == TCP else socket.SOCK_DGRAM
     s = socket.socket(listen.family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -134,8 +136,9 @@ def open_listen_socket(listen: Listen, backlog: int = 128) -> socket.socket:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if listen.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-        else:
+            if freebind:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif freebind:
             s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         if listen.ifname:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, listen.ifname.encode())
@@ -261,6 +264,7 @@ class Forwarder:
         self.scanner: AutoScanner | None = None
         self.splice_inbound = True      # --no-splice: host loopback through the tap
         self.tap_inbound = True         # --splice-only: nothing but loopback
+        self.freebind = False           # --freebind
 
     def own_inodes(self) -> set[int]:
         return {lst.inode for lst in self.listeners.values()}
@@ -270,9 +274,9 @@ class Forwarder:
         if listen.origin == NS:
             if self.ns_call is None:
                 raise OSError("no namespace to open a listener in")
-            sock = self.ns_call(open_listen_socket, listen)
+            sock = self.ns_call(open_listen_socket, listen, 128, self.freebind)
         else:
-            sock = open_listen_socket(listen)
+            sock = open_listen_socket(listen, freebind=self.freebind)
         listener = Listener(self, listen, sock, target_port)
         callback = listener.on_accept if listen.proto == TCP else listener.on_datagram
         self.loop.add(listener.fd, ev.IN, callback)
@@ -509,6 +513,7 @@ def setup(ctx: Any, ns_call: NsCall | None = None) -> Forwarder:
     fwd = Forwarder(ctx.loop, ns_call)
     ctx.fwd = fwd
     conf = ctx.conf
+    fwd.freebind = bool(getattr(conf, "freebind", False))
     if ns_call is not None:
         families = families_of(ctx.net)
         targets = splice_targets(conf, ctx.net)

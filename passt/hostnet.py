@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, NamedTuple
 
 from passt import log
@@ -68,6 +68,7 @@ FALLBACK_MAC = bytes.fromhex("9a559a559a55")
 ZERO_MAC = bytes(6)
 
 RT_TABLE_MAIN = 254
+RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -100,6 +101,15 @@ class DefaultRoute(NamedTuple):
     metric: int
 
 
+class Route(NamedTuple):
+    """A main-table route to a prefix other than the default (copied into pasta's namespace)."""
+
+    ifindex: int
+    dst: IPv4Network | IPv6Network
+    gateway: IPAddress | None
+    metric: int
+
+
 @dataclass(frozen=True)
 class HostSnapshot:
     """The host's links, addresses and main-table default routes."""
@@ -107,6 +117,7 @@ class HostSnapshot:
     links: tuple[Link, ...] = ()
     addrs: tuple[Addr, ...] = ()
     routes: tuple[DefaultRoute, ...] = ()
+    other_routes: tuple[Route, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,11 @@ class Overrides:
     map_gw: bool = True
     dhcp_dns: bool = True
     dhcp_search: bool = True
+    dns_host: tuple[IPAddress, ...] = ()
+    hostname: str | None = None
+    fqdn: str | None = None
+    copy_addrs: bool = True
+    copy_routes: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,8 +168,9 @@ class NetInfo:
     after them).  ``ll6`` is our own link-local address, the source of router
     advertisements and NDP answers.  ``mac`` is our source MAC towards the
     guest.  ``mtu`` 0 means "don't advertise any".  ``dns`` is what the guest
-    is told (if ``dhcp_dns``), ``dns_host4/6`` where ``--dns-forward``
-    queries to ``dns_match4/6`` are sent.
+    is told (if ``dhcp_dns``), ``dns_host4/6`` (``--dns-host``, else the first
+    resolver) where ``--dns-forward`` queries to ``dns_match4/6`` are sent.
+    ``hostname`` and ``fqdn`` are handed out by DHCP and DHCPv6.
     """
 
     mac: bytes
@@ -175,6 +192,11 @@ class NetInfo:
     dns_host6: IPv6Address | None = None
     dns_match4: IPv4Address | None = None
     dns_match6: IPv6Address | None = None
+    hostname: str | None = None         # -H: DHCP option 12
+    fqdn: str | None = None             # --fqdn: DHCP option 81, DHCPv6 option 39
+    # pasta --config-net: the template interface's other addresses and routes
+    extra_addrs: tuple[tuple[IPAddress, int], ...] = ()
+    extra_routes: tuple[Route, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -202,10 +224,12 @@ def query_host() -> HostSnapshot:
         links = tuple(_link(msg) for msg in ipr.get_links())
         addrs = tuple(a for a in (_addr(msg) for msg in ipr.get_addr()) if a is not None)
         routes: list[DefaultRoute] = []
+        others: list[Route] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in ipr.route("dump", family=family):
                 routes.extend(_default_routes(msg))
-    return HostSnapshot(links, addrs, tuple(routes))
+                others.extend(_other_routes(msg))
+    return HostSnapshot(links, addrs, tuple(routes), tuple(others))
 
 
 def _link(msg: Any) -> Link:
@@ -231,6 +255,19 @@ def _default_routes(msg: Any) -> list[DefaultRoute]:
     if hops:
         return [_route(family, hop["oif"], hop.get_attr("RTA_GATEWAY"), metric) for hop in hops]
     return [_route(family, msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"), metric)]
+
+
+def _other_routes(msg: Any) -> list[Route]:
+    """A route worth copying: main table, unicast, not the default, not the
+    kernel's own prefix route of an address (adding the address makes it)."""
+    table = msg.get_attr("RTA_TABLE") or msg["table"]
+    if (msg["dst_len"] == 0 or table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST
+            or msg["proto"] == RTPROT_KERNEL or not msg.get_attr("RTA_OIF")):
+        return []
+    dst = ip_network(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}", strict=False)
+    gateway = msg.get_attr("RTA_GATEWAY")
+    return [Route(msg.get_attr("RTA_OIF"), dst, ip_address(gateway) if gateway else None,
+                  msg.get_attr("RTA_PRIORITY") or 0)]
 
 
 def _route(family: int, oif: int | None, gateway: str | None, metric: int) -> DefaultRoute:
@@ -302,9 +339,11 @@ def pick(ov: Overrides, host: HostSnapshot, resolv: Resolv) -> NetInfo:
         fields.update(ifname6=v6.ifname, addr6=v6.address, prefix6=v6.prefix, gw6=v6.gateway,
                       ll6=v6.link_local)
     dns, hosts = _pick_dns(ov, resolv, v4, v6)
+    hosts.update({a.version: a for a in ov.dns_host})     # --dns-host wins
     fields.update(dns_host4=hosts.get(4), dns_host6=hosts.get(6),
                   dns_match4=_first_of_version(ov.dns_forward, 4),
                   dns_match6=_first_of_version(ov.dns_forward, 6))
+    fields.update(_copies(ov, host, v4, v6))
     mac = ov.mac or _link_by_index(host, template.ifindex).mac
     return NetInfo(
         mac=FALLBACK_MAC if mac == ZERO_MAC else mac,
@@ -313,9 +352,32 @@ def pick(ov: Overrides, host: HostSnapshot, resolv: Resolv) -> NetInfo:
         search=ov.search if ov.search is not None else resolv.search,
         dhcp_dns=ov.dhcp_dns,
         dhcp_search=ov.dhcp_search,
+        hostname=ov.hostname,
+        fqdn=ov.fqdn,
         warnings=tuple(warnings),
         **fields,
     )
+
+
+def _copies(ov: Overrides, host: HostSnapshot, v4: _Family | None,
+            v6: _Family | None) -> dict[str, Any]:
+    """The template interfaces' other global addresses and their routes (upstream
+    2026: all are copied into pasta's namespace), per family, unless ``-a`` (or
+    ``--no-copy-addrs``) and ``-g`` (or ``--no-copy-routes``) say otherwise."""
+    addrs: list[tuple[IPAddress, int]] = []
+    routes: list[Route] = []
+    for fam, given_addr, given_gw in ((v4, ov.address4, ov.gateway4),
+                                      (v6, ov.address6, ov.gateway6)):
+        if fam is None:
+            continue
+        if ov.copy_addrs and given_addr is None:
+            addrs += [(a.address, a.prefixlen) for a in host.addrs
+                      if a.ifindex == fam.ifindex and a.scope == RT_SCOPE_UNIVERSE
+                      and a.address.version == fam.address.version and a.address != fam.address]
+        if ov.copy_routes and given_gw is None:
+            routes += [r for r in host.other_routes
+                       if r.ifindex == fam.ifindex and r.dst.version == fam.address.version]
+    return {"extra_addrs": tuple(addrs), "extra_routes": tuple(routes)}
 
 
 class _Family(NamedTuple):
@@ -450,4 +512,9 @@ def overrides_from_conf(conf: Any) -> Overrides:
         map_gw=not conf.no_map_gw,
         dhcp_dns=conf.dhcp_dns_effective,
         dhcp_search=conf.dhcp_search_effective,
+        dns_host=conf.dns_host,
+        hostname=conf.hostname,
+        fqdn=conf.fqdn,
+        copy_addrs=not conf.no_copy_addrs,
+        copy_routes=not conf.no_copy_routes,
     )

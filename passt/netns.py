@@ -47,8 +47,10 @@ non-blocking, ``TUNSETIFF`` with ``IFF_TAP | IFF_NO_PI`` named after the
 host's template interface (or ``-I``), MAC from ``--ns-mac-addr`` (else the
 kernel's random, locally administered one), loopback up; with
 ``--config-net`` also MTU, link up, the IPv4 address and prefix, the IPv6
-address (``nodad``) and default routes via the gateways, all through netlink
-(pyroute2).  Without it, the tap stays down for the namespace's own DHCP or
+address (``nodad``) and default routes via the gateways, then, as upstream
+2026, the template interface's other global addresses and its other routes
+(``hostnet``: not with ``-a``/``-g`` of that family, nor with the deprecated
+``--no-copy-addrs``/``--no-copy-routes``), all through netlink (pyroute2).  Without it, the tap stays down for the namespace's own DHCP or
 SLAAC client, as upstream.  The tap descriptor is handed to the main thread.
 
 **The command** is forked before anything else and waits on a pipe: it
@@ -460,7 +462,28 @@ def _configure(ipr: Any, spec: TapSpec) -> int:
         ipr.addr("add", index=index, address=str(net.addr6), prefixlen=net.prefix6,
                  flags=IFA_F_NODAD)
         _add_default_route(ipr, index, net.gw6, f"{net.addr6}/{net.prefix6}")
+    _copy_extras(ipr, index, net)
     return index
+
+
+def _copy_extras(ipr: Any, index: int, net: NetInfo) -> None:
+    """The template interface's other addresses and routes (upstream 2026 copies
+    them all); one that cannot be added is a warning, as upstream."""
+    from pyroute2 import NetlinkError
+
+    for address, prefix in net.extra_addrs:
+        flags = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+        try:
+            ipr.addr("add", index=index, address=str(address), prefixlen=prefix, **flags)
+        except NetlinkError as e:
+            log.warn("Couldn't copy address %s/%d: %s", address, prefix, os.strerror(e.code))
+    for route in net.extra_routes:
+        via = {"gateway": str(route.gateway)} if route.gateway else {}
+        try:
+            ipr.route("add", dst=str(route.dst), oif=index, proto=RTPROT_BOOT,
+                      priority=route.metric, **via)
+        except NetlinkError as e:
+            log.warn("Couldn't copy route to %s: %s", route.dst, os.strerror(e.code))
 
 
 def _add_default_route(ipr: Any, index: int, gateway: Any, subnet: str) -> None:

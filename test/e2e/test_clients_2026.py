@@ -283,3 +283,26 @@ def test_rootlesskit_network(rootlesskit, world) -> None:
     result = run_in(name, sys.executable, PEERS, "sha256", V4.remote, "7", str(1 << 20))
     digests = json.loads(result.stdout)
     assert digests["sent"] == digests["back"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_addresses_and_routes_of_the_template_are_copied(world, impl) -> None:
+    """Upstream 2026 copies every address and route of the template interface."""
+    program(impl)
+    extra_addr, extra_route = "198.51.100.77/24", "198.18.0.0/24"
+    ip = ["ip", "-n", world.host_ns]
+    subprocess.run([*ip, "addr", "add", extra_addr, "dev", IFNAME], check=True, timeout=TIMEOUT)
+    subprocess.run([*ip, "route", "add", extra_route, "via", V4.gateway, "dev", IFNAME],
+                   check=True, timeout=TIMEOUT)
+    try:
+        container = Container(world, impl, podman_argv)
+        try:
+            assert ("198.51.100.77", 24) in global_addresses(container.name, IFNAME)
+            routes = {(r["dst"], r.get("gateway")) for r in ip_json(container.name, "-4", "route")}
+            assert (extra_route, V4.gateway) in routes
+        finally:
+            container.close()
+    finally:
+        subprocess.run([*ip, "route", "del", extra_route], capture_output=True, timeout=TIMEOUT)
+        subprocess.run([*ip, "addr", "del", extra_addr, "dev", IFNAME], capture_output=True,
+                       timeout=TIMEOUT)

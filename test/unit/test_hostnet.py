@@ -274,3 +274,31 @@ def test_sysctl_int_reads_zero_when_missing(tmp_path):
     assert hostnet.read_sysctl_int(str(tmp_path / "absent")) == 0
     (tmp_path / "garbage").write_text("x\n")
     assert hostnet.read_sysctl_int(str(tmp_path / "garbage")) == 0
+
+
+def test_dns_host_overrides_the_resolver_dns_forward_goes_to():
+    net = pick(Overrides(dns_host=(ipa("192.0.2.99"),)), HOST, RESOLV)
+    assert net.dns_host4 == ipa("192.0.2.99")
+
+
+def test_hostname_and_fqdn_reach_net_info():
+    net = pick(Overrides(hostname="box", fqdn="box.example.com"), HOST, RESOLV)
+    assert (net.hostname, net.fqdn) == ("box", "box.example.com")
+
+
+def test_other_addresses_and_routes_of_the_template_are_copied():
+    """Upstream 2026: all of the template interface's addresses and routes."""
+    from ipaddress import ip_network
+
+    from passt.hostnet import Route
+
+    route = Route(2, ip_network("198.51.100.0/24"), ipa("192.0.2.1"), 10)
+    elsewhere = Route(3, ip_network("198.51.101.0/24"), ipa("10.1.0.1"), 10)
+    host = replace(HOST, routes=HOST.routes[:4], other_routes=(route, elsewhere))
+    net = pick(Overrides(), host, RESOLV)
+    assert net.extra_addrs == ((ipa("192.0.2.3"), 24),)
+    assert net.extra_routes == (route,)
+    fixed = pick(Overrides(address4=ipa("192.0.2.9"), gateway4=ipa("192.0.2.1")), host, RESOLV)
+    assert fixed.extra_addrs == () and fixed.extra_routes == ()
+    legacy = pick(Overrides(copy_addrs=False, copy_routes=False), host, RESOLV)
+    assert legacy.extra_addrs == () and legacy.extra_routes == ()
