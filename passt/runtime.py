@@ -35,6 +35,8 @@ from __future__ import annotations
 import functools
 import resource
 import signal
+import sys
+from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -165,6 +167,8 @@ class Runtime:
             self.dispatcher.detach()
 
     def run_loop(self) -> int:
+        if self.conf.stats is not None:
+            show_stats(self.loop, self.ctx.stats, self.conf.stats)
         status = self.loop.run()
         log.debug("event loop stopped, status %d", status)
         return status
@@ -236,6 +240,23 @@ def run_passt(conf: Any) -> int:
         return rt.run_loop()
     finally:
         rt.close()
+
+
+STATS_MIN_INTERVAL = 1.0     # --stats 0: still at most once a second
+
+
+def show_stats(loop: EventLoop, stats: Counter[str], delay: int) -> None:
+    """``--stats DELAY``: the event counters on stderr every DELAY seconds (as
+    upstream 2026 prints its event table, in the foreground only)."""
+    interval = max(float(delay), STATS_MIN_INTERVAL)
+
+    def tick() -> None:
+        counts = " ".join(f"{name}={count}" for name, count in sorted(stats.items()))
+        sys.stderr.write(f"stats: {counts or 'no events'}\n")
+        sys.stderr.flush()
+        loop.call_later(interval, tick)
+
+    loop.call_later(interval, tick)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
