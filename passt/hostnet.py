@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 passt and pasta hand the guest (or namespace) the host's own identity: the
 address, prefix and default gateway of the host interface that carries the
-default route, and that interface's MAC address as the source of every frame
-we send towards the guest.  The guest then believes it sits on the host's own
-link, and replies to its outbound connections come back to addresses it
-already knows.  Options override each piece (``-a``, ``-n``, ``-g``, ``-M``),
+default route.  The guest then believes it sits on the host's own link, and
+replies to its outbound connections come back to addresses it already knows.
+The source MAC of every frame we send towards the guest is, as upstream
+2026, the fixed locally administered ``9a:55:9a:55:9a:55`` unless ``-M``
+(the 2023 snapshot used the template interface's).  Options override each piece (``-a``, ``-n``, ``-g``, ``-M``),
 ``-i``/``--outbound-if4``/``--outbound-if6`` choose the template interface,
 ``-4``/``-6`` switch a family off.
 
@@ -48,8 +49,7 @@ Two choices follow the man page and newer upstream rather than the 2023
 Debian build: with ``-a`` and no ``-n``, the prefix is the one of the host
 address whose subnet contains the given address, else the classful default
 (RFC 4632's historical classes A/B/C); and an interface without a MAC address
-(a tun or WireGuard device) makes us use a fixed locally administered MAC
-instead of disabling the family.
+(a tun or WireGuard device) is a template like any other.
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ from passt import log
 
 DEFAULT_MTU = 65520
 RESOLV_CONF = "/etc/resolv.conf"
-# Used when the template interface has no hardware address (newer upstream's choice).
-FALLBACK_MAC = bytes.fromhex("9a559a559a55")
-ZERO_MAC = bytes(6)
+# Our MAC towards the guest unless -M (upstream 2026's default, locally administered).
+DEFAULT_MAC = bytes.fromhex("9a559a559a55")
 
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2
@@ -83,7 +82,6 @@ class HostNetError(Exception):
 class Link(NamedTuple):
     ifindex: int
     name: str
-    mac: bytes
 
 
 class Addr(NamedTuple):
@@ -233,9 +231,7 @@ def query_host() -> HostSnapshot:
 
 
 def _link(msg: Any) -> Link:
-    mac = msg.get_attr("IFLA_ADDRESS") or ""
-    raw = bytes.fromhex(mac.replace(":", "")) if len(mac) == 17 else ZERO_MAC
-    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), raw)
+    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"))
 
 
 def _addr(msg: Any) -> Addr | None:
@@ -344,9 +340,8 @@ def pick(ov: Overrides, host: HostSnapshot, resolv: Resolv) -> NetInfo:
                   dns_match4=_first_of_version(ov.dns_forward, 4),
                   dns_match6=_first_of_version(ov.dns_forward, 6))
     fields.update(_copies(ov, host, v4, v6))
-    mac = ov.mac or _link_by_index(host, template.ifindex).mac
     return NetInfo(
-        mac=FALLBACK_MAC if mac == ZERO_MAC else mac,
+        mac=ov.mac or DEFAULT_MAC,
         mtu=ov.mtu,
         dns=dns,
         search=ov.search if ov.search is not None else resolv.search,
@@ -459,7 +454,7 @@ def _ifname(host: HostSnapshot, index: int) -> str:
 
 
 def _link_by_index(host: HostSnapshot, index: int) -> Link:
-    return next((lk for lk in host.links if lk.ifindex == index), Link(index, "", ZERO_MAC))
+    return next((lk for lk in host.links if lk.ifindex == index), Link(index, ""))
 
 
 def _pick_dns(ov: Overrides, resolv: Resolv, v4: _Family | None,
