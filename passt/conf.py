@@ -227,7 +227,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("n", "netmask", "MASK", BOTH, "Assign IPv4 MASK, dot-decimal or bits",
          "default: netmask from matching address on the host"),
     _opt("M", "mac-addr", "ADDR", BOTH, "Use source MAC address ADDR",
-         "default: MAC address from interface with default route"),
+         "default: 9a:55:9a:55:9a:55 (locally administered)"),
     _opt("g", "gateway", "ADDR", BOTH, "Pass IPv4 or IPv6 address as gateway",
          _TWICE, "default: gateway from interface with default route"),
     _opt("i", "interface", "NAME", BOTH, "Interface for addresses and routes",
