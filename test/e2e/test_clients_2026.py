@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from .test_pasta_ns import process_gone, wait_until
 from .world import IFNAME, V4, V6, World
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,22 +95,6 @@ def serving(netns: str, tcp: str, udp: str) -> Iterator[None]:
     finally:
         proc.kill()
         proc.wait(TIMEOUT)
-
-
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def ip_json(netns: str, *args: str) -> list[dict]:

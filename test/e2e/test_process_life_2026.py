@@ -35,7 +35,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .test_clients_2026 import PEERS, REPO, TIMEOUT, process_gone, program, run_in, wait_until
+from .test_clients_2026 import PEERS, REPO, TIMEOUT, program, run_in
+from .test_pasta_ns import process_gone, wait_until
 from .world import IFNAME, V4, World
 
 UPSTREAM_2026 = os.path.join(REPO, "build", "upstream-2026")
