@@ -52,11 +52,19 @@ def _serve_tcp(port: str) -> None:
     s.listen(16)
     while True:
         conn, peer = s.accept()
-        with conn:
+        threading.Thread(target=_answer, args=(conn, peer, port), daemon=True).start()
+
+
+def _answer(conn: socket.socket, peer: tuple, port: str) -> None:
+    """One connection, on its own thread: a reset ends it, not the server."""
+    with conn:
+        try:
             if port == "7":
                 _echo(conn)
             else:
                 conn.sendall(_shown(peer[0]).encode() + b"\n")
+        except OSError:
+            pass
 
 
 def _echo(conn: socket.socket) -> None:

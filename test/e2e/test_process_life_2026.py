@@ -130,7 +130,7 @@ def test_namespace_connections_when_pasta_ends(world, netns, tmp_path, impl) -> 
     proc = foreground(world, [*program(impl), "--config-net", "--netns", f"/run/netns/{netns}",
                               "-t", "none", "-u", "none", "-T", "none", "-U", "none",
                               "--pid", str(pid_file)])
-    wait_until(lambda: V4.host in run_in(netns, "ip", "-4", "addr").stdout, "the address")
+    wait_until(lambda: "default" in run_in(netns, "ip", "-4", "route").stdout, "the route")
     holder = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, PEERS, "hold",
                                V4.remote, "7", "3"], stdout=subprocess.PIPE, text=True)
     try:
