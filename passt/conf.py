@@ -202,7 +202,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "socket-path", "PATH", PASST, "Same as --socket"),
     _opt(None, "vhost-user", None, PASST, "Enable vhost-user mode",
          "UNIX domain socket is provided by -s option", _NOT_YET),
-    _opt(None, "print-capabilities", None, PASST,
+    _opt(None, "print-capabilities", None, BOTH,
          "Print back-end capabilities in JSON format",
          "only meaningful for vhost-user mode"),
     _opt(None, "repair-path", "PATH", PASST, "Path for passt-repair(1)",

@@ -148,6 +148,7 @@ class Overrides:
     search: tuple[str, ...] | None = None
     dns_forward: tuple[IPAddress, ...] = ()
     map_gw: bool = True
+    map_host_loopback: tuple[IPAddress, ...] = ()
     dhcp_dns: bool = True
     dhcp_search: bool = True
     dns_host: tuple[IPAddress, ...] = ()
@@ -468,12 +469,16 @@ def _pick_dns(ov: Overrides, resolv: Resolv, v4: _Family | None,
         hosts.setdefault(a.version, a)
     if ov.dns is not None:
         return tuple(usable), hosts
+    # a resolver on the host's loopback is advertised as what stands for it
+    loopback = {v: _first_of_version(ov.map_host_loopback, v)
+                or (gateways[v] if ov.map_gw else None) for v in (4, 6)}
     advertised: list[IPAddress] = []
     for a in usable:
         if a.is_loopback:
-            if not ov.map_gw:
+            mapped = loopback[a.version]
+            if mapped is None:
                 continue
-            a = gateways[a.version] or a
+            a = mapped
         if a not in advertised:
             advertised.append(a)
     return tuple(advertised), hosts
@@ -505,6 +510,7 @@ def overrides_from_conf(conf: Any) -> Overrides:
         search=conf.search,
         dns_forward=conf.dns_forward,
         map_gw=not conf.no_map_gw,
+        map_host_loopback=conf.map_host_loopback,
         dhcp_dns=conf.dhcp_dns_effective,
         dhcp_search=conf.dhcp_search_effective,
         dns_host=conf.dns_host,

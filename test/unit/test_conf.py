@@ -227,7 +227,7 @@ def test_options_of_the_other_program_are_refused_by_name(opt, mode):
 def test_mode_only_options_are_those_of_upstream():
     only = {m: {o.long for o in OPTIONS if modes_of(o.long) == [m]} for m in MODES}
     assert only["passt"] == {"socket", "one-off", "no-dhcp-dns", "no-dhcp-search",
-                             "socket-path", "vhost-user", "print-capabilities", "repair-path",
+                             "socket-path", "vhost-user", "repair-path",
                              "migrate-exit", "migrate-no-linger"}
     assert only["pasta"] == {"ns-ifname", "tcp-ns", "udp-ns", "userns", "netns", "netns-only",
                              "no-netns-quit", "config-net", "ns-mac-addr", "dhcp-dns",

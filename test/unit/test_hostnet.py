@@ -299,3 +299,10 @@ def test_other_addresses_and_routes_of_the_template_are_copied():
     assert fixed.extra_addrs == () and fixed.extra_routes == ()
     legacy = pick(Overrides(copy_addrs=False, copy_routes=False), host, RESOLV)
     assert legacy.extra_addrs == () and legacy.extra_routes == ()
+
+
+def test_a_loopback_resolver_is_advertised_as_the_host_loopback_mapping():
+    host = replace(HOST, routes=HOST.routes[:4])
+    resolv = Resolv((ipa("127.0.0.53"),), ())
+    net = pick(Overrides(map_gw=False, map_host_loopback=(ipa("169.254.1.9"),)), host, resolv)
+    assert net.dns == (ipa("169.254.1.9"),)
