@@ -14,8 +14,16 @@ reports the peer address each server saw, so that the address mapping is
 checked too.
 
 Every case runs against ours and against upstream 2026 (built by
-``make deps`` into ``build/upstream-2026``); ``UPSTREAM_DIFFERS`` lists,
-with reasons, the answers where the two differ.
+``make deps`` into ``build/upstream-2026``), with the same expectations:
+where the two differ, a test says so.
+
+rootlesskit 2 runs for real too (``mk/clients.mk`` fetches Debian trixie's
+2.0.2, which runs on bookworm): as an unprivileged user with subordinate
+IDs, in a private mount namespace where ``/dev/net/tun`` is a 0666 node of
+the test's (this machine's is 0600; rootlesskit creates ``tap0`` itself),
+with a ``pasta`` wrapper that logs the argv rootlesskit passes.  podman 5
+cannot run here (trixie's needs libc6 >= 2.38; bookworm has 2.36), so its
+command line is replayed by the harness above.
 """
 
 from __future__ import annotations
@@ -23,20 +31,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from .test_pasta_ns import process_gone, wait_until
+from .test_pasta_ns import SYSTEM_PYTHON, as_user, process_gone, user, wait_until  # noqa: F401
 from .world import IFNAME, V4, V6, World
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
 UPSTREAM = os.path.join(REPO, "build", "upstream-2026", "pasta")
+ROOTLESSKIT = os.path.join(REPO, "build", "clients", "rootlesskit")
 TIMEOUT = 20.0
 IMPLS = ["ours", "upstream"]
 
@@ -291,3 +303,89 @@ def test_all_addresses_and_routes_of_the_template_are_copied(world, impl) -> Non
         subprocess.run([*ip, "route", "del", extra_route], capture_output=True, timeout=TIMEOUT)
         subprocess.run([*ip, "addr", "del", extra_addr, "dev", IFNAME], capture_output=True,
                        timeout=TIMEOUT)
+
+
+# -- rootlesskit 2, for real -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def subids(user: pwd.struct_passwd) -> pwd.struct_passwd:  # noqa: F811 - test_pasta_ns's
+    """Subordinate IDs for the test user (rootlesskit maps them with newuidmap)."""
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path, "a+") as f:
+            f.seek(0)
+            if not any(line.startswith(f"{user.pw_name}:") for line in f):
+                f.write(f"{user.pw_name}:300000:65536\n")
+    return user
+
+
+CARRIER_WAIT = """
+import time
+start = time.monotonic()
+for _ in range(200):
+    with open("/sys/class/net/tap0/carrier") as f:
+        if f.read().strip() == "1":
+            break
+    time.sleep(0.02)
+print(f"carrier after {time.monotonic() - start:.3f} s")
+"""
+
+
+def pasta_wrapper(workdir: str, impl: str) -> str:
+    """A ``pasta`` for rootlesskit's ``--pasta-binary``: logs its argv, runs ``impl``'s."""
+    if impl == "ours":
+        run = (f"PYTHONPATH={REPO} {SYSTEM_PYTHON} -c "
+               "'from passt.cli import main_pasta; main_pasta()'")
+    else:
+        run = UPSTREAM
+    path = os.path.join(workdir, "pasta")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\necho "$@" > {workdir}/argv\nexec env {run} "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_real_rootlesskit_2(world, subids, impl) -> None:
+    program(impl)
+    if not os.path.exists(ROOTLESSKIT):
+        pytest.skip("rootlesskit 2 not fetched (make deps fetches it)")
+    workdir = tempfile.mkdtemp(prefix="rk26-")
+    os.chmod(workdir, 0o777)
+    tun = os.path.join(workdir, "tun")
+    os.mknod(tun, 0o666 | 0o020000, os.makedev(10, 200))
+    os.chmod(tun, 0o666)
+    inside = "; ".join([
+        # rootlesskit 2.0.2 starts the command without waiting for pasta: wait
+        # for the tap's carrier (pasta attached), and say how long it took
+        f"{SYSTEM_PYTHON} -c {shlex.quote(CARRIER_WAIT)}",
+        "ip -o addr show tap0", "ip route",
+        f"{SYSTEM_PYTHON} {PEERS} ask udp:10.0.2.3:53 tcp:{V4.remote}:7001 "
+        f"udp:{V4.remote}:7002",
+        f"{SYSTEM_PYTHON} {PEERS} sha256 {V4.remote} 7 {1 << 20}",
+    ])
+    rootlesskit = [*as_user(subids), "env", f"HOME={workdir}", f"XDG_RUNTIME_DIR={workdir}",
+                   ROOTLESSKIT, "--net=pasta", f"--pasta-binary={pasta_wrapper(workdir, impl)}",
+                   "--copy-up=/etc", "--disable-host-loopback", f"--state-dir={workdir}/state",
+                   "sh", "-c", inside]
+    try:
+        result = run_in(world.host_ns, "unshare", "-m", "sh", "-c",
+                        f"mount --bind {tun} /dev/net/tun && exec {shlex.join(rootlesskit)}",
+                        timeout=60)
+        assert result.returncode == 0, result.stderr
+        with open(os.path.join(workdir, "argv")) as f:
+            print("rootlesskit ran: pasta", f.read().strip())
+        lines = result.stdout.splitlines()
+        print(impl, lines[0])
+        assert any("inet 10.0.2.100/24" in line for line in lines)
+        assert any(line.startswith("default via 10.0.2.2 dev tap0") for line in lines)
+        answers = json.loads(next(line for line in lines if line.startswith("{\"udp:10.0.2.3")))
+        assert answers == {"udp:10.0.2.3:53": V4.host, f"tcp:{V4.remote}:7001": V4.host,
+                           f"udp:{V4.remote}:7002": V4.host}
+        digests = json.loads(lines[-1])
+        assert digests["sent"] == digests["back"]
+        wait_until(lambda: not run_in(world.host_ns, "pgrep", "-f", workdir).stdout,
+                   "pasta to go with rootlesskit")
+    finally:
+        run_in(world.host_ns, "pkill", "-KILL", "-f", workdir)
+        subprocess.run(["rm", "-rf", workdir], timeout=TIMEOUT)
