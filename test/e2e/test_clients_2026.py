@@ -384,8 +384,20 @@ def test_real_rootlesskit_2(world, subids, impl) -> None:
                            f"udp:{V4.remote}:7002": V4.host}
         digests = json.loads(lines[-1])
         assert digests["sent"] == digests["back"]
-        wait_until(lambda: not run_in(world.host_ns, "pgrep", "-f", workdir).stdout,
-                   "pasta to go with rootlesskit")
+        wait_until(lambda: not pids_mentioning(workdir), "pasta to go with rootlesskit")
     finally:
-        run_in(world.host_ns, "pkill", "-KILL", "-f", workdir)
+        for pid in pids_mentioning(workdir):    # what this test started, if left over
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["rm", "-rf", workdir], timeout=TIMEOUT)
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs whose command line mentions ``text`` (a directory unique to one test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+    return found
