@@ -401,3 +401,28 @@ def pids_mentioning(text: str) -> list[int]:
                 if text.encode() in f.read():
                     found.append(int(entry))
     return found
+
+
+# -- the splice switches of 2026 ------------------------------------------------------------
+
+SPLICE_CASES = {
+    # extra options, where the container's server listens, what it sees (or "error")
+    "default": ([], f"{CTR_PORT_TCP}@127.0.0.1", "error"),     # its loopback stays private
+    "host-lo-to-ns-lo": (["--host-lo-to-ns-lo"], f"{CTR_PORT_TCP}@127.0.0.1", "127.0.0.1"),
+    "no-splice": (["--no-splice"], f"{CTR_PORT_TCP}", V4.gateway),  # through the tap
+}
+
+
+@pytest.mark.parametrize("case", list(SPLICE_CASES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_host_loopback_to_a_published_port(world, impl, case) -> None:
+    extra, listen, seen = SPLICE_CASES[case]
+    program(impl)
+    container = Container(world, impl, lambda path: [*podman_argv(path), *extra])
+    try:
+        with serving(container.name, listen, ""):
+            got = ask(world.host_ns, f"tcp:127.0.0.1:{HOST_PORT_TCP}")
+        answer = got[f"tcp:127.0.0.1:{HOST_PORT_TCP}"]
+        assert answer.startswith("error") if seen == "error" else answer == seen
+    finally:
+        container.close()
