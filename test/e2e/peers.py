@@ -11,7 +11,8 @@ IPv6 addresses are written in brackets: ``tcp:[::1]:80``.
 
 ``python3 peers.py sha256 ADDR PORT BYTES`` sends BYTES of random data over TCP,
 half-closes, and prints the SHA-256 of what was sent and of what came back.
-``serve`` answers that on TCP port 7 (echo) when given.
+``python3 peers.py udpsha256 ADDR PORT COUNT`` does the same with COUNT
+datagrams of 1400 bytes, one at a time.  ``serve`` echoes on port 7 (TCP, UDP).
 
 ``python3 peers.py hold ADDR PORT SECONDS`` connects over TCP, prints
 "connected", and then what became of the connection within SECONDS: "reset",
@@ -79,8 +80,8 @@ def _echo(conn: socket.socket) -> None:
 def _serve_udp(port: str) -> None:
     s = _listener(socket.SOCK_DGRAM, port)
     while True:
-        _, peer = s.recvfrom(65536)
-        s.sendto(_shown(peer[0]).encode() + b"\n", peer)
+        data, peer = s.recvfrom(65536)
+        s.sendto(data if port == "7" else _shown(peer[0]).encode() + b"\n", peer)
 
 
 def serve(seconds: str, tcp: str, udp: str) -> None:
@@ -128,6 +129,20 @@ def sha256(host: str, port: str, size: str) -> None:
     print(json.dumps({"sent": hashlib.sha256(data).hexdigest(), "back": back.hexdigest()}))
 
 
+def udp_sha256(host: str, port: str, count: str) -> None:
+    sent, back = hashlib.sha256(), hashlib.sha256()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect((host, int(port)))
+        for _ in range(int(count)):
+            data = os.urandom(1400)
+            sent.update(data)
+            s.send(data)
+            back.update(s.recv(65536))
+    print(json.dumps({"sent": sent.hexdigest(), "back": back.hexdigest()}))
+
+
 def hold(host: str, port: str, seconds: str) -> None:
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:
         print("connected", flush=True)
@@ -148,5 +163,7 @@ if __name__ == "__main__":
         print(json.dumps({t: ask_one(t) for t in args}))
     elif command == "hold":
         hold(*args)
+    elif command == "udpsha256":
+        udp_sha256(*args)
     else:
         sha256(*args)

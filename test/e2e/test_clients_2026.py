@@ -122,7 +122,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     subprocess.run(["ip", "-n", w.remote_ns, "addr", "add", f"{RESOLVER}/32", "dev", "lo"],
                    check=True, timeout=TIMEOUT)
     try:
-        with serving(w.remote_ns, "7,7001", f"53@{RESOLVER},7002"):   # echo, who, DNS
+        with serving(w.remote_ns, "7,7001", f"53@{RESOLVER},7,7002"):   # echo, who, DNS
             yield w
     finally:
         w.destroy()
@@ -215,6 +215,11 @@ def test_podman_outbound_tcp_and_udp(podman) -> None:
     assert result.returncode == 0, result.stderr
     digests = json.loads(result.stdout)
     assert digests["sent"] == digests["back"]
+    for remote in (V4.remote, V6.remote):
+        result = run_in(podman.name, sys.executable, PEERS, "udpsha256", remote, "7", "200")
+        assert result.returncode == 0, result.stderr
+        digests = json.loads(result.stdout)
+        assert digests["sent"] == digests["back"]
     got = ask(podman.name, f"udp:{V4.remote}:7002", f"udp:[{V6.remote}]:7002",
               f"tcp:[{V6.remote}]:7001")
     assert got == {f"udp:{V4.remote}:7002": V4.host, f"udp:[{V6.remote}]:7002": V6.host,
