@@ -10,7 +10,7 @@
 # it); it is never installed on the machine.  virtme-ng (PyPI) boots it under
 # QEMU TCG with the host's root shared read-only, so the guest runs our code
 # with the host's interpreter; one boot runs every cell (test/e2e/kernels.py,
-# kernel_guest.py), about 3 minutes.  It is part of `make check` and
+# kernel_guest.py), 2 to 3 minutes.  It is part of `make check` and
 # `make e2e`; `make check-kernels` runs it alone.  depmod (kmod) and QEMU are
 # in APT_TEST_DEPS already.
 
