@@ -13,7 +13,6 @@ import ipaddress
 import os
 import resource
 import socket
-import threading
 import time
 from types import SimpleNamespace
 
@@ -36,6 +35,8 @@ from passt.packet import (
     tcp_options,
 )  # fmt: skip
 from passt.tcp_core import WS_TO_GUEST, TcpConn
+
+from .test_splice_tcp import send_all_then_fin
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("020000000002")
@@ -516,17 +517,6 @@ def test_connection_sockets_get_the_largest_buffers_only_where_allowed(
 # -- issue 19: every byte on every kernel, faults that stay with their flow ---
 
 
-def send_in_background(peer: socket.socket, data: bytes) -> threading.Thread:
-    """The host-side peer writes ``data`` and closes its side, while the loop runs."""
-    def write() -> None:
-        peer.sendall(data)
-        peer.shutdown(socket.SHUT_WR)
-
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("stall_rounds", [0, 40], ids=["acking", "stalled-then-acking"])
 def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
     monkeypatch, server, stall_rounds
@@ -541,7 +531,7 @@ def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
     guest.handshake(window=0xFFFF)
     peer = accept_polling(ctx, server)
     sent = os.urandom(12 << 20)
-    writer = send_in_background(peer, sent)
+    writer = send_all_then_fin(peer, sent)
     got, fin_at, most_in_flight = bytearray(), None, 0
     deadline = time.monotonic() + 30
     rounds = 0
