@@ -63,7 +63,6 @@ PROTOCOL_F_REPLY_ACK = 3
 FEATURES = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VHOST_USER_F_PROTOCOL_FEATURES)
 PROTOCOL_FEATURES = 1 << PROTOCOL_F_REPLY_ACK
-CAPABILITIES = '{\n  "type": "net"\n}\n'  # --print-capabilities, as upstream prints it
 
 _u64 = struct.Struct("<Q")
 _state = struct.Struct("<II")

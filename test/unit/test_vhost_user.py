@@ -221,11 +221,3 @@ class NotADevice:
 
         return reached
 
-
-def test_print_capabilities(capsys) -> None:
-    from passt.conf import parse
-
-    with pytest.raises(SystemExit) as done:
-        parse("passt", ["--print-capabilities"])
-    assert done.value.code == 0
-    assert capsys.readouterr().out == '{\n  "type": "net"\n}\n'
