@@ -19,6 +19,11 @@
 #                        cent, where bench-ab cannot see 10 %
 #                        (INPROC_ARGS: '--only rr --profile', see --help)
 #
+# The passt vhost-user rows (passt_vu_guest_host, passt_vu_host_guest) put ours
+# over --vhost-user next to upstream 2026's vhost-user (make upstream-2026; left
+# out, with a note, when it is not built) and ours over the stream socket, all
+# three in the same rounds, on QEMU 10 (mk/qemu10.mk).
+#
 # BENCH_ARGS passes options through (e.g. BENCH_ARGS='--runs 7 --time 5',
 # '--only tcp_tap_ns_host,tcp_rr_tap', '--no-guest'; see --help).
 #
@@ -45,10 +50,10 @@ $(BUILD)/.bench-deps-stamp: mk/bench.mk | deps
 	$(PYTHON) -m pip install -q $(BENCH_PIP_DEPS)
 	touch $@
 
-bench-sidebyside: deps bench-deps guest
+bench-sidebyside: deps bench-deps guest qemu10
 	$(PYTHON) bench/sidebyside.py --out $(BENCH_OUT) $(BENCH_ARGS)
 
-bench-smoke: deps guest
+bench-smoke: deps guest qemu10
 	timeout 400 $(PYTHON) bench/sidebyside.py --smoke --out $(BUILD)/bench-smoke
 	timeout 60 $(PYTHON) bench/inproc_rr.py --exchanges 200 --connections 20 --repeat 1
 
