@@ -175,6 +175,7 @@ class SimpleOpts:
     socket: str | None
     fd: int | None = None
     one_off: bool = False
+    vhost_user: bool = False
 
 
 FAKE_QEMU = textwrap.dedent(
