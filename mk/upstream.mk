@@ -3,7 +3,8 @@
 # (test/unit/test_conf_2026.py, test/e2e/test_clients_2026.py compare with
 # it).  gcc, make and the C library headers come with APT_EXTRA_DEPS.
 
-UPSTREAM_2026_SHARED ?= /work/shared
+# shared/ lies beside the checkout (CI's clone too); /work/shared otherwise.
+UPSTREAM_2026_SHARED ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared)) /work/shared)
 UPSTREAM_2026        := $(BUILD)/upstream-2026
 
 APT_EXTRA_DEPS += gcc make libc6-dev
