@@ -9,9 +9,9 @@ variable ``PASST_IMPL``:
   Debian's C programs are there too);
 - ``upstream``: Debian's C ``passt``/``pasta`` in ``/usr/bin``, the
   behavioural reference;
-- ``upstream2026``: upstream's release 2026_07_16, built by
-  ``/work/shared/tools/build-upstream.sh build/upstream-2026`` (it has
-  ``--vhost-user``, which Debian's 2023 build lacks);
+- ``upstream2026``: upstream's release 2026_07_16, built into
+  ``build/upstream-2026`` by ``make deps`` (mk/upstream.mk); it has
+  ``--vhost-user``, which Debian's 2023 build lacks;
 - ``installed``: programs installed by a package, from ``PASST_BIN_DIR``
   (default ``/usr/bin``), for the packaging tests.
 
