@@ -36,7 +36,8 @@ Nothing here does I/O but reading the user and group databases for
 
 The option set is upstream 2026_07_16's (``test/unit/test_conf_2026.py``
 compares it with that build's ``--help``).  Options whose feature this
-program does not have yet (``-c``) are parsed like the
+program does not have yet (``-c``; in vhost-user mode, those of live
+migration) are parsed like the
 others and refused at the end with one line naming what is missing
 (``NOT_IMPLEMENTED``); the vhost-user-only options (``--repair-path``,
 ``--migrate-exit``, ``--migrate-no-linger``) are refused without
@@ -680,6 +681,8 @@ def _address(text: str) -> tuple[IPAddress, int | None]:
 NOT_IMPLEMENTED = {
     "conf-path": "--conf-path: the configuration socket (pesto) is not implemented yet",
 }
+# ... and in vhost-user mode, the options of live migration (passt-repair).
+MIGRATION_NOT_IMPLEMENTED = "live migration (passt-repair) is not implemented yet"
 # Options of vhost-user mode, refused without it in upstream's words.
 _VHOST_USER_ONLY = ("repair-path", "migrate-exit", "migrate-no-linger")
 CAPABILITIES = '{\n  "type": "net"\n}\n'
@@ -1019,7 +1022,9 @@ class _Parser:
                 raise ConfError(message)
         for name in _VHOST_USER_ONLY:
             if name in self.seen and v.get(name.replace("-", "_")) not in ("none", None, False):
-                raise ConfError(f"--{name} is for vhost-user mode only")
+                if not v.get("vhost_user"):
+                    raise ConfError(f"--{name} is for vhost-user mode only")
+                raise ConfError(f"--{name}: {MIGRATION_NOT_IMPLEMENTED}")
 
 
 _Handler = Callable[[_Parser, OptionSpec, "str | None"], None]

@@ -768,6 +768,8 @@ def test_splice_only_implies_loopback_forwarding_and_no_icmp_nor_dns():
     ("passt", ["--repair-path", "/tmp/r"], "--repair-path is for vhost-user mode only"),
     ("passt", ["--migrate-exit"], "--migrate-exit is for vhost-user mode only"),
     ("passt", ["--migrate-no-linger"], "--migrate-no-linger is for vhost-user mode only"),
+    ("passt", ["--vhost-user", "--repair-path", "/tmp/r"], conf.MIGRATION_NOT_IMPLEMENTED),
+    ("passt", ["--vhost-user", "--migrate-exit"], conf.MIGRATION_NOT_IMPLEMENTED),
     ("pasta", ["-c", "/tmp/ctl"], conf.NOT_IMPLEMENTED["conf-path"]),
     ("pasta", ["--fqdn", "a" * 254], "Invalid FQDN"),
     ("passt", ["--socket-path", "/tmp/a", "-s", "/tmp/b"], "Multiple --socket options given"),
