@@ -141,7 +141,9 @@ class IcmpService:
             sock.close()
             ctx.stats["drop.flow_table_full"] += 1
             return None
-        ctx.loop.add(sock.fileno(), IN, lambda _events: self._readable(flow))
+        ctx.loop.add(
+            sock.fileno(), IN, lambda _events: self._readable(flow), lambda _e: self._close(flow)
+        )
         flow.timer = ctx.loop.call_later(self.timeout, lambda: self._expire(flow))
         return flow
 

@@ -70,10 +70,21 @@ answers left in it (thousands of buffers) a peek cost 4 µs more than the
 discard it saved (bench/inproc_rr.py: 28.9 against 23.9 µs per exchange).
 They are discarded before anything that counts from the head of the buffer
 (rewinding the peek offset to retransmit) and before a clean close (closing
-with unread data would reset the connection).  A kernel without
-``SO_PEEK_OFF`` for TCP (before 6.9) gets the same behaviour from one peek
-from the first unacknowledged byte, copied into the frame buffers past what
-was already sent.
+with unread data would reset the connection).
+
+Kernels without ``SO_PEEK_OFF`` for TCP (before 6.9: Debian 12, RHEL 9,
+Ubuntu 22.04 and 24.04, so the common case) peek from the first
+unacknowledged byte every time: one ``recvmsg`` whose first buffer takes
+the bytes already in flight (a scratch mapping, ``skip_view``, whose content
+nobody reads) and whose next buffers are the frame buffers, past the
+headers, as above.  Every peek copies what is in flight once more, which is
+the price of these kernels (upstream pays it too), so a peek takes up to
+``FALLBACK_FRAMES`` frames at once, and the core keeps at most as many full
+segments in flight and peeks again only once they are down to half
+(``TcpConn.inflight_segments``): each peek brings at least as many new bytes
+as it copies again.  ``PASST_NO_PEEK_OFF=1`` in the environment takes this path on any
+kernel, so that every machine tests it.  Acknowledged bytes are discarded
+at once on this path: the peek counts from the head of the buffer.
 
 Data from the guest to the socket
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -119,12 +130,26 @@ waiting flows share one loop timer (``TcpState.ack_waiting``): a flow joins
 the list, the timer is armed only if it isn't, and when it fires every flow
 still waiting gets its ACK, so an exchange costs no timer of its own.
 
+Held data, across connections
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+What the guest sent and a full socket refused is held in the core, within
+one ``HoldBudget`` for all flows (``tcp_core.HOLD_BUDGET``, 32 MiB): many
+stalled connections make windows shrink and the guest retransmit later,
+not this process grow.
+
 Timers
 ~~~~~~
 The core asks for one timer per connection (``TIMER``).  Re-arming happens
 on most ACKs, so it is lazy: the flow keeps its deadline, and a loop timer
 is scheduled only when the deadline moves earlier than the one pending;
 a loop timer that fires early just schedules the next.
+
+Faults
+~~~~~~
+A bug in the handling of one flow (an exception from its socket event, its
+timer or one of its segments) resets that flow alone (``_fault``: RST to
+both sides, ``tcp.fault`` counted, the traceback logged at debug level);
+the loop and every other flow go on.
 """
 
 from __future__ import annotations
@@ -133,10 +158,12 @@ import errno
 import fcntl
 import ipaddress
 import mmap
+import os
 import random
 import resource
 import socket
 import struct
+import traceback
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -146,7 +173,7 @@ from passt.checksum import Buffer
 from passt.flow import FlowTableFull
 from passt.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
-from passt.packet import ACK, PSH, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
+from passt.packet import ACK, PSH, RST, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
 from passt.tcp_core import (
     CLAMP,
     CLOSE,
@@ -161,6 +188,7 @@ from passt.tcp_core import (
     TIMER,
     WANT_OUT,
     WINDOW_DEFAULT,
+    HoldBudget,
     TcpConn,
     rst_for_stray,
 )
@@ -174,9 +202,9 @@ SIOCOUTQ = 0x5411
 TCP_WINDOW_CLAMP = 10
 MTU_DEFAULT = 65520
 FRAMES_PER_READ = 16  # frames peeked per read round
-FRAME_POOL = 2 * FRAMES_PER_READ  # reusable data frame buffers
+FALLBACK_FRAMES = 32  # ... without SO_PEEK_OFF, and full segments in flight, at most
 FRAME_MAX = 14 + 40 + 20 + 65535  # Ethernet, IPv6, TCP headers and the largest payload
-PEEK_BUF_SIZE = 1 << 20  # without SO_PEEK_OFF: one peek of up to 16 frames of 64 KiB
+NO_PEEK_OFF_ENV = "PASST_NO_PEEK_OFF"  # "1": behave as on a kernel without SO_PEEK_OFF
 DISCARD_CHUNK = 256 << 20  # virtual size of the never-touched MSG_TRUNC target
 DISCARD_LATER = 16 << 10  # acknowledged bytes left in the receive buffer, at most
 DISCARD_LATER_ACKS = 32  # ... and acknowledgements of them (each left a buffer a peek walks)
@@ -227,11 +255,16 @@ class TcpState:
         self.max_conns = max(1, min(ctx.flows.max_flows, nofile - FD_RESERVE))
         self.conns = 0
         self.peek_off = _peek_off_supported()
+        self.frames_per_read = FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES
+        self.inflight_segments = 0 if self.peek_off else FALLBACK_FRAMES
         self.big_sndbuf = read_sysctl_int(_WMEM_MAX_FILE) >= BIG_BUFFER
         self.big_rcvbuf = read_sysctl_int(_RMEM_MAX_FILE) >= BIG_BUFFER
-        self.peek_view = memoryview(bytearray(0 if self.peek_off else PEEK_BUF_SIZE))
+        skip = FALLBACK_FRAMES * (self.mtu - 40)  # what is in flight, at most
+        self.skip_view = None if self.peek_off else memoryview(mmap.mmap(-1, skip))
+        self.hold_budget = HoldBudget()
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
-        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(FRAME_POOL)]
+        pool = 2 * FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES  # one peek's at least
+        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(pool)]
         self.pool_next = 0  # pool buffers from here on are free until the next send
         self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
         self.out: list[Buffer] = []  # frames of the event being handled
@@ -266,7 +299,10 @@ def _outbound_addresses(conf: Any) -> tuple[str | None, str | None]:
 
 
 def _peek_off_supported() -> bool:
-    """Whether TCP sockets take SO_PEEK_OFF (Linux 6.9 and later)."""
+    """Whether TCP sockets take SO_PEEK_OFF (Linux 6.9 and later), unless the
+    environment asks for the path of kernels without it."""
+    if os.environ.get(NO_PEEK_OFF_ENV) == "1":
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -366,7 +402,7 @@ def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
     state.conns += 1
     flow.epoll_mask = mask
     assert ctx.loop is not None
-    ctx.loop.add(flow.fd, mask, partial(_on_sock_event, flow))  # (no Python frame of its own)
+    ctx.loop.add(flow.fd, mask, partial(_on_sock_event, flow), partial(_fault, flow))
     return True
 
 
@@ -396,6 +432,23 @@ def _free(flow: TcpFlow, rst: bool) -> None:
     ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
     if log.DEBUG:
         log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
+
+
+def _fault(flow: TcpFlow, error: Exception) -> None:
+    """Handling this flow raised (a bug): reset it, and it alone, and go on."""
+    ctx = flow.ctx
+    ctx.stats["tcp.fault"] += 1
+    log.debug("TCP: %r reset after a fault: %s", flow, "".join(traceback.format_exception(error)))
+    if flow.freed:
+        return
+    try:
+        _run(flow, flow.core.abort())
+    except Exception:  # the core itself is confused: reset by hand
+        core = flow.core
+        ctx.tcp.out.append(flow.tpl.build(core.snd_nxt, core.rcv_nxt, RST | ACK, 0))
+    if not flow.freed:
+        _free(flow, rst=True)
+    _send_out(ctx)
 
 
 # ---------------------------------------------------------------- actions
@@ -500,7 +553,7 @@ def _read_sock(flow: TcpFlow) -> None:
         if not budget:
             _run(flow, core.on_window_full())
             return
-        if state.pool_next + FRAMES_PER_READ > FRAME_POOL:
+        if state.pool_next + state.frames_per_read > len(state.pool):
             _send_out(flow.ctx)
         try:
             got, short = peek(flow, budget)
@@ -556,30 +609,44 @@ def _peek_frames(flow: TcpFlow, budget: int) -> tuple[int, bool]:
 
 
 def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
-    """The same without SO_PEEK_OFF: peek from the first unacknowledged byte and
-    copy what is new into frame buffers.  No new bytes with nothing at all
-    left in the buffer: end of file."""
+    """The same without SO_PEEK_OFF: one peek from the first unacknowledged byte,
+    what is in flight into the skip map and the new bytes into frame buffers
+    (``TcpConn.inflight_segments`` keeps them within the map); returns (new bytes,
+    whether the read came up short).  No bytes at all: end of file."""
     core = flow.core
     state: TcpState = flow.ctx.tcp
-    offset = (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
-    want = min(budget, FRAMES_PER_READ * core.mss, PEEK_BUF_SIZE - offset)
-    if want <= 0:
-        return 0, False
-    view = state.peek_view
-    peeked = flow.sock.recv_into(view, offset + want, _PEEK)
+    skip_view = state.skip_view
+    assert skip_view is not None
+    in_flight = (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
+    buffers: list[Buffer] = [skip_view[:in_flight]] if in_flight else []
+    pool = state.pool
+    hlen = flow.hlen
+    mss = core.mss
+    first = state.pool_next
+    wanted = 0
+    for buf in pool[first:first + FALLBACK_FRAMES]:
+        want = min(mss, budget - wanted)
+        if want <= 0:
+            break
+        buffers.append(buf[hlen:hlen + want])
+        wanted += want
+    peeked = flow.sock.recvmsg_into(buffers, 0, _PEEK)[0]
+    if not peeked:
+        return 0, True
+    got = peeked - in_flight
+    if got <= 0:  # nothing new: drained, or the end of file is next
+        return 0, flow.rdhup
     chunks = state.chunks
     chunks.clear()
-    hlen = flow.hlen
-    pos = offset
-    while pos < peeked:
-        size = min(core.mss, peeked - pos)
-        buf = state.pool[state.pool_next]
-        state.pool_next += 1
-        buf[hlen:hlen + size] = view[pos:pos + size]
+    left = got
+    for buf in pool[first:first + FALLBACK_FRAMES]:
+        size = min(mss, left)
         chunks.append((buf, size))
-        pos += size
-    got = max(peeked - offset, 0)
-    return got, got < want and (not peeked or flow.rdhup)
+        left -= size
+        if not left:
+            break
+    state.pool_next = first + len(chunks)
+    return got, got < wanted
 
 
 def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
@@ -703,7 +770,7 @@ def _set_timer(flow: TcpFlow, seconds: float | None) -> None:
         if flow.timer is not None:
             flow.timer.cancel()
         flow.timer_at = deadline
-        flow.timer = loop.call_at(deadline, lambda: _on_timer(flow))
+        flow.timer = loop.call_at(deadline, partial(_on_timer, flow), partial(_fault, flow))
 
 
 def _on_timer(flow: TcpFlow) -> None:
@@ -714,7 +781,7 @@ def _on_timer(flow: TcpFlow) -> None:
     loop: EventLoop = flow.ctx.loop  # type: ignore[assignment]
     if loop.now() < deadline:
         flow.timer_at = deadline
-        flow.timer = loop.call_at(deadline, lambda: _on_timer(flow))
+        flow.timer = loop.call_at(deadline, partial(_on_timer, flow), partial(_fault, flow))
         return
     flow.deadline = None
     _run(flow, flow.core.on_timer())
@@ -748,7 +815,10 @@ def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
         if flow is None or flow.core.events & CLOSED:
             flow = _new_from_guest(ctx, pkt, seg, k)
             continue
-        _run(flow, flow.core.on_segment(seg))
+        try:
+            _run(flow, flow.core.on_segment(seg))
+        except Exception as e:
+            _fault(flow, e)
     if flow is not None:
         _flush_ack(flow)
     _send_out(ctx)
@@ -759,6 +829,13 @@ def _flush_ack(flow: TcpFlow) -> None:
     ``ACK_DELAY`` unless data to the guest carries the ACK first; the socket's
     free space is queried only when the core's estimate is not safe enough
     (``TcpConn.space_query_needed``)."""
+    try:
+        _flush_ack_now_or_later(flow)
+    except Exception as e:
+        _fault(flow, e)
+
+
+def _flush_ack_now_or_later(flow: TcpFlow) -> None:
     core = flow.core
     if not core.ack_due or core.events & CLOSED:
         return
@@ -794,7 +871,10 @@ def _on_ack_timer(ctx: Ctx) -> None:
         flow.ack_waits = False
         core = flow.core
         if core.ack_due and not core.events & CLOSED:
-            _run(flow, core.flush_ack())
+            try:
+                _run(flow, core.flush_ack())
+            except Exception as e:
+                _fault(flow, e)
     _send_out(ctx)
 
 
@@ -837,7 +917,10 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
         log.debug("TCP: no socket for new connection: %s", e.strerror)
         return None
     isn = state.rng.getrandbits(32)
-    core, acts = TcpConn.outbound(syn, isn, state.mss_limit(family == socket.AF_INET6))
+    core, acts = TcpConn.outbound(
+        syn, isn, state.mss_limit(family == socket.AF_INET6), state.hold_budget
+    )
+    core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     try:
         _prepare_socket(state, sock, family, outbound=True)
@@ -944,7 +1027,10 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
         _abort(sock)
         return
     window = _send_space(sock)[0] or WINDOW_DEFAULT
-    core, acts = TcpConn.inbound(state.rng.getrandbits(32), state.mss_limit(v6), window)
+    core, acts = TcpConn.inbound(
+        state.rng.getrandbits(32), state.mss_limit(v6), window, state.hold_budget
+    )
+    core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     if not _register(ctx, flow, SOCK_EVENTS):
         _abort(sock)

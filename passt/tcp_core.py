@@ -37,8 +37,14 @@ does not take is *held* (``held``, at most ``HOLD_MAX`` bytes) together with
 whatever follows in order, and written when the socket has room again
 (``on_sock_writable``), still acknowledged only once the kernel takes it.
 Dropping it instead would make the guest's TCP, which gets no SACK from us,
-recover one segment per round trip.  Beyond ``HOLD_MAX`` data is dropped,
-and once room is back duplicate ACKs make the guest retransmit at once.
+recover one segment per round trip.  Held bytes are our memory, not the
+kernel's, so they are bounded twice: ``HOLD_MAX`` per connection and one
+``HoldBudget`` shared by all connections (``HOLD_BUDGET`` by default), so
+that many stalled connections cannot grow the process without bound.  What
+does not fit is dropped, the connection advertises a zero window until its
+socket has room again (the window shrinks instead of memory growing), and
+then duplicate ACKs make the guest retransmit at once.  A closed
+connection gives its held bytes back to the budget at once.
 Everything is modulo 2**32 (``seq_lt`` and friends).
 
 Events, not states
@@ -64,10 +70,21 @@ One timer per connection; ``TIMER`` (re)arms it, the driver calls
   exponential backoff, at most ``MAX_RETRANS`` times, then reset;
 * unacknowledged FIN (the socket's peer has closed): the same, but bounded
   by ``FIN_TIMEOUT`` rather than by a count, as for a kernel's FIN_WAIT_1;
-* zero window with data waiting: probe the guest (bounded like data);
+* zero window with data waiting (or in flight): probe the guest with an
+  old sequence number, with the same backoff as retransmissions (so at
+  most one probe per ``ACK_TIMEOUT_MAX``).  A guest that answers probes
+  is alive, however long its window stays closed (RFC 9293 3.8.6.1): each
+  answer starts the count afresh, and only ``MAX_RETRANS`` unanswered
+  probes in a row reset the connection;
 * otherwise idleness: an activity counter is compared when the
   ``IDLE_TIMEOUT`` timer fires, so that busy connections do not re-arm a
   timer for every segment.
+
+Our FIN has one sequence number for life (``fin_seq``, fixed when it is
+first sent, ``TAP_FIN_SENT`` never cleared): going back to ``snd_una``
+re-sends the data up to it and then the FIN again (``fin_resend``), and an
+acknowledgement beyond it acknowledges the FIN, whether or not it was being
+re-sent.
 
 Fast retransmit: ``DUP_ACK_THRESHOLD`` duplicate ACKs (no data, no window
 change, data outstanding) send everything again from ``snd_una``.  On a tap
@@ -83,6 +100,12 @@ to the socket with ``TCP_WINDOW_CLAMP`` (``CLAMP``, only on changes of more
 than 1/16th, to spare system calls), so the far end sees the guest's
 receiving pace.  Our segments to the guest are at most its MSS and at most
 what the tap MTU allows (``mss_limit``); the MSS we advertise is the MTU's.
+The driver may also bound what is in flight to ``inflight_segments``
+full segments: without ``SO_PEEK_OFF`` every peek copies again what is in
+flight, so the core keeps it within what one peek covers, and once more
+than half of that is in flight it waits for ACKs to bring it down to half
+before peeking again: each peek then brings at least as many new bytes as
+it copies again, rather than a segment or two per ACK.
 """
 
 from __future__ import annotations
@@ -133,7 +156,8 @@ FIN_TIMEOUT = 60.0
 IDLE_TIMEOUT = 7200.0
 MAX_RETRANS = 7
 DUP_ACK_THRESHOLD = 2
-HOLD_MAX = 4 << 20  # guest data we keep while the socket has no room
+HOLD_MAX = 4 << 20  # guest data we keep while the socket has no room, per connection
+HOLD_BUDGET = 32 << 20  # ... and across all connections sharing one HoldBudget
 MSS_DEFAULT = 536  # RFC 9293 default when the SYN carries no MSS option
 WS_TO_GUEST = 8  # our window scale: windows up to 16 MiB
 MAX_WINDOW = 1 << 30  # RFC 7323 maximum
@@ -163,6 +187,21 @@ class Segment(Protocol):
     def wscale(self) -> int | None: ...
     @property
     def payload(self) -> memoryview: ...
+
+
+class HoldBudget:
+    """Bytes held on behalf of the guest (``TcpConn.held``), across the connections
+    that share this object: ``used`` never exceeds ``limit``."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = HOLD_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def room(self) -> int:
+        room = self.limit - self.used
+        return room if room > 0 else 0
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -203,15 +242,18 @@ class TcpConn:
         "rcv_wnd", "ws_from_guest", "ws_to_guest", "mss", "mss_adv", "clamped", "dup_acks",
         "recover", "retries", "backoff", "elapsed", "timer_kind", "activity", "idle_mark",
         "sock_pending", "ack_due", "dropped", "want_out", "pending_fin", "held", "offered",
-        "sending_held", "rcv_est", "sndbuf", "rcv_acked",
+        "sending_held", "rcv_est", "sndbuf", "rcv_acked", "fin_resend", "inflight_segments",
+        "budget",
     )  # fmt: skip
 
-    def __init__(self, isn: int, mss_limit: int) -> None:
+    def __init__(self, isn: int, mss_limit: int, budget: HoldBudget | None = None) -> None:
         self.events = 0
         self.isn = isn & SEQ_MASK
         self.snd_una = self.snd_nxt = self.snd_max = self.isn
         self.snd_wnd = 0  # the guest's window, scaled
-        self.fin_seq = 0  # sequence number of our FIN, once SOCK_FIN_RCVD
+        self.fin_seq = 0  # sequence number of our FIN, once TAP_FIN_SENT
+        self.fin_resend = False  # going back: send the FIN again after the data before it
+        self.inflight_segments = 0  # full segments in flight to the guest, at most (0: any)
         self.rcv_nxt = 0
         self.rcv_wnd = WINDOW_DEFAULT  # our window: the socket's free send space
         self.ws_from_guest = self.ws_to_guest = 0
@@ -231,6 +273,7 @@ class TcpConn:
         self.want_out = False
         self.pending_fin = False  # the guest's FIN, once the data before it is written
         self.held = bytearray()  # guest data after rcv_nxt the socket has not taken yet
+        self.budget = budget if budget is not None else HoldBudget()  # bounds `held`
         self.offered: memoryview | None = None  # payload of the SOCK_SEND under way
         self.sending_held = False  # ... which is `held`
         self.rcv_est = 0  # free send space at the last query, less what the socket took since
@@ -240,18 +283,22 @@ class TcpConn:
     # -- construction ------------------------------------------------------
 
     @classmethod
-    def outbound(cls, syn: Segment, isn: int, mss_limit: int) -> tuple[TcpConn, list[Action]]:
+    def outbound(
+        cls, syn: Segment, isn: int, mss_limit: int, budget: HoldBudget | None = None
+    ) -> tuple[TcpConn, list[Action]]:
         """A SYN from the guest: the driver connects a socket; SYN-ACK once connected."""
-        conn = cls(isn, mss_limit)
+        conn = cls(isn, mss_limit, budget)
         conn.events = TAP_SYN_RCVD
         conn.rcv_nxt = (syn.seq + 1) & SEQ_MASK
         conn._take_syn_options(syn)
         return conn, [conn._arm(_T_CONNECT, SYN_TIMEOUT)]
 
     @classmethod
-    def inbound(cls, isn: int, mss_limit: int, window: int) -> tuple[TcpConn, list[Action]]:
+    def inbound(
+        cls, isn: int, mss_limit: int, window: int, budget: HoldBudget | None = None
+    ) -> tuple[TcpConn, list[Action]]:
         """An accepted socket: SYN to the guest, with our MSS and window scale."""
-        conn = cls(isn, mss_limit)
+        conn = cls(isn, mss_limit, budget)
         conn.events = SOCK_ACCEPTED
         conn.rcv_wnd = min(window, MAX_WINDOW)
         conn.snd_nxt = conn.snd_max = (conn.isn + 1) & SEQ_MASK
@@ -299,10 +346,26 @@ class TcpConn:
         return (TAP, ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
 
     def peek_budget(self) -> int:
-        """How many new bytes the guest's window lets us send now."""
-        if self.events & (TAP_FIN_SENT | CLOSED) or not self.events & ESTABLISHED:
+        """How many new bytes the guest's window (and ``inflight_segments``) lets us
+        send now; after our FIN, only the data before it, when going back."""
+        events = self.events
+        if events & CLOSED or not events & ESTABLISHED:
             return 0
-        budget = self.snd_wnd - ((self.snd_nxt - self.snd_una) & SEQ_MASK)
+        in_flight = (self.snd_nxt - self.snd_una) & SEQ_MASK
+        window = self.snd_wnd
+        if self.inflight_segments:
+            bound = self.inflight_segments * self.mss
+            if in_flight > bound >> 1:
+                return 0  # wait until a peek brings more than it copies again
+            if bound < window:
+                window = bound
+        budget = window - in_flight
+        if events & TAP_FIN_SENT:
+            if not self.fin_resend:
+                return 0
+            before_fin = (self.fin_seq - self.snd_nxt) & SEQ_MASK
+            if before_fin < budget:
+                budget = before_fin
         return budget if budget > 0 else 0
 
     # -- timers --------------------------------------------------------------
@@ -316,12 +379,12 @@ class TcpConn:
     def _settle_timer(self, acts: list[Action]) -> None:
         """After an event of an established connection: the timer its state calls for."""
         kind = self.timer_kind
-        if self.snd_max != self.snd_una:
+        if self.snd_wnd == 0 and (self.sock_pending or self.snd_max != self.snd_una):
+            if kind != _T_PROBE:  # nothing can be sent: ask for the window instead
+                acts.append(self._arm(_T_PROBE, self.backoff))
+        elif self.snd_max != self.snd_una:
             if kind != _T_RETRANS:
                 acts.append(self._arm(_T_RETRANS, self.backoff))
-        elif self.sock_pending and self.snd_wnd == 0:
-            if kind != _T_PROBE:
-                acts.append(self._arm(_T_PROBE, self.backoff))
         elif kind != _T_IDLE:
             acts.append(self._arm(_T_IDLE, IDLE_TIMEOUT))
 
@@ -386,13 +449,14 @@ class TcpConn:
 
     def _go_back(self) -> list[Action]:
         """Send again everything from snd_una: data (peeked again) and our FIN."""
+        fin_out = self.events & TAP_FIN_SENT and not self.events & TAP_FIN_ACKED
         data_end = self.fin_seq if self.events & TAP_FIN_SENT else self.snd_max
-        self.events &= ~TAP_FIN_SENT
         self.snd_nxt = self.snd_una
+        self.fin_resend = bool(fin_out)
         if data_end != self.snd_una:
             self.sock_pending = True
             return [(REWIND,), (PEEK,)]
-        if self.events & SOCK_FIN_RCVD:
+        if fin_out:
             return [self._fin()]
         return []
 
@@ -428,9 +492,12 @@ class TcpConn:
             self.snd_max = self.snd_nxt
         self.ack_due = False  # data frames carry our ACK
         self.rcv_acked = self.rcv_nxt
-        if self.timer_kind == _T_RETRANS:
-            return [(DATA, seq, length)]
-        return [(DATA, seq, length), self._arm(_T_RETRANS, self.backoff)]
+        acts: list[Action] = [(DATA, seq, length)]
+        if self.fin_resend and self.snd_nxt == self.fin_seq:
+            acts.append(self._fin())  # all the data before it is out again
+        if self.timer_kind != _T_RETRANS:
+            acts.append(self._arm(_T_RETRANS, self.backoff))
+        return acts
 
     def on_window_full(self) -> list[Action]:
         """Data waits on the socket but the guest's window is full: the timer says when
@@ -458,9 +525,12 @@ class TcpConn:
         return acts
 
     def _fin(self) -> Action:
-        self.events |= TAP_FIN_SENT
-        self.fin_seq = self.snd_nxt
-        self.snd_nxt = (self.snd_nxt + 1) & SEQ_MASK
+        """Our FIN: at the end of the data the first time, at the same place after."""
+        if not self.events & TAP_FIN_SENT:
+            self.events |= TAP_FIN_SENT
+            self.fin_seq = self.snd_nxt
+        self.fin_resend = False
+        self.snd_nxt = (self.fin_seq + 1) & SEQ_MASK
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
         self.ack_due = False
@@ -485,17 +555,37 @@ class TcpConn:
             self.ack_due = True
         if self.sending_held:
             self.sending_held = False
-            del self.held[:accepted]
+            self._unhold(accepted)
         elif accepted < offered:
             assert self.offered is not None
-            self.held = bytearray(self.offered[accepted:])  # the guest's buffer is not ours
+            if not self._hold(self.offered[accepted:]):  # (a copy: the guest's buffer is not ours)
+                self.pending_fin = False  # it went with what was dropped
         self.offered = None
-        if self.held:
+        if self.held or self.dropped:  # (dropped: a fresh poll brings the window update)
             return self._watch_out()
         if self.pending_fin:
             self.pending_fin = False
             return self._guest_fin()
         return []
+
+    def _hold(self, data: memoryview) -> bool:
+        """Keep ``data`` after what we hold if it fits (``HOLD_MAX``, the shared
+        budget); False if it had to be dropped."""
+        if len(data) > min(HOLD_MAX - len(self.held), self.budget.room()):
+            self.dropped = True
+            return False
+        self.held += data
+        self.budget.used += len(data)
+        return True
+
+    def _unhold(self, length: int) -> None:
+        """The socket took ``length`` held bytes (or the connection is gone)."""
+        length = min(length, len(self.held))
+        self.budget.used -= length
+        if length == len(self.held):
+            self.held = bytearray()  # (the old one keeps its allocation)
+        else:
+            del self.held[:length]
 
     def _watch_out(self) -> list[Action]:
         self.want_out = True
@@ -578,7 +668,9 @@ class TcpConn:
         """
         if space is not None:
             self.note_send_space(space, sndbuf)
-        self.rcv_wnd = self.rcv_est if self.rcv_est > 0 else 0
+        # Data dropped (no room to hold it): a zero window until the socket has
+        # room again (``on_sock_writable``), rather than more data to drop.
+        self.rcv_wnd = self.rcv_est if self.rcv_est > 0 and not self.dropped else 0
         if not self.ack_due or self.events & CLOSED:
             return []
         acts: list[Action] = [self._ack()]
@@ -623,6 +715,8 @@ class TcpConn:
             self.ack_due = True
         if opened and self.sock_pending and self.peek_budget():
             acts.append((PEEK,))
+        if self.timer_kind == _T_PROBE:
+            self.retries = 0  # the guest answers: alive, however long its window stays shut
         if not self.events & CLOSED:
             self._settle_timer(acts)
         return acts
@@ -689,6 +783,7 @@ class TcpConn:
         if self.events & TAP_FIN_SENT and seq_lt(self.fin_seq, ack):
             data -= 1
             self.events |= TAP_FIN_ACKED
+            self.fin_resend = False
         if data:
             acts.append((DISCARD, data))
         self.snd_una = ack
@@ -737,11 +832,9 @@ class TcpConn:
             payload = payload[offset:]
             length -= offset
         if held:  # the socket is full: keep the data in order behind what we hold
-            if held + length > HOLD_MAX:
-                self.dropped = True
+            if not self._hold(payload):
                 acts.append(self._ack())
                 return
-            self.held += payload
             self.pending_fin = bool(fin)
         elif length:
             self.pending_fin = bool(fin)
@@ -774,4 +867,6 @@ class TcpConn:
     def _close(self, rst: bool) -> list[Action]:
         self.events |= CLOSED
         self.timer_kind = _T_NONE
+        self._unhold(len(self.held))  # back to the budget at once
+        self.offered = None
         return [(TIMER, None), (CLOSE, rst)]

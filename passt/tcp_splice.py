@@ -398,6 +398,10 @@ class SpliceConn:
 
     # -- closing -----------------------------------------------------------
 
+    def on_fault(self, _error: Exception) -> None:
+        """Handling this connection raised (a bug; the loop logged it): reset it alone."""
+        self.abort()
+
     def abort(self) -> None:
         """An error or reset on one side: reset both and release everything."""
         if self.closed:
@@ -471,8 +475,8 @@ class TcpSplice:
         if rc not in (0, errno.EINPROGRESS):
             conn.abort()
             return
-        self.loop.add(conn.fds[0], _WATCH, conn.handlers[0])
-        self.loop.add(conn.fds[1], _WATCH, conn.handlers[1])
+        for fd, handler in zip(conn.fds, conn.handlers, strict=True):
+            self.loop.add(fd, _WATCH, handler, conn.on_fault)
 
     def close(self) -> None:
         """Close every spliced connection and the pools (at exit)."""

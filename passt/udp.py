@@ -525,7 +525,10 @@ class UdpState:
             raise Refused("drop.udp_no_flow") from None
         self.flows[key] = flow
         if flow.own:
-            loop.add(sock.fileno(), IN, lambda _events: self._readable(flow))
+            loop.add(
+                sock.fileno(), IN, lambda _events: self._readable(flow),
+                lambda _error: self.close_flow(flow),  # a fault: this flow alone goes
+            )  # fmt: skip
         if self.sweep_timer is None:
             self.sweep_timer = loop.call_later(self.sweep_interval, self._sweep)
         return flow

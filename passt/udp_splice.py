@@ -166,7 +166,7 @@ class UdpSplice:
             sock.close()
             self.stats["udp_splice.flow_table_full"] += 1
             return None
-        self.loop.add(flow.fd, ev.IN, flow.on_reply)
+        self.loop.add(flow.fd, ev.IN, flow.on_reply, lambda _error: flow.close())
         return flow
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import resource
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ from passt.packet import (
     parse_tcp,
     tcp_options,
 )  # fmt: skip
-from passt.tcp_core import WS_TO_GUEST
+from passt.tcp_core import WS_TO_GUEST, TcpConn
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("020000000002")
@@ -95,12 +96,12 @@ class Guest:
             self.ctx.loop.run_once(0.02)
         raise AssertionError(f"timed out; received {got}")
 
-    def handshake(self) -> None:
+    def handshake(self, window: int = 2000) -> None:
         self.send(SYN, options=tcp_options(mss=65480, wscale=7))
         synack = next(s for s in self.wait_for(lambda s: s.flags & SYN) if s.flags & SYN)
         assert synack.flags == SYN | ACK and synack.ack == self.seq
         self.ack = synack.seq + 1
-        self.send(ACK)
+        self.send(ACK, window=window)
 
     def take_data(self, timeout: float = 5.0) -> bytes:
         """Read data segments until a FIN or nothing new for a while; acknowledge them."""
@@ -510,3 +511,129 @@ def test_connection_sockets_get_the_largest_buffers_only_where_allowed(
     finally:
         tcp.close(ctx)
         ctx.loop.close()
+
+
+# -- issue 19: every byte on every kernel, faults that stay with their flow ---
+
+
+def send_in_background(peer: socket.socket, data: bytes) -> threading.Thread:
+    """The host-side peer writes ``data`` and closes its side, while the loop runs."""
+    def write() -> None:
+        peer.sendall(data)
+        peer.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("stall_rounds", [0, 40], ids=["acking", "stalled-then-acking"])
+def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
+    monkeypatch, server, stall_rounds
+):
+    """The path of kernels before 6.9, forced by the environment: megabytes in
+    flight (the guest's window is 8 MiB) and the peer's FIN queued behind them
+    must still give the guest every byte, then the FIN after the last one."""
+    monkeypatch.setenv(tcp.NO_PEEK_OFF_ENV, "1")
+    ctx = make_ctx()
+    assert not ctx.tcp.peek_off
+    guest = Guest(ctx, GW4, server.getsockname()[1])
+    guest.handshake(window=0xFFFF)
+    peer = accept_polling(ctx, server)
+    sent = os.urandom(12 << 20)
+    writer = send_in_background(peer, sent)
+    got, fin_at, most_in_flight = bytearray(), None, 0
+    deadline = time.monotonic() + 30
+    rounds = 0
+    while fin_at is None and time.monotonic() < deadline:
+        ctx.loop.run_once(0.01)
+        rounds += 1
+        for s in guest.received():
+            if s.seq == guest.ack and len(s.payload):
+                got += s.payload
+                guest.ack += len(s.payload)
+            if s.flags & FIN:
+                fin_at = s.seq
+        core = ctx.flows.get(("tcp", GUEST4, guest.sport, GW4, guest.dport)).core
+        most_in_flight = max(most_in_flight, (core.snd_nxt - core.snd_una) & 0xFFFFFFFF)
+        if rounds > stall_rounds:
+            guest.send(ACK, window=0xFFFF)
+    writer.join(5)
+    assert bytes(got) == sent and fin_at == guest.ack
+    assert (1 << 20) < most_in_flight <= tcp.FALLBACK_FRAMES * ctx.tcp.mss_limit(False)
+    tcp.close(ctx)
+    ctx.loop.close()
+
+
+def test_the_environment_forces_the_path_without_peek_off(monkeypatch):
+    assert tcp._peek_off_supported()  # this kernel has it (6.9 and later)
+    monkeypatch.setenv(tcp.NO_PEEK_OFF_ENV, "1")
+    assert not tcp._peek_off_supported()
+
+
+def two_connections(ctx: Ctx, server: socket.socket) -> list[tuple[Guest, socket.socket]]:
+    pairs = []
+    for sport in (40001, 40002):
+        guest = Guest(ctx, GW4, server.getsockname()[1], sport=sport)
+        guest.handshake()
+        pairs.append((guest, accept_polling(ctx, server)))
+    return pairs
+
+
+def core_of(ctx: Ctx, guest: Guest):
+    return ctx.flows.get(("tcp", guest.src, guest.sport, guest.dst, guest.dport)).core
+
+
+@pytest.mark.parametrize("where", ["guest segment", "socket event"])
+def test_a_fault_resets_its_own_flow_and_the_others_go_on(monkeypatch, ctx, server, where):
+    (victim, victim_peer), (other, other_peer) = two_connections(ctx, server)
+    doomed = core_of(ctx, victim)
+    method = "on_segment" if where == "guest segment" else "on_sock_readable"
+    original = getattr(TcpConn, method)
+
+    def faulty(self, *args):
+        if self is doomed:
+            raise RuntimeError("injected fault")
+        return original(self, *args)
+
+    monkeypatch.setattr(TcpConn, method, faulty)
+    if where == "guest segment":
+        victim.send(ACK | PSH, b"trigger")
+    else:
+        victim_peer.sendall(b"trigger")
+    rst = victim.wait_for(lambda s: s.flags & RST)
+    assert any(s.flags & RST for s in rst)
+    assert ctx.stats["tcp.fault"] == 1 and tcp_flows(ctx) == 1
+    with pytest.raises(ConnectionResetError):
+        for _ in range(3):  # the reset reaches the peer
+            if not victim_peer.recv(100):
+                break
+    other.send(ACK | PSH, b"still here")  # the loop and the other flow go on
+    ctx.loop.run_once(0.05)
+    assert other_peer.recv(100) == b"still here"
+    other_peer.sendall(b"and back")
+    assert any(bytes(s.payload) == b"and back" for s in other.wait_for(lambda s: len(s.payload)))
+
+
+def test_closed_flows_leave_no_descriptor_timer_or_entry_behind(ctx, server):
+    """Connections ended by the guest's RST and connections refused: afterwards
+    the descriptors, the flow table and the timer heap are as before."""
+    fds_before = len(os.listdir("/proc/self/fd"))
+    closed_port = socket.socket()
+    closed_port.bind(("127.0.0.1", 0))
+    refused = closed_port.getsockname()[1]  # bound, never listening: refused
+    for n in range(300):
+        guest = Guest(ctx, GW4, server.getsockname()[1], sport=20000 + n)
+        guest.handshake()
+        peer = accept_polling(ctx, server)
+        guest.send(RST | ACK)
+        peer.close()
+        Guest(ctx, GW4, refused, sport=30000 + n).send(SYN, options=tcp_options(mss=1460))
+        ctx.loop.run_once(0)
+    deadline = time.monotonic() + 1
+    while tcp_flows(ctx) and time.monotonic() < deadline:
+        ctx.loop.run_once(0.01)
+    closed_port.close()
+    assert tcp_flows(ctx) == 0 and ctx.tcp.conns == 0
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert ctx.loop.pending_timers() < 300  # dead timers do not pile up

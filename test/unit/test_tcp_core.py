@@ -578,10 +578,10 @@ def test_lost_fin_after_data_follows_the_resent_data():
     conn.on_sock_eof()
     acts = conn.on_timer()
     assert ops(acts)[:2] == [REWIND, PEEK]
-    assert conn.on_sock_readable() > 0
-    conn.on_sock_data(700)
-    (fin,) = taps(conn.on_sock_eof())
-    assert fin[2] == OUR_ISN + 701
+    assert conn.on_sock_readable() == 700  # the data before the FIN, not beyond
+    (fin,) = taps(conn.on_sock_data(700))  # the FIN follows its data at once
+    assert fin[1] & FIN and fin[2] == OUR_ISN + 701
+    assert conn.on_sock_readable() == 0 and taps(conn.on_sock_eof()) == []
 
 
 def test_guest_rst_closes_socket_with_rst():
@@ -611,3 +611,131 @@ def test_state_names():
     assert conn.state_name() == "ESTABLISHED"
     conn.on_sock_eof()
     assert "TAP_FIN_SENT" in conn.state_name()
+
+
+# -- issue 19: zero windows, FIN after going back, the hold budget, in flight --
+
+
+def zero_window_with_data_waiting() -> TcpConn:
+    """Established; the guest shut its window; the socket has more for it."""
+    conn = established_outbound()
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 0))
+    assert conn.on_sock_readable() == 0
+    acts = conn.on_window_full()
+    assert find(acts, TIMER) == [(TIMER, tc.ACK_TIMEOUT)]  # the probe timer
+    return conn
+
+
+def test_zero_window_probes_answered_keep_the_connection_open_at_a_bounded_rate():
+    conn = zero_window_with_data_waiting()
+    waited = 0.0
+    for _ in range(5 * tc.MAX_RETRANS):  # far longer than MAX_RETRANS probes
+        acts = conn.on_timer()
+        (probe,) = taps(acts)
+        assert probe[1] == ACK and probe[2] == OUR_ISN  # an old sequence number
+        (timer,) = find(acts, TIMER)
+        assert tc.ACK_TIMEOUT <= timer[1] <= tc.ACK_TIMEOUT_MAX
+        waited += timer[1]
+        assert not find(conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 0)), CLOSE)
+    assert not conn.closed and waited > 130
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000))  # the reader is back
+    assert PEEK in ops(acts)
+
+
+def test_zero_window_probes_unanswered_reset_in_bounded_time():
+    conn = zero_window_with_data_waiting()
+    waited = tc.ACK_TIMEOUT
+    for _ in range(tc.MAX_RETRANS + 1):
+        acts = conn.on_timer()
+        if find(acts, CLOSE):
+            break
+        waited += find(acts, TIMER)[0][1]
+    assert find(acts, CLOSE) == [(CLOSE, True)] and taps(acts)[0][1] & RST
+    assert waited <= tc.MAX_RETRANS * tc.ACK_TIMEOUT_MAX
+
+
+def test_zero_window_with_data_in_flight_probes_rather_than_resends_nothing():
+    conn = established_outbound()
+    send_from_socket(conn, 500)
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 0))  # window shut, 500 unacked
+    conn.on_timer()
+    for _ in range(3 * tc.MAX_RETRANS):
+        acts = conn.on_timer()
+        assert taps(acts) and not find(acts, CLOSE)
+        conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 0))
+    assert not conn.closed
+
+
+def fin_sent_after(length: int) -> TcpConn:
+    conn = established_outbound()
+    send_from_socket(conn, length)
+    (fin,) = taps(conn.on_sock_eof())
+    assert fin[2] == OUR_ISN + 1 + length
+    return conn
+
+
+def test_fin_acknowledged_during_a_resend_closes_cleanly():
+    conn = fin_sent_after(3000)
+    assert ops(conn.on_timer())[:2] == [REWIND, PEEK]  # spurious: all had arrived
+    conn.on_sock_readable()
+    conn.on_sock_data(1000)
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 3002, ACK, 1000))  # data and FIN acked
+    assert conn.events & tc.TAP_FIN_ACKED and conn.peek_budget() == 0
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 3002, ACK | FIN, 1000))
+    assert find(acts, CLOSE) == [(CLOSE, False)]
+
+
+def test_fin_resent_at_its_own_sequence_after_a_window_limited_resend():
+    conn = fin_sent_after(3000)
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 8))  # window 8 << 7 = 1024
+    conn.on_timer()
+    fins = []
+    for _ in range(10):
+        budget = conn.on_sock_readable()
+        if not budget:
+            break
+        acts = conn.on_sock_data(budget)
+        fins += [t for t in taps(acts) if t[1] & FIN]
+        conn.on_segment(seg(GUEST_ISN + 1, conn.snd_nxt, ACK, 8))
+    assert [f[2] for f in fins] == [OUR_ISN + 3001]
+    assert conn.events & tc.TAP_FIN_ACKED
+
+
+def test_held_data_beyond_the_shared_budget_is_dropped_and_the_window_shuts():
+    budget = tc.HoldBudget(1500)
+    first, second = (established_outbound() for _ in range(2))
+    first.budget = second.budget = budget
+    first.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000, payload=b"a" * 2000))
+    first.on_sock_accepted(500, 2000)
+    assert len(first.held) == 1500 and budget.used == 1500
+    second.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000, payload=b"b" * 2000))
+    acts = second.on_sock_accepted(500, 2000)
+    assert not second.held and budget.used == 1500 and acts == [(WANT_OUT, True)]
+    (ack,) = taps(second.flush_ack(100_000, 200_000))
+    assert ack[3] == GUEST_ISN + 501 and ack[4] == 0  # only what was taken; window shut
+    acts = second.on_sock_writable(100_000)  # room again: window and duplicate ACKs
+    assert len(taps(acts)) == 4 and taps(acts)[0][4] > 0
+
+
+def test_closing_gives_held_bytes_back_to_the_budget():
+    budget = tc.HoldBudget()
+    conn = established_outbound()
+    conn.budget = budget
+    conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000, payload=b"a" * 2000))
+    conn.on_sock_accepted(0, 2000)
+    assert budget.used == 2000
+    conn.abort()
+    assert budget.used == 0 and not conn.held
+
+
+def test_bytes_in_flight_are_bounded_and_peeks_wait_for_half_of_them_acknowledged():
+    conn = established_outbound(window=0xFFFF)  # 8 MiB with the scale
+    conn.inflight_segments = 4
+    bound = 4 * conn.mss
+    assert conn.on_sock_readable() == bound
+    assert find(conn.on_sock_data(bound), TIMER) == [(TIMER, tc.ACK_TIMEOUT)]
+    assert conn.on_sock_readable() == 0
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1 + conn.mss, ACK, 0xFFFF))
+    assert PEEK not in ops(acts) and conn.peek_budget() == 0  # 3 of 4 still in flight
+    acts = conn.on_segment(seg(GUEST_ISN + 1, OUR_ISN + 1 + 2 * conn.mss, ACK, 0xFFFF))
+    assert PEEK in ops(acts) and conn.peek_budget() == 2 * conn.mss

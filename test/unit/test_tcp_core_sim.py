@@ -8,6 +8,12 @@ ACKs at random.  Whatever the losses, the guest must end up with exactly the
 socket's bytes, every byte must be discarded from the socket once, and the
 connection must close cleanly.  Sequence numbers start near 2**32 so that
 every run wraps around.
+
+The second set of runs adds what kernels without ``SO_PEEK_OFF`` and slow
+readers bring: the model driver peeks from the first unacknowledged byte
+(as ``tcp._peek_frames_from_start``), the core bounds what is in flight
+(``inflight_segments``), and the guest's reader pauses, shutting its window for
+many timer rounds; the connection must neither lose a byte nor be reset.
 """
 
 from __future__ import annotations
@@ -40,9 +46,15 @@ M = 1 << 32
 class Model:
     """Model driver, socket and guest around one TcpConn."""
 
-    def __init__(self, rng: random.Random, to_guest: bytes, to_socket: bytes, loss: float):
+    def __init__(
+        self, rng: random.Random, to_guest: bytes, to_socket: bytes, loss: float,
+        slow_kernel: bool = False,
+    ) -> None:  # fmt: skip
         self.rng = rng
         self.loss = loss
+        self.from_start = slow_kernel  # peek from the first unacknowledged byte
+        self.pauses = rng.randrange(1, 4) if slow_kernel else 0  # reader pauses to come
+        self.paused = 0  # steps left in this pause
         self.stream = to_guest  # what the socket's peer sends
         self.to_socket = to_socket  # what the guest sends
         self.consumed = 0  # discarded from the socket's receive buffer
@@ -65,6 +77,8 @@ class Model:
         isn = M - rng.randrange(1, 5000)
         syn = self.segment(self.g_isn, 0, SYN, 65535, mss=rng.choice([536, 1400, 9000]), ws=0)
         self.conn, acts = TcpConn.outbound(syn, isn, 65480)
+        if slow_kernel:
+            self.conn.inflight_segments = rng.choice([0, 1, 4, 64])
         self.run(acts)
         self.run(self.conn.on_connected())
         self.deliver_to_guest()
@@ -119,6 +133,9 @@ class Model:
 
     def read_socket(self):
         for _ in range(100):
+            if self.from_start:  # the peek counts from the head of the buffer
+                in_flight = (self.conn.snd_nxt - self.conn.snd_una) % M
+                self.peek_off = min(in_flight, len(self.stream) - self.consumed)
             budget = self.conn.on_sock_readable()
             available = len(self.stream) - self.consumed - self.peek_off
             if not budget and available:
@@ -158,7 +175,8 @@ class Model:
         elif self.g_fin and not self.g_fin_sent:
             flags |= FIN
             self.g_fin_sent = True
-        self.to_core.append(self.segment(self.g_snd_nxt, ack, flags, self.g_window, payload))
+        window = 0 if self.paused else self.g_window
+        self.to_core.append(self.segment(self.g_snd_nxt, ack, flags, window, payload))
         self.g_snd_nxt = (self.g_snd_nxt + len(payload) + (1 if flags & FIN else 0)) % M
 
     def deliver_to_core(self):
@@ -176,7 +194,19 @@ class Model:
             self.g_fin_sent = False
         self.guest_ack()
 
+    def reader_pauses(self):
+        """Now and then the guest's reader stops (window 0) for many timer rounds,
+        then reads on and says so (a window update)."""
+        if self.paused:
+            self.paused -= 1
+            if not self.paused:
+                self.guest_ack()
+        elif self.pauses and self.rng.random() < 0.02:
+            self.pauses -= 1
+            self.paused = self.rng.randrange(20, 200)
+
     def step(self):
+        self.reader_pauses()
         if self.rng.random() < 0.3:
             self.sock_space += 5000
             self.run(self.conn.on_sock_writable(self.sock_space))
@@ -194,13 +224,14 @@ class Model:
                 self.run(self.conn.on_timer())
 
 
+@pytest.mark.parametrize("slow_kernel", [False, True], ids=["peek-offset", "from-start-pauses"])
 @pytest.mark.parametrize("seed", range(40))
-def test_streams_survive_random_loss(seed):
+def test_streams_survive_random_loss(seed, slow_kernel):
     rng = random.Random(seed)
     to_guest = rng.randbytes(rng.choice([0, 1, 5000, 200000]))
     to_socket = rng.randbytes(rng.choice([0, 1, 30000]))
-    model = Model(rng, to_guest, to_socket, loss=rng.choice([0.0, 0.05, 0.1]))
-    for _ in range(20000):
+    model = Model(rng, to_guest, to_socket, rng.choice([0.0, 0.05, 0.1]), slow_kernel)
+    for _ in range(40000):
         if model.closed is not None:
             break
         model.step()
