@@ -5,17 +5,19 @@ Theory of operation: Linux has TCP ``SO_PEEK_OFF`` from 6.9 only; Debian
 12 (6.1), RHEL 9 and Ubuntu 22.04/24.04 lack it, and there our TCP peeks
 from the first unacknowledged byte instead (passt/tcp.py).  This machine's
 kernel has it, so the fallback is forced with ``PASST_NO_PEEK_OFF=1`` in
-the program's environment.  A ``PeekMode`` names one of the two, carries
-the environment that selects it, and marks the cells it runs, so that the
-summary table has one row per mode.  Upstream's programs ignore the
-variable: both modes run the same upstream code.
+the program's environment.  A ``PeekMode`` names one of the two and
+carries the environment that selects it.  A module runs its tests in both
+with ``both_modes`` (conftest.py's ``peek_mode`` fixture hands the mode to
+the module's deployments); the summary gives each mode a row of its own
+(``label``).  Upstream's programs ignore the variable: both modes run the
+same upstream code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cells import Cell
+import pytest
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,9 @@ class PeekMode:
     name: str  # pytest id and summary label suffix
     env: dict[str, str] = field(default_factory=dict)
 
-    def cell(self, program: str, name: str, version: int) -> Cell:
-        """A TCP cell of ``program`` run in this mode."""
-        suffix = f" {self.name}" if self.env else ""
-        return Cell(program, f"{name}{suffix}", "tcp", version)
+    def label(self, cell_label: str) -> str:
+        """The summary's label of a cell run in this mode."""
+        return f"{cell_label} {self.name}" if self.env else cell_label
 
 
 PEEK_OFF = PeekMode("peek-off")
@@ -34,5 +35,8 @@ NO_PEEK_OFF = PeekMode("no-peek-off", {"PASST_NO_PEEK_OFF": "1"})
 MODES = (PEEK_OFF, NO_PEEK_OFF)
 
 
-def mode_id(mode: PeekMode) -> str:
-    return mode.name
+def both_modes(modes: tuple[PeekMode, ...] = MODES) -> pytest.MarkDecorator:
+    """Run the test once per mode, grouped by mode (module scope): one
+    deployment per mode at a time."""
+    return pytest.mark.parametrize("peek_mode", modes, indirect=True, scope="module",
+                                   ids=[mode.name for mode in modes])

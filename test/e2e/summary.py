@@ -5,7 +5,8 @@ xfail per phase; this module folds them into one row per cell (a test
 parametrized with a ``cell``), adds the throughput the test recorded with
 ``record_property("throughput", ...)``, and renders the table that the
 ``pytest_terminal_summary`` hook in conftest.py prints.  Throughput is
-shown, never judged.
+shown, never judged.  A cell run in several peek modes (peek.py) gets a row
+per mode.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class Summary:
         self.notes: list[str] = []  # e.g. start-up and boot times
 
     def record(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        cell = getattr(item, "callspec", None) and item.callspec.params.get("cell")
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        cell = params.get("cell")
         if cell is None:
             return
-        row = self.rows.setdefault(cell.label, Row(cell.label))
+        mode = params.get("peek_mode")  # peek.py: a row per mode
+        label = cell.label if mode is None else mode.label(cell.label)
+        row = self.rows.setdefault(label, Row(label))
         row.seconds += report.duration
         for name, value in item.user_properties:
             if name == "throughput":

@@ -22,7 +22,7 @@ import pytest
 from . import bulk
 from .cells import VERSIONS, Cell, cell_id, path
 from .deploy import Deployment
-from .peek import MODES, PeekMode
+from .peek import PeekMode, both_modes
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +35,11 @@ DIRECTIONS = {"pasta": ("in", "out"), "passt": ("out",)}
 
 
 def cases(program: str) -> list:
-    """(peek mode, the summary's cell, the matrix cell whose path it takes) per case."""
-    return [
-        pytest.param(mode, mode.cell(program, f"{direction} x{CONNECTIONS}", version),
-                     Cell(program, direction, "tcp", version),
-                     id=cell_id(mode.cell(program, f"{direction} x{CONNECTIONS}", version)))
-        for mode in MODES for direction in DIRECTIONS[program] for version in VERSIONS
-    ]
+    """(the summary's cell, the matrix cell whose path it takes) per case."""
+    pairs = [(Cell(program, f"{direction} x{CONNECTIONS}", "tcp", version),
+              Cell(program, direction, "tcp", version))
+             for direction in DIRECTIONS[program] for version in VERSIONS]
+    return [pytest.param(cell, direction, id=cell_id(cell)) for cell, direction in pairs]
 
 
 def exchange(cell: Cell, direction: Cell, deployment: Deployment) -> None:
@@ -50,15 +48,15 @@ def exchange(cell: Cell, direction: Cell, deployment: Deployment) -> None:
     print(f"{cell.label}: {CONNECTIONS} connections, {BULK_BYTES} bytes each way each, intact")
 
 
-@pytest.mark.parametrize(("peek_mode", "cell", "direction"), cases("pasta"),
-                         indirect=["peek_mode"], scope="module")
+@both_modes()
+@pytest.mark.parametrize(("cell", "direction"), cases("pasta"))
 def test_pasta_concurrent_exchanges(peek_mode: PeekMode, cell: Cell, direction: Cell,
-                                    pasta_peek_env: Deployment) -> None:
-    exchange(cell, direction, pasta_peek_env)
+                                    pasta_env: Deployment) -> None:
+    exchange(cell, direction, pasta_env)
 
 
-@pytest.mark.parametrize(("peek_mode", "cell", "direction"), cases("passt"),
-                         indirect=["peek_mode"], scope="module")
+@both_modes()
+@pytest.mark.parametrize(("cell", "direction"), cases("passt"))
 def test_passt_concurrent_exchanges(peek_mode: PeekMode, cell: Cell, direction: Cell,
-                                    passt_peek_env: Deployment) -> None:
-    exchange(cell, direction, passt_peek_env)
+                                    passt_env: Deployment) -> None:
+    exchange(cell, direction, passt_env)

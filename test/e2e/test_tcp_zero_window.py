@@ -23,7 +23,7 @@ import pytest
 from . import bulk
 from .cells import Cell, cell_id, path
 from .deploy import Deployment
-from .peek import MODES, PEEK_OFF, PeekMode
+from .peek import PEEK_OFF, PeekMode, both_modes
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +32,11 @@ PAUSES = (60, 130)
 VERSION = 4
 
 
-def cases(program: str, modes: tuple[PeekMode, ...]) -> list:
-    """(peek mode, the summary's cell) per case."""
+def cells_of(program: str) -> list:
+    """The summary's cell of ``program``'s test."""
     name = "out " + "s+".join(map(str, PAUSES)) + "s pauses"
-    return [pytest.param(mode, mode.cell(program, name, VERSION),
-                         id=cell_id(mode.cell(program, name, VERSION))) for mode in modes]
+    c = Cell(program, name, "tcp", VERSION)
+    return [pytest.param(c, id=cell_id(c))]
 
 
 def paused_downloads(cell: Cell, deployment: Deployment) -> None:
@@ -44,15 +44,13 @@ def paused_downloads(cell: Cell, deployment: Deployment) -> None:
     bulk.paused_downloads(p, SIZE, PAUSES)
 
 
-@pytest.mark.parametrize(("peek_mode", "cell"), cases("pasta", MODES), indirect=["peek_mode"],
-                         scope="module")
-def test_pasta_readers_pausing(peek_mode: PeekMode, cell: Cell,
-                               pasta_peek_env: Deployment) -> None:
-    paused_downloads(cell, pasta_peek_env)
+@both_modes()
+@pytest.mark.parametrize("cell", cells_of("pasta"))
+def test_pasta_readers_pausing(peek_mode: PeekMode, cell: Cell, pasta_env: Deployment) -> None:
+    paused_downloads(cell, pasta_env)
 
 
-@pytest.mark.parametrize(("peek_mode", "cell"), cases("passt", (PEEK_OFF,)),
-                         indirect=["peek_mode"], scope="module")
-def test_passt_readers_pausing(peek_mode: PeekMode, cell: Cell,
-                               passt_peek_env: Deployment) -> None:
-    paused_downloads(cell, passt_peek_env)
+@both_modes((PEEK_OFF,))
+@pytest.mark.parametrize("cell", cells_of("passt"))
+def test_passt_readers_pausing(peek_mode: PeekMode, cell: Cell, passt_env: Deployment) -> None:
+    paused_downloads(cell, passt_env)
