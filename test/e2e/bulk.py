@@ -31,7 +31,7 @@ from .traffic import TrafficError, socat_listen, socat_peer, start_server
 
 MIB = 1 << 20
 BULK_TX, BULK_RX = "bulk-tx", "bulk-rx"
-TRANSFER_TIMEOUT = 400  # seconds, for the slowest guest under TCG: a guard against hangs
+TRANSFER_TIMEOUT = 180  # seconds: 4 x 16 MiB each way take 25 s in a TCG guest; a guard against hangs
 PAUSE_HEAD = MIB  # what a paused reader takes before its pause
 
 
