@@ -87,7 +87,12 @@ FEATURES = {
     ("pasta", "direct"): frozenset({"tap", "splice", "peer"}),
     ("passt", "ours"): frozenset({"guest", "startup"}),
     ("passt", "upstream"): frozenset({"guest", "startup"}),
+    # pasta as on kernels without TCP SO_PEEK_OFF (before 6.9: Debian 12...):
+    # ours told so by PASST_NO_PEEK_OFF=1; upstream's 2023 build never uses it.
+    ("pasta-fallback", "ours"): frozenset({"tap"}),
+    ("pasta-fallback", "upstream"): frozenset({"tap"}),
 }
+NO_PEEK_OFF = ("env", "PASST_NO_PEEK_OFF=1")  # argv prefix: the path without SO_PEEK_OFF
 START_TIMEOUT = 30.0
 
 
@@ -300,14 +305,17 @@ def new_world(tag: str, workdir: str, extra: tuple[str, ...]) -> World:
     return world
 
 
-def start_pasta(label: str, workdir: str, impl: Impl | None = None) -> Subject:
-    """Our or upstream pasta (or ``impl``), ``--config-net`` with the matrix's forwards."""
+def start_pasta(label: str, workdir: str, impl: Impl | None = None,
+                program: str = "pasta") -> Subject:
+    """Our or upstream pasta (or ``impl``), ``--config-net`` with the matrix's forwards;
+    ``program`` "pasta-fallback": as on a kernel without TCP ``SO_PEEK_OFF``."""
     impl = impl or implementation(label)
+    prefix = list(NO_PEEK_OFF) if program == "pasta-fallback" else []
     return _start_namespace_subject(
-        label, workdir, lambda path: pasta_argv(impl, path),
+        label, workdir, lambda path: [*prefix, *pasta_argv(impl, path)],
         lambda world, inner: (inner.has_default_route4()
                               and Namespace(world.host_ns).listening("tcp", FORWARDED.iperf)
-                              and inner.listening("tcp", NS_FORWARDED.iperf)))
+                              and inner.listening("tcp", NS_FORWARDED.iperf)), program)
 
 
 def start_slirp(workdir: str) -> Subject:
@@ -318,9 +326,11 @@ def start_slirp(workdir: str) -> Subject:
 
 
 def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], list[str]],
-                             ready: Callable[[World, Namespace], bool]) -> Subject:
+                             ready: Callable[[World, Namespace], bool],
+                             program: str = "pasta") -> Subject:
     os.makedirs(workdir, exist_ok=True)
-    world = new_world(f"bench-{label}", workdir, extra=("ns",))
+    tag = f"bench-{label}" if program == "pasta" else f"bench-fb-{label}"
+    world = new_world(tag, workdir, extra=("ns",))
     inner = Namespace(world.extra_ns[0])
     daemon = Daemon(argv(f"/run/netns/{inner.name}"), world.host_ns,
                     os.path.join(workdir, "program.log"))
@@ -329,7 +339,7 @@ def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], lis
     except BaseException:
         world.destroy()
         raise
-    return Subject(label, "pasta", world, daemon, inner, FEATURES["pasta", label], argv,
+    return Subject(label, program, world, daemon, inner, FEATURES[program, label], argv,
                    inner=inner)
 
 

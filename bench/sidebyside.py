@@ -146,6 +146,9 @@ CELLS = [
                above_slirp=True), "pasta", "tap", tap_iperf(reverse=False, udp=False)),
     Cell(_info("tcp_tap_host_ns", "TCP tap, host -> namespace", "Gbit/s", target=0.5,
                above_slirp=True), "pasta", "tap", tap_iperf(reverse=True, udp=False)),
+    Cell(_info("tcp_tap_host_ns_fallback", "TCP tap, host -> ns, no SO_PEEK_OFF", "Gbit/s",
+               target=0.5), "pasta-fallback", "tap",
+         tap_iperf(reverse=True, udp=False)),
     Cell(_info("tcp_splice_host_ns", "TCP spliced, host -> namespace", "Gbit/s", target=0.9),
          "pasta", "splice", splice_iperf(into_ns=True, udp=False)),
     Cell(_info("tcp_splice_ns_host", "TCP spliced, namespace -> host", "Gbit/s", target=0.9),
@@ -247,7 +250,7 @@ class Bench:
             elif label == "direct":
                 subject = harness.start_direct(workdir)
             else:
-                subject = harness.start_pasta(label, workdir, impl)
+                subject = harness.start_pasta(label, workdir, impl, program)
         except Exception as e:  # noqa: BLE001 - recorded; its cells show it
             self.note(f"{program} {label} did not start: {_one_line(e)}")
             return None

@@ -34,6 +34,15 @@ interface) stays ``None`` or empty here and is filled in by ``hostnet``.
 Nothing here does I/O but reading the user and group databases for
 ``--runas`` names.
 
+The option set is upstream 2026_07_16's (``test/unit/test_conf_2026.py``
+compares it with that build's ``--help``).  Options whose feature this
+program does not have yet (``--vhost-user``, ``-c``) are parsed like the
+others and refused at the end with one line naming what is missing
+(``NOT_IMPLEMENTED``); the vhost-user-only options (``--repair-path``,
+``--migrate-exit``, ``--migrate-no-linger``) are refused without
+``--vhost-user`` in upstream's words.  ``--print-capabilities`` prints
+upstream's JSON and exits 0, as ``--version`` does.
+
 Where this parser differs from upstream (2023) on purpose: values upstream
 reads with ``strtol``/``sscanf`` and silently turns to 0 on garbage (``--mtu
 abc``, ``-n abc``, ``-M zz:...``, ``-F abc``) are refused; single-valued
@@ -131,16 +140,49 @@ def _opt(short: str | None, long: str, metavar: str | None, modes: frozenset[str
 _TWICE = "can be specified zero to two times (for IPv4 and IPv6)"
 
 _SPEC_FORMS = (
-    "  a comma-separated list, optionally ranged with '-'",
-    "    and optional target ports after ':', with optional",
-    "    address specification suffixed by '/' and optional",
-    "    interface prefixed by '%'. Ranges can be reduced by",
-    "    excluding ports or ranges prefixed by '~'",
+    "  'none': don't forward any ports",
+    "  [ADDR[%IFACE]/]PORTS: forward specific ports",
+    "    PORTS is a comma-separated list of ports or port",
+    "     ranges.  'all' indicates all unbound non-ephemeral",
+    "     ports.  Ranges can be reduced by excluding ports or",
+    "     ranges prefixed by '~'.",
 )
+
+
+def _port_examples(guest: str) -> tuple[str, ...]:
+    return (
+        "    Examples:",
+        "    -t all          Forward all ports",
+        "    -t ::1/all      Forward all ports from local address ::1",
+        f"    -t 22           Forward local port 22 to 22 on {guest}",
+        f"    -t 22:23        Forward local port 22 to 23 on {guest}",
+        "    -t 22,25        Forward ports 22, 25 to ports 22, 25",
+        "    -t 22-80        Forward ports 22 to 80",
+        "    -t 22-80:32-90  Forward ports 22 to 80 to",
+        "                    corresponding port numbers plus 10",
+        f"    -t 192.0.2.1/5  Bind port 5 of 192.0.2.1 to {guest}",
+        "    -t 5-25,~10-20  Forward ports 5 to 9, and 21 to 25",
+        "    -t ~25          Forward all ports except for 25",
+    )
+
+
+_AUTO_EXAMPLES = (
+    "    The 'auto' keyword may be given to only forward",
+    "    ports which are bound in the target namespace",
+    "    -t auto         Forward all ports bound in namespace",
+    "    -t ::1/auto     Forward ports from ::1 if they are",
+    "                    bound in the namespace",
+    "    -t 80-82,auto   Forward ports 80-82 if they are bound",
+    "                    in the namespace",
+)
+
+_NOT_YET = "not implemented yet: refused with one line naming what is missing"
 
 OPTIONS: tuple[OptionSpec, ...] = (
     _opt("d", "debug", None, BOTH, "Be verbose"),
     _opt(None, "trace", None, BOTH, "Be extra verbose, implies --debug"),
+    _opt(None, "stats", "DELAY", BOTH, "Display events statistics",
+         "minimum DELAY seconds between updates", "needs --foreground"),
     _opt("q", "quiet", None, BOTH, "Don't print informational messages"),
     _opt("f", "foreground", None, BOTH, "Don't run in background",
          "default: run in background if started from a TTY"),
@@ -152,10 +194,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "runas", "UID|UID:GID", BOTH, "Run as given UID and GID",
          "numeric, or login and group names",
          "default: drop to user \"nobody\" if started as root"),
+    _opt("c", "conf-path", "PATH", BOTH, "Configuration socket path", _NOT_YET),
     _opt("h", "help", None, BOTH, "Display this help message and exit"),
     _opt(None, "version", None, BOTH, "Show version and exit"),
     _opt("s", "socket", "PATH", PASST, "UNIX domain socket path",
          "default: probe free path starting from /tmp/passt_1.socket"),
+    _opt(None, "socket-path", "PATH", PASST, "Same as --socket"),
+    _opt(None, "vhost-user", None, PASST, "Enable vhost-user mode",
+         "UNIX domain socket is provided by -s option", _NOT_YET),
+    _opt(None, "print-capabilities", None, BOTH,
+         "Print back-end capabilities in JSON format",
+         "only meaningful for vhost-user mode"),
+    _opt(None, "repair-path", "PATH", PASST, "Path for passt-repair(1)",
+         "default: append '.repair' to UNIX domain path",
+         "for vhost-user mode only; 'none' disables it"),
+    _opt(None, "migrate-exit", None, PASST, "DEPRECATED: source quits after migration",
+         "for vhost-user mode only"),
+    _opt(None, "migrate-no-linger", None, PASST, "DEPRECATED: close sockets on migration",
+         "for vhost-user mode only"),
     _opt("I", "ns-ifname", "NAME", PASTA, "Namespace interface name",
          "default: same interface name as external one"),
     _opt("F", "fd", "FD", BOTH, "Use FD as pre-opened connected socket",
@@ -166,12 +222,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
          "a zero value disables assignment",
          "default: 65520: maximum 802.3 MTU minus 802.3 header",
          "         length, rounded to 32 bits (IPv4 words)"),
-    _opt("a", "address", "ADDR", BOTH, "Assign IPv4 or IPv6 address ADDR",
+    _opt("a", "address", "ADDR", BOTH, "Assign IPv4 or IPv6 address ADDR[/PREFIXLEN]",
          _TWICE, "default: use addresses from interface with default route"),
     _opt("n", "netmask", "MASK", BOTH, "Assign IPv4 MASK, dot-decimal or bits",
          "default: netmask from matching address on the host"),
     _opt("M", "mac-addr", "ADDR", BOTH, "Use source MAC address ADDR",
-         "default: MAC address from interface with default route"),
+         "default: 9a:55:9a:55:9a:55 (locally administered)"),
     _opt("g", "gateway", "ADDR", BOTH, "Pass IPv4 or IPv6 address as gateway",
          _TWICE, "default: gateway from interface with default route"),
     _opt("i", "interface", "NAME", BOTH, "Interface for addresses and routes",
@@ -197,12 +253,23 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("S", "search", "LIST", PASTA, "Space-separated list, search domains",
          "a single, empty option or 'none' disables the DNS search list",
          "default: don't use any search list"),
+    _opt("H", "hostname", "NAME", BOTH, "Hostname to configure client with",
+         "handed out by DHCP (option 12)"),
+    _opt(None, "fqdn", "NAME", BOTH, "FQDN to configure client with",
+         "handed out by DHCP (option 81) and DHCPv6 (option 39)"),
     _opt(None, "no-dhcp-dns", None, PASST, "No DNS list in DHCP/DHCPv6/NDP"),
     _opt(None, "no-dhcp-search", None, PASST, "No list in DHCP/DHCPv6/NDP"),
     _opt(None, "dhcp-dns", None, PASTA, "Pass DNS list via DHCP/DHCPv6/NDP"),
     _opt(None, "dhcp-search", None, PASTA, "Pass list via DHCP/DHCPv6/NDP"),
+    _opt(None, "map-host-loopback", "ADDR", BOTH, "Translate ADDR to refer to host",
+         _TWICE, "'none' disables the mapping (as --no-map-gw)",
+         "default: gateway address"),
+    _opt(None, "map-guest-addr", "ADDR", BOTH, "Translate ADDR to guest's address",
+         _TWICE, "default: none"),
     _opt(None, "dns-forward", "ADDR", BOTH, "Forward DNS queries sent to ADDR",
          _TWICE, "default: don't forward DNS queries"),
+    _opt(None, "dns-host", "ADDR", BOTH, "Host nameserver to direct queries to",
+         _TWICE, "default: first nameserver from host's /etc/resolv.conf"),
     _opt(None, "no-tcp", None, BOTH, "Disable TCP protocol handler"),
     _opt(None, "no-udp", None, BOTH, "Disable UDP protocol handler"),
     _opt(None, "no-icmp", None, BOTH, "Disable ICMP/ICMPv6 protocol handler"),
@@ -210,43 +277,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "no-ndp", None, BOTH, "Disable NDP responses"),
     _opt(None, "no-dhcpv6", None, BOTH, "Disable DHCPv6 server"),
     _opt(None, "no-ra", None, BOTH, "Disable router advertisements"),
+    _opt(None, "freebind", None, BOTH, "Bind to any address for forwarding"),
     _opt(None, "no-map-gw", None, BOTH, "Don't map gateway address to host"),
+    _opt(None, "chroot-fallback", None, BOTH, "Use chroot() if pivot_root() fails"),
     _opt("4", "ipv4-only", None, BOTH, "Enable IPv4 operation only"),
     _opt("6", "ipv6-only", None, BOTH, "Enable IPv6 operation only"),
     _opt("1", "one-off", None, PASST, "Quit after handling one single client"),
     _opt("t", "tcp-ports", "SPEC", PASST, "TCP port forwarding to guest",
          "can be specified multiple times",
          "SPEC can be:",
-         "  'none': don't forward any ports",
-         "  'all': forward all unbound, non-ephemeral ports",
          *_SPEC_FORMS,
-         "    Examples:",
-         "    -t 22           Forward local port 22 to 22 on guest",
-         "    -t 22:23        Forward local port 22 to 23 on guest",
-         "    -t 22,25        Forward ports 22, 25 to ports 22, 25",
-         "    -t 22-80        Forward ports 22 to 80",
-         "    -t 22-80:32-90  Forward ports 22 to 80 to",
-         "                    corresponding port numbers plus 10",
-         "    -t 192.0.2.1/5  Bind port 5 of 192.0.2.1 to guest",
-         "    -t 5-25,~10-20  Forward ports 5 to 9, and 21 to 25",
-         "    -t ~25          Forward all ports except for 25",
+         *_port_examples("guest"),
          "default: none"),
     _opt("t", "tcp-ports", "SPEC", PASTA, "TCP port forwarding to namespace",
          "can be specified multiple times",
          "SPEC can be:",
-         "  'none': don't forward any ports",
-         "  'auto': forward all ports currently bound in namespace",
          *_SPEC_FORMS,
-         "    Examples:",
-         "    -t 22           Forward local port 22 to port 22 in netns",
-         "    -t 22:23        Forward local port 22 to port 23",
-         "    -t 22,25        Forward ports 22, 25 to ports 22, 25",
-         "    -t 22-80        Forward ports 22 to 80",
-         "    -t 22-80:32-90  Forward ports 22 to 80 to",
-         "                    corresponding port numbers plus 10",
-         "    -t 192.0.2.1/5  Bind port 5 of 192.0.2.1 to namespace",
-         "    -t 5-25,~10-20  Forward ports 5 to 9, and 21 to 25",
-         "    -t ~25          Forward all bound ports except for 25",
+         *_port_examples("namespace"),
+         *_AUTO_EXAMPLES,
          "default: auto",
          "IPv6 bound ports are also forwarded for IPv4"),
     _opt("u", "udp-ports", "SPEC", PASST, "UDP port forwarding to guest",
@@ -265,6 +313,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("U", "udp-ns", "SPEC", PASTA, "UDP port forwarding to init namespace",
          "SPEC is as described above, without address or interface",
          "default: auto"),
+    _opt(None, "host-lo-to-ns-lo", None, PASTA,
+         "Translate host-loopback forwards to namespace loopback"),
     _opt(None, "userns", "NSPATH", PASTA, "Target user namespace to join"),
     _opt(None, "netns", "PATH|NAME", PASTA, "Target network namespace to join"),
     _opt(None, "netns-only", None, PASTA, "Don't join existing user namespace",
@@ -272,7 +322,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "no-netns-quit", None, PASTA, "Don't quit if the target namespace is deleted",
          "for a network namespace bound to the filesystem (PATH or NAME)"),
     _opt(None, "config-net", None, PASTA, "Configure tap interface in namespace"),
+    _opt(None, "no-copy-routes", None, PASTA, "DEPRECATED: Don't copy all routes to namespace",
+         "needs --config-net"),
+    _opt(None, "no-copy-addrs", None, PASTA,
+         "DEPRECATED: Don't copy all addresses to namespace", "needs --config-net"),
     _opt(None, "ns-mac-addr", "ADDR", PASTA, "Set MAC address on tap interface"),
+    _opt(None, "no-splice", None, PASTA, "Disable inbound socket splicing"),
+    _opt(None, "splice-only", None, PASTA, "Only enable loopback forwarding",
+         "implies --host-lo-to-ns-lo, --no-icmp, no DNS information"),
 )
 
 _USAGE = {
@@ -348,14 +405,21 @@ class Conf:
     runas: tuple[int, int] | None = None
     pid: str | None = None              # --pid FILE
     pcap: str | None = None
+    stats: int | None = None            # --stats DELAY (seconds)
+    chroot_fallback: bool = False
+    conf_path: str | None = None        # -c: refused until the control socket exists
     # passt: the QEMU side
     socket: str | None = None
     fd: int | None = None
     one_off: bool = False               # --one-off, or --fd (which implies it)
+    vhost_user: bool = False            # refused until vhost-user exists
+    repair_path: str | None = None      # only "none" gets through without vhost-user
+    migrate_exit: bool = False
+    migrate_no_linger: bool = False
     # what the guest or namespace is told
     mtu: int | None = None              # 0: don't advertise an MTU
     address: tuple[IPAddress, ...] = ()
-    netmask: int | None = None          # IPv4 prefix length, 1 to 32
+    netmask: int | None = None          # IPv4 prefix length, 0 to 32 (-n, or -a ADDR/LEN)
     mac_addr: bytes | None = None
     gateway: tuple[IPAddress, ...] = ()
     interface: str | None = None
@@ -369,6 +433,12 @@ class Conf:
     dhcp_dns: bool = False              # pasta
     dhcp_search: bool = False           # pasta
     dns_forward: tuple[IPAddress, ...] = ()
+    dns_host: tuple[IPAddress, ...] = ()
+    hostname: str | None = None
+    fqdn: str | None = None
+    # address mapping (see ``nat``): --map-host-loopback none sets no_map_gw
+    map_host_loopback: tuple[IPAddress, ...] = ()
+    map_guest_addr: tuple[IPAddress, ...] = ()
     # protocol handlers
     no_tcp: bool = False
     no_udp: bool = False
@@ -378,6 +448,7 @@ class Conf:
     no_dhcpv6: bool = False
     no_ra: bool = False
     no_map_gw: bool = False
+    freebind: bool = False
     ipv4_only: bool = False
     ipv6_only: bool = False
     # port forwarding: host → guest/namespace (-t, -u), namespace → host (-T, -U)
@@ -393,6 +464,11 @@ class Conf:
     netns_only: bool = False
     no_netns_quit: bool = False
     config_net: bool = False
+    no_copy_routes: bool = False        # deprecated: copy only the default route
+    no_copy_addrs: bool = False         # deprecated: copy only the one address
+    no_splice: bool = False
+    splice_only: bool = False
+    host_lo_to_ns_lo: bool = False      # also set by --splice-only
     target_pid: int | None = None       # PID whose namespaces to join
     command: tuple[str, ...] = ()       # (): the user's shell, unless pid or netns
 
@@ -575,6 +651,41 @@ def _domain(name: str) -> str:
     return name
 
 
+def _name(problem: str) -> Callable[[str], str]:
+    """A hostname or FQDN handed to the client: printable, at most 253 bytes."""
+    def check(text: str) -> str:
+        if len(text.encode(errors="surrogateescape")) > DNAME_MAX or not text.isprintable():
+            raise _Bad(problem, f"at most {DNAME_MAX} printable bytes")
+        return text
+    return check
+
+
+def _stats(text: str) -> int:
+    return _decimal(text, "Invalid statistics interval", 0, INT_MAX, "seconds")
+
+
+def _address(text: str) -> tuple[IPAddress, int | None]:
+    """``ADDR[/PREFIXLEN]`` of ``-a``; the prefix length only counts for IPv4."""
+    addr_s, slash, prefix_s = text.partition("/")
+    addr = _checked_ip(addr_s, "Invalid address", loopback=False)
+    if not slash:
+        return addr, None
+    if not _DECIMAL.fullmatch(prefix_s) or not 0 < int(prefix_s) <= addr.max_prefixlen:
+        raise _Bad("Invalid prefix length", f"1 to {addr.max_prefixlen}")
+    return addr, int(prefix_s) if addr.version == 4 else None
+
+
+# What a given option needs that this program does not have yet (issue named).
+# The option is parsed, then refused at the end with this one line.
+NOT_IMPLEMENTED = {
+    "vhost-user": "--vhost-user: vhost-user mode is not implemented in this passt yet",
+    "conf-path": "--conf-path: the configuration socket (pesto) is not implemented yet",
+}
+# Options of vhost-user mode, refused without it in upstream's words.
+_VHOST_USER_ONLY = ("repair-path", "migrate-exit", "migrate-no-linger")
+CAPABILITIES = '{\n  "type": "net"\n}\n'
+
+
 # -- the parser ---------------------------------------------------------------
 
 
@@ -594,6 +705,11 @@ _SINGLE = {  # single-valued options: value check
     "pid": _path("Invalid PID file"),
     "pcap": _path("Invalid pcap path"),
     "socket": _path("Invalid socket path", UNIX_PATH_MAX),
+    "conf-path": _path("Invalid configuration path", UNIX_PATH_MAX),
+    "repair-path": _path("Invalid passt-repair path", UNIX_PATH_MAX),
+    "stats": _stats,
+    "hostname": _name("Invalid hostname"),
+    "fqdn": _name("Invalid FQDN"),
     "fd": _fd,
     "mtu": _mtu,
     "netmask": _netmask,
@@ -616,7 +732,11 @@ _PER_FAMILY = {  # long name → (problem, loopback allowed)
     "gateway": ("Invalid gateway address", False),
     "outbound": ("Invalid outbound address", True),
     "dns-forward": ("Invalid DNS forwarding address", False),
+    "dns-host": ("Invalid host nameserver address", True),
+    "map-host-loopback": ("Invalid address to remap to host", False),
+    "map-guest-addr": ("Invalid address to remap to guest", False),
 }
+_ALIASES = {"socket-path": "socket"}  # long name → the option it is another name of
 _ONCE_FLAGS = {  # flags upstream refuses twice
     "debug": "Multiple --debug options given",
     "trace": "Multiple --trace options given",
@@ -736,6 +856,8 @@ class _Parser:
     # -- options --
 
     def apply(self, opt: OptionSpec, value: str | None) -> None:
+        if opt.long in _ALIASES:
+            opt = self.pick(_BY_LONG[_ALIASES[opt.long]])
         name = opt.long
         try:
             _HANDLERS[name](self, opt, value)
@@ -771,6 +893,37 @@ class _Parser:
         if any(a.version == addr.version for a in given):
             raise _Bad(problem, f"an IPv{addr.version} one was already given")
         self.values[key] = (*given, addr)
+
+    def address(self, opt: OptionSpec, value: str | None) -> None:
+        assert value is not None
+        addr, prefix = _address(value)
+        self.per_family(opt, str(addr))
+        if prefix is not None:
+            self.prefix_length(prefix)
+
+    def netmask(self, _opt: OptionSpec, value: str | None) -> None:
+        assert value is not None
+        if "netmask" in self.seen:
+            raise ConfError("Multiple --netmask options given")
+        self.prefix_length(_netmask(value))
+
+    def prefix_length(self, bits: int) -> None:
+        """The IPv4 prefix, from ``-n`` or ``-a ADDR/LEN``: only one of them, once."""
+        if self.values.get("netmask") is not None:
+            raise ConfError("Redundant prefix length specification")
+        self.values["netmask"] = bits
+
+    def map_host_loopback(self, opt: OptionSpec, value: str | None) -> None:
+        if value == "none":      # as upstream: no mapping at all, like --no-map-gw
+            self.values["map_host_loopback"] = ()
+            self.values["no_map_gw"] = True
+            return
+        self.per_family(opt, value)
+
+    def print_capabilities(self, _opt: OptionSpec, _value: str | None) -> None:
+        sys.stdout.write(CAPABILITIES)
+        sys.stdout.flush()
+        raise SystemExit(0)
 
     def dns(self, _opt: OptionSpec, value: str | None) -> None:
         assert value is not None
@@ -844,9 +997,30 @@ class _Parser:
             raise ConfError("Options --socket and --fd are mutually exclusive")
         if v.get("netns") is not None and (v.get("target_pid") is not None or v.get("command")):
             raise ConfError("Both --netns and PID or command given")
+        self.check_2026(v)
         for name, parts in self.ports.items():     # not given: none (passt), auto (pasta)
             v[name.replace("-", "_")] = merge_port_fwds(parts, f"--{name}", self.mode)
         return Conf(**v)
+
+    def check_2026(self, v: dict[str, Any]) -> None:
+        """Conflicts among the options upstream added after 2023, in its words."""
+        if v.get("stats") is not None and not v.get("foreground"):
+            raise ConfError("Can't display statistics if not running in foreground")
+        if v.get("splice_only"):
+            if v.get("no_splice"):
+                raise ConfError("--splice-only is incompatible with --no-splice")
+            v.update(host_lo_to_ns_lo=True, no_icmp=True, dns=(), search=())
+        if v.get("no_splice") and v.get("host_lo_to_ns_lo"):
+            raise ConfError("--host-lo-to-ns-lo is incompatible with --no-splice")
+        for name in ("no-copy-routes", "no-copy-addrs"):
+            if name in self.seen and not v.get("config_net"):
+                raise ConfError(f"--{name} needs --config-net")
+        for name, message in NOT_IMPLEMENTED.items():
+            if name in self.seen:
+                raise ConfError(message)
+        for name in _VHOST_USER_ONLY:
+            if name in self.seen and v.get(name.replace("-", "_")) not in ("none", None, False):
+                raise ConfError(f"--{name} is for vhost-user mode only")
 
 
 _Handler = Callable[[_Parser, OptionSpec, "str | None"], None]
@@ -856,8 +1030,9 @@ def _handlers() -> dict[str, _Handler]:
     table: dict[str, _Handler] = {}
     for opt in OPTIONS:
         name = opt.long
-        if name in ("help", "version", "dns", "search"):
-            table[name] = getattr(_Parser, name)
+        if name in ("help", "version", "dns", "search", "address", "netmask",
+                    "map-host-loopback", "print-capabilities"):
+            table[name] = getattr(_Parser, name.replace("-", "_"))
         elif name in _PORT_OPTIONS:
             table[name] = _Parser.port_spec
         elif name in _PER_FAMILY:

@@ -35,6 +35,7 @@ import os
 import sys
 
 from passt import log
+from passt.fsref import FileRef
 
 READY = b"R"
 
@@ -49,6 +50,7 @@ class PidFile:
     def __init__(self, fd: int, path: str) -> None:
         self._fd: int | None = fd
         self.path = path
+        self._ref = FileRef(path)
 
     @classmethod
     def open(cls, path: str) -> PidFile:
@@ -73,6 +75,11 @@ class PidFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def remove(self) -> None:
+        """At exit: close, and remove the file if it is still ours."""
+        self.close()
+        self._ref.remove()
 
 
 class Readiness:

@@ -30,8 +30,10 @@ resolvers are not to be advertised, see ``hostnet``), interface MTU (26,
 unless ``--mtu 0``), lease time (51, infinite), server identifier (54, the
 gateway address, which is also the reply's source), domain search list
 (119, RFC 3397, uncompressed: compression is optional and the list is
-short), and, only when the gateway lies outside the guest's subnet (a /32
-guest, say), classless static routes (121) to reach it at all.
+short), host name (12, ``-H``) and client FQDN (81, ``--fqdn``, RFC 4702, in
+wire format, as upstream 2026), and, only when the gateway lies outside the
+guest's subnet (a /32 guest, say), classless static routes (121) to reach it
+at all.
 
 Addressing follows RFC 2131 4.1: a client that already has an address
 (``ciaddr``) gets a unicast to it; a client that asked for broadcast gets a
@@ -71,6 +73,7 @@ OPT_PAD = 0
 OPT_SUBNET_MASK = 1
 OPT_ROUTER = 3
 OPT_DNS = 6
+OPT_HOSTNAME = 12
 OPT_MTU = 26
 OPT_REQUESTED_IP = 50
 OPT_LEASE_TIME = 51
@@ -78,6 +81,7 @@ OPT_MSG_TYPE = 53
 OPT_SERVER_ID = 54
 OPT_PARAM_LIST = 55
 OPT_MAX_SIZE = 57
+OPT_CLIENT_FQDN = 81
 OPT_SEARCH = 119
 OPT_CLASSLESS_ROUTES = 121
 OPT_END = 255
@@ -222,6 +226,11 @@ class DhcpServer:
                 options[OPT_SEARCH] = search
         if gateway not in subnet:
             options[OPT_CLASSLESS_ROUTES] = _classless_routes(self.server_id)
+        if net.hostname:
+            options[OPT_HOSTNAME] = net.hostname.encode()
+        fqdn = encode_domain_names((net.fqdn,)) if net.fqdn else b""
+        if fqdn:    # RFC 4702: flags E (wire format), RCODE1 and RCODE2 255, as upstream
+            options[OPT_CLIENT_FQDN] = b"\x04\xff\xff" + fqdn
         return dict(sorted(options.items()))
 
     def reply(self, eth_src: bytes, req: DhcpRequest) -> DhcpReply:

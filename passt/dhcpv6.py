@@ -64,6 +64,7 @@ OPT_STATUS_CODE = 13
 OPT_RAPID_COMMIT = 14
 OPT_DNS_SERVERS = 23
 OPT_DOMAIN_LIST = 24
+OPT_CLIENT_FQDN = 39
 
 STATUS_SUCCESS = 0
 STATUS_NOT_ON_LINK = 4
@@ -159,6 +160,9 @@ class Dhcpv6Server:
         search = encode_domain_names(net.search) if net.dhcp_search else b""
         if search:
             parts.append(option(OPT_DOMAIN_LIST, search))
+        fqdn = encode_domain_names((net.fqdn,)) if net.fqdn else b""
+        if fqdn:    # RFC 4704: flags (none: we update no DNS), the name
+            parts.append(option(OPT_CLIENT_FQDN, b"\x00" + fqdn))
         return b"".join(parts)
 
     def reply(self, eth_src: bytes, src: bytes, sport: int, message: Buffer) -> tuple[bytes, int]:

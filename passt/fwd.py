@@ -16,13 +16,16 @@ address is always in its own family and the tables of ``/proc/net`` show
 exactly what we own; without a bind address, host-side listeners bind the
 wildcard address and namespace-side ones the loopback address (``-T``/``-U``
 only exist to reach the host's loopback).  A bind address may be given by
-the spec (``IP_FREEBIND`` lets it be one that is not configured yet), and an
-interface (``SO_BINDTODEVICE``).
+the spec (with ``--freebind``, ``IP_FREEBIND`` lets it be one that is not
+configured yet, as upstream 2026), and an interface (``SO_BINDTODEVICE``).
 
 What a listener receives is handed to a callback chosen by the peer: a
 loopback peer is local traffic, which pasta splices socket to socket
 (``tcp_splice``, ``udp_splice``); any other peer takes the tap path (the TCP
-and UDP translators).  The callbacks live in a small registry,
+and UDP translators).  Upstream 2026's switches: ``--no-splice`` sends the
+host's loopback peers through the tap too, ``--splice-only`` refuses every
+other peer, and a spliced ``-t``/``-u`` connection goes to the namespace's
+own address unless ``--host-lo-to-ns-lo`` (``splice_targets``).  The callbacks live in a small registry,
 ``Handlers``, filled by whoever implements them, so that this module depends
 on none of them:
 
@@ -122,8 +125,10 @@ def listens_for(proto: str, origin: str, port: int, addr: str | None, ifname: st
     return [Listen(proto, origin, family, addr, port, ifname)]
 
 
-def open_listen_socket(listen: Listen, backlog: int = 128) -> socket.socket:
-    """Create, configure and bind the socket for ``listen`` (runs in its namespace)."""
+def open_listen_socket(listen: Listen, backlog: int = 128, freebind: bool = False
+                       ) -> socket.socket:
+    """Create, configure and bind the socket for ``listen`` (runs in its namespace);
+    ``freebind``: the address need not be configured (``--freebind``)."""
     kind = socket.SOCK_STREAM if listen.proto == TCP else socket.SOCK_DGRAM
     s = socket.socket(listen.family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -131,8 +136,9 @@ def open_listen_socket(listen: Listen, backlog: int = 128) -> socket.socket:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if listen.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-        else:
+            if freebind:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif freebind:
             s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         if listen.ifname:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, listen.ifname.encode())
@@ -193,13 +199,18 @@ class Listener:
                 continue  # the peer gave up during the handshake: next one
             conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fileno=fd)
             conn.setblocking(False)
-            if handlers.tcp_splice is not None and is_loopback(peer[0]):
+            if handlers.tcp_splice is not None and self.splices(peer[0]):
                 handlers.tcp_splice(conn, peer, self.origin, self.target_port)
-            elif handlers.tcp_tap is not None and self.origin == HOST:
+            elif handlers.tcp_tap is not None and self.origin == HOST and self.fwd.tap_inbound:
                 handlers.tcp_tap(conn, peer, conn.getsockname(), self.target_port)
             else:
                 self.fwd.stats["tcp_unhandled"] += 1
                 conn.close()
+
+    def splices(self, peer: str) -> bool:
+        """Whether traffic from ``peer`` takes the spliced path (loopback to loopback;
+        from the host only unless ``--no-splice``)."""
+        return is_loopback(peer) and (self.origin != HOST or self.fwd.splice_inbound)
 
     def pause(self) -> None:
         """Out of descriptors or memory: stop accepting for a moment.
@@ -230,9 +241,9 @@ class Listener:
                 return
             except OSError:  # a queued ICMP error from an earlier reply
                 continue
-            if handlers.udp_splice is not None and is_loopback(peer[0]):
+            if handlers.udp_splice is not None and self.splices(peer[0]):
                 handlers.udp_splice(self, view[:n], peer)
-            elif handlers.udp_tap is not None and self.origin == HOST:
+            elif handlers.udp_tap is not None and self.origin == HOST and fwd.tap_inbound:
                 handlers.udp_tap(self, view[:n], peer)
             else:
                 fwd.stats["udp_unhandled"] += 1
@@ -251,6 +262,9 @@ class Forwarder:
         self.dgram_view = memoryview(self.dgram_buf)
         self.udp_splice: Any = None
         self.scanner: AutoScanner | None = None
+        self.splice_inbound = True      # --no-splice: host loopback through the tap
+        self.tap_inbound = True         # --splice-only: nothing but loopback
+        self.freebind = False           # --freebind
 
     def own_inodes(self) -> set[int]:
         return {lst.inode for lst in self.listeners.values()}
@@ -260,9 +274,9 @@ class Forwarder:
         if listen.origin == NS:
             if self.ns_call is None:
                 raise OSError("no namespace to open a listener in")
-            sock = self.ns_call(open_listen_socket, listen)
+            sock = self.ns_call(open_listen_socket, listen, 128, self.freebind)
         else:
-            sock = open_listen_socket(listen)
+            sock = open_listen_socket(listen, freebind=self.freebind)
         listener = Listener(self, listen, sock, target_port)
         callback = listener.on_accept if listen.proto == TCP else listener.on_datagram
         self.loop.add(listener.fd, ev.IN, callback)
@@ -498,13 +512,31 @@ def setup(ctx: Any, ns_call: NsCall | None = None) -> Forwarder:
     assert ctx.loop is not None
     fwd = Forwarder(ctx.loop, ns_call)
     ctx.fwd = fwd
+    conf = ctx.conf
+    fwd.freebind = bool(getattr(conf, "freebind", False))
     if ns_call is not None:
         families = families_of(ctx.net)
-        ctx.tcp_splice = TcpSplice(ctx.loop, ctx.flows, ns_call, families)
-        fwd.udp_splice = UdpSplice(ctx.loop, ctx.flows, ns_call)
+        targets = splice_targets(conf, ctx.net)
+        ctx.tcp_splice = TcpSplice(ctx.loop, ctx.flows, ns_call, families, ns_targets=targets)
+        fwd.udp_splice = UdpSplice(ctx.loop, ctx.flows, ns_call, ns_targets=targets)
         fwd.handlers.tcp_splice = ctx.tcp_splice.accept
         fwd.handlers.udp_splice = fwd.udp_splice.forward
+        fwd.splice_inbound = not getattr(conf, "no_splice", False)
+        fwd.tap_inbound = not getattr(conf, "splice_only", False)
     return fwd
+
+
+def splice_targets(conf: Any, net: Any) -> dict[int, str]:
+    """Where ``-t``/``-u`` traffic from the host's loopback goes in the namespace.
+
+    Upstream 2026: the namespace's own address, so that services listening
+    only on its loopback are not exposed; its loopback with
+    ``--host-lo-to-ns-lo`` (or when the namespace has no address of that family).
+    """
+    if net is None or getattr(conf, "host_lo_to_ns_lo", True):
+        return dict(_LOOPBACK)
+    own: dict[int, Any] = {socket.AF_INET: net.addr4, socket.AF_INET6: net.addr6}
+    return {family: str(own[family] or _LOOPBACK[family]) for family in _LOOPBACK}
 
 
 def start(ctx: Any) -> None:

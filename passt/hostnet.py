@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 passt and pasta hand the guest (or namespace) the host's own identity: the
 address, prefix and default gateway of the host interface that carries the
-default route, and that interface's MAC address as the source of every frame
-we send towards the guest.  The guest then believes it sits on the host's own
-link, and replies to its outbound connections come back to addresses it
-already knows.  Options override each piece (``-a``, ``-n``, ``-g``, ``-M``),
+default route.  The guest then believes it sits on the host's own link, and
+replies to its outbound connections come back to addresses it already knows.
+The source MAC of every frame we send towards the guest is, as upstream
+2026, the fixed locally administered ``9a:55:9a:55:9a:55`` unless ``-M``
+(the 2023 snapshot used the template interface's).  Options override each piece (``-a``, ``-n``, ``-g``, ``-M``),
 ``-i``/``--outbound-if4``/``--outbound-if6`` choose the template interface,
 ``-4``/``-6`` switch a family off.
 
@@ -48,26 +49,25 @@ Two choices follow the man page and newer upstream rather than the 2023
 Debian build: with ``-a`` and no ``-n``, the prefix is the one of the host
 address whose subnet contains the given address, else the classful default
 (RFC 4632's historical classes A/B/C); and an interface without a MAC address
-(a tun or WireGuard device) makes us use a fixed locally administered MAC
-instead of disabling the family.
+(a tun or WireGuard device) is a template like any other.
 """
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, NamedTuple
 
 from passt import log
 
 DEFAULT_MTU = 65520
 RESOLV_CONF = "/etc/resolv.conf"
-# Used when the template interface has no hardware address (newer upstream's choice).
-FALLBACK_MAC = bytes.fromhex("9a559a559a55")
-ZERO_MAC = bytes(6)
+# Our MAC towards the guest unless -M (upstream 2026's default, locally administered).
+DEFAULT_MAC = bytes.fromhex("9a559a559a55")
 
 RT_TABLE_MAIN = 254
+RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -82,7 +82,6 @@ class HostNetError(Exception):
 class Link(NamedTuple):
     ifindex: int
     name: str
-    mac: bytes
 
 
 class Addr(NamedTuple):
@@ -100,6 +99,15 @@ class DefaultRoute(NamedTuple):
     metric: int
 
 
+class Route(NamedTuple):
+    """A main-table route to a prefix other than the default (copied into pasta's namespace)."""
+
+    ifindex: int
+    dst: IPv4Network | IPv6Network
+    gateway: IPAddress | None
+    metric: int
+
+
 @dataclass(frozen=True)
 class HostSnapshot:
     """The host's links, addresses and main-table default routes."""
@@ -107,6 +115,7 @@ class HostSnapshot:
     links: tuple[Link, ...] = ()
     addrs: tuple[Addr, ...] = ()
     routes: tuple[DefaultRoute, ...] = ()
+    other_routes: tuple[Route, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,8 +148,14 @@ class Overrides:
     search: tuple[str, ...] | None = None
     dns_forward: tuple[IPAddress, ...] = ()
     map_gw: bool = True
+    map_host_loopback: tuple[IPAddress, ...] = ()
     dhcp_dns: bool = True
     dhcp_search: bool = True
+    dns_host: tuple[IPAddress, ...] = ()
+    hostname: str | None = None
+    fqdn: str | None = None
+    copy_addrs: bool = True
+    copy_routes: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,8 +167,9 @@ class NetInfo:
     after them).  ``ll6`` is our own link-local address, the source of router
     advertisements and NDP answers.  ``mac`` is our source MAC towards the
     guest.  ``mtu`` 0 means "don't advertise any".  ``dns`` is what the guest
-    is told (if ``dhcp_dns``), ``dns_host4/6`` where ``--dns-forward``
-    queries to ``dns_match4/6`` are sent.
+    is told (if ``dhcp_dns``), ``dns_host4/6`` (``--dns-host``, else the first
+    resolver) where ``--dns-forward`` queries to ``dns_match4/6`` are sent.
+    ``hostname`` and ``fqdn`` are handed out by DHCP and DHCPv6.
     """
 
     mac: bytes
@@ -175,6 +191,11 @@ class NetInfo:
     dns_host6: IPv6Address | None = None
     dns_match4: IPv4Address | None = None
     dns_match6: IPv6Address | None = None
+    hostname: str | None = None         # -H: DHCP option 12
+    fqdn: str | None = None             # --fqdn: DHCP option 81, DHCPv6 option 39
+    # pasta --config-net: the template interface's other addresses and routes
+    extra_addrs: tuple[tuple[IPAddress, int], ...] = ()
+    extra_routes: tuple[Route, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -202,16 +223,16 @@ def query_host() -> HostSnapshot:
         links = tuple(_link(msg) for msg in ipr.get_links())
         addrs = tuple(a for a in (_addr(msg) for msg in ipr.get_addr()) if a is not None)
         routes: list[DefaultRoute] = []
+        others: list[Route] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in ipr.route("dump", family=family):
                 routes.extend(_default_routes(msg))
-    return HostSnapshot(links, addrs, tuple(routes))
+                others.extend(_other_routes(msg))
+    return HostSnapshot(links, addrs, tuple(routes), tuple(others))
 
 
 def _link(msg: Any) -> Link:
-    mac = msg.get_attr("IFLA_ADDRESS") or ""
-    raw = bytes.fromhex(mac.replace(":", "")) if len(mac) == 17 else ZERO_MAC
-    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"), raw)
+    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"))
 
 
 def _addr(msg: Any) -> Addr | None:
@@ -231,6 +252,19 @@ def _default_routes(msg: Any) -> list[DefaultRoute]:
     if hops:
         return [_route(family, hop["oif"], hop.get_attr("RTA_GATEWAY"), metric) for hop in hops]
     return [_route(family, msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"), metric)]
+
+
+def _other_routes(msg: Any) -> list[Route]:
+    """A route worth copying: main table, unicast, not the default, not the
+    kernel's own prefix route of an address (adding the address makes it)."""
+    table = msg.get_attr("RTA_TABLE") or msg["table"]
+    if (msg["dst_len"] == 0 or table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST
+            or msg["proto"] == RTPROT_KERNEL or not msg.get_attr("RTA_OIF")):
+        return []
+    dst = ip_network(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}", strict=False)
+    gateway = msg.get_attr("RTA_GATEWAY")
+    return [Route(msg.get_attr("RTA_OIF"), dst, ip_address(gateway) if gateway else None,
+                  msg.get_attr("RTA_PRIORITY") or 0)]
 
 
 def _route(family: int, oif: int | None, gateway: str | None, metric: int) -> DefaultRoute:
@@ -302,20 +336,44 @@ def pick(ov: Overrides, host: HostSnapshot, resolv: Resolv) -> NetInfo:
         fields.update(ifname6=v6.ifname, addr6=v6.address, prefix6=v6.prefix, gw6=v6.gateway,
                       ll6=v6.link_local)
     dns, hosts = _pick_dns(ov, resolv, v4, v6)
+    hosts.update({a.version: a for a in ov.dns_host})     # --dns-host wins
     fields.update(dns_host4=hosts.get(4), dns_host6=hosts.get(6),
                   dns_match4=_first_of_version(ov.dns_forward, 4),
                   dns_match6=_first_of_version(ov.dns_forward, 6))
-    mac = ov.mac or _link_by_index(host, template.ifindex).mac
+    fields.update(_copies(ov, host, v4, v6))
     return NetInfo(
-        mac=FALLBACK_MAC if mac == ZERO_MAC else mac,
+        mac=ov.mac or DEFAULT_MAC,
         mtu=ov.mtu,
         dns=dns,
         search=ov.search if ov.search is not None else resolv.search,
         dhcp_dns=ov.dhcp_dns,
         dhcp_search=ov.dhcp_search,
+        hostname=ov.hostname,
+        fqdn=ov.fqdn,
         warnings=tuple(warnings),
         **fields,
     )
+
+
+def _copies(ov: Overrides, host: HostSnapshot, v4: _Family | None,
+            v6: _Family | None) -> dict[str, Any]:
+    """The template interfaces' other global addresses and their routes (upstream
+    2026: all are copied into pasta's namespace), per family, unless ``-a`` (or
+    ``--no-copy-addrs``) and ``-g`` (or ``--no-copy-routes``) say otherwise."""
+    addrs: list[tuple[IPAddress, int]] = []
+    routes: list[Route] = []
+    for fam, given_addr, given_gw in ((v4, ov.address4, ov.gateway4),
+                                      (v6, ov.address6, ov.gateway6)):
+        if fam is None:
+            continue
+        if ov.copy_addrs and given_addr is None:
+            addrs += [(a.address, a.prefixlen) for a in host.addrs
+                      if a.ifindex == fam.ifindex and a.scope == RT_SCOPE_UNIVERSE
+                      and a.address.version == fam.address.version and a.address != fam.address]
+        if ov.copy_routes and given_gw is None:
+            routes += [r for r in host.other_routes
+                       if r.ifindex == fam.ifindex and r.dst.version == fam.address.version]
+    return {"extra_addrs": tuple(addrs), "extra_routes": tuple(routes)}
 
 
 class _Family(NamedTuple):
@@ -397,7 +455,7 @@ def _ifname(host: HostSnapshot, index: int) -> str:
 
 
 def _link_by_index(host: HostSnapshot, index: int) -> Link:
-    return next((lk for lk in host.links if lk.ifindex == index), Link(index, "", ZERO_MAC))
+    return next((lk for lk in host.links if lk.ifindex == index), Link(index, ""))
 
 
 def _pick_dns(ov: Overrides, resolv: Resolv, v4: _Family | None,
@@ -411,12 +469,16 @@ def _pick_dns(ov: Overrides, resolv: Resolv, v4: _Family | None,
         hosts.setdefault(a.version, a)
     if ov.dns is not None:
         return tuple(usable), hosts
+    # a resolver on the host's loopback is advertised as what stands for it
+    loopback = {v: _first_of_version(ov.map_host_loopback, v)
+                or (gateways[v] if ov.map_gw else None) for v in (4, 6)}
     advertised: list[IPAddress] = []
     for a in usable:
         if a.is_loopback:
-            if not ov.map_gw:
+            mapped = loopback[a.version]
+            if mapped is None:
                 continue
-            a = gateways[a.version] or a
+            a = mapped
         if a not in advertised:
             advertised.append(a)
     return tuple(advertised), hosts
@@ -448,6 +510,12 @@ def overrides_from_conf(conf: Any) -> Overrides:
         search=conf.search,
         dns_forward=conf.dns_forward,
         map_gw=not conf.no_map_gw,
+        map_host_loopback=conf.map_host_loopback,
         dhcp_dns=conf.dhcp_dns_effective,
         dhcp_search=conf.dhcp_search_effective,
+        dns_host=conf.dns_host,
+        hostname=conf.hostname,
+        fqdn=conf.fqdn,
+        copy_addrs=not conf.no_copy_addrs,
+        copy_routes=not conf.no_copy_routes,
     )

@@ -28,9 +28,10 @@ writes the socket's identifier into what it sends and expects it in
 replies, so replies are translated back: the guest gets its own identifier
 and sequence number, from the address it pinged, never the socket's.
 
-Destinations are translated like every flow's: the gateway address means
-the host itself and is mapped to its loopback (``127.0.0.1``, ``::1``),
-unless ``--no-map-gw``.  The guest still sees its replies come from the
+Destinations are translated like every flow's (``nat.AddressMapping``): the
+gateway address (or ``--map-host-loopback``) means the host itself and is
+mapped to its loopback (``127.0.0.1``, ``::1``), unless ``--no-map-gw``;
+``--map-guest-addr`` is the host's own address.  The guest still sees its replies come from the
 gateway.  A link-local destination (our own link-local address: the
 guest's default router) is reached through the host's template interface,
 as upstream does, so it needs that interface's index as scope.
@@ -60,6 +61,7 @@ from typing import TYPE_CHECKING
 from passt import log
 from passt.flow import FlowTableFull
 from passt.loop import IN
+from passt.nat import AddressMapping
 from passt.packet import Packet, ParseError, build_frame_icmp, parse_icmp
 
 if TYPE_CHECKING:
@@ -101,7 +103,7 @@ class IcmpService:
     def __init__(self, ctx: Ctx, timeout: float = ECHO_TIMEOUT) -> None:
         self.ctx = ctx
         self.timeout = timeout
-        self.targets = _gateway_map(ctx)
+        self.nat = AddressMapping.build(ctx.net, ctx.conf)
         self.scope6 = _interface_index(ctx.net.ifname6)
         self._warned = False
 
@@ -131,7 +133,7 @@ class IcmpService:
         """A new flow with its socket, registered in the flow table and the loop."""
         ctx = self.ctx
         assert ctx.loop is not None
-        sock = self._socket(guest, self.targets.get(remote, remote), ident)
+        sock = self._socket(guest, self.nat.outbound(remote), ident)
         if sock is None:
             return None
         flow = EchoFlow(key, sock, guest, remote, ident)
@@ -237,19 +239,6 @@ class IcmpService:
         for key, flow in self.ctx.flows.items():
             if key[0] == "icmp":
                 self._close(flow)
-
-
-def _gateway_map(ctx: Ctx) -> dict[bytes, bytes]:
-    """Destination translations: the gateway is the host's loopback (unless ``--no-map-gw``)."""
-    net = ctx.net
-    if ctx.conf.no_map_gw:
-        return {}
-    targets = {}
-    if net.gw4 is not None:
-        targets[net.gw4.packed] = socket.inet_pton(socket.AF_INET, "127.0.0.1")
-    if net.gw6 is not None:
-        targets[net.gw6.packed] = socket.inet_pton(socket.AF_INET6, "::1")
-    return targets
 
 
 def _interface_index(name: str) -> int:

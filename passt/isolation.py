@@ -27,8 +27,9 @@ upstream does:
    before (PID file, log file, pcap file, the syslog socket, pasta's
    ``/proc/net`` files, the tap, passt's listening socket and the
    directory of its socket file).  A root that is not a mount point (a
-   ``chroot``) cannot be pivoted: ``chroot`` into the empty tmpfs is the
-   fallback.  Mount namespace and root directory are per thread: pasta's
+   ``chroot``) cannot be pivoted: with ``--chroot-fallback`` (upstream
+   2026's switch), ``chroot`` into the empty tmpfs instead; without it,
+   that is fatal, as upstream.  Mount namespace and root directory are per thread: pasta's
    helper thread detaches too, through ``runner.call``.
 4. **Capabilities**, per thread: none, with two exceptions.  pasta keeps
    ``CAP_NET_BIND_SERVICE`` when ``auto`` forwarding may bind a low port
@@ -150,11 +151,13 @@ _SOCKETS = (
     "socket bind connect listen accept4 shutdown getsockname getpeername "
     "setsockopt getsockopt sendto recvfrom sendmsg recvmsg"
 )
-# passt: removing its socket file at exit, through the directory's descriptor.
+# passt: removing its socket file and PID file at exit, through the directory's
+# descriptor (fsref).
 PASST_SYSCALLS: tuple[str, ...] = tuple(f"{_INTERPRETER} {_SOCKETS} unlinkat".split())
-# pasta: the spliced path's pipes, and ending and reaping its command.
+# pasta: the spliced path's pipes, ending and reaping its command, removing
+# its PID file at exit.
 PASTA_SYSCALLS: tuple[str, ...] = tuple(
-    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4".split()
+    f"{_INTERPRETER} {_SOCKETS} splice pipe2 kill wait4 unlinkat".split()
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
 # FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),
@@ -175,6 +178,7 @@ class Plan:
     caps: int  # capabilities the main thread keeps (bit mask)
     runner_caps: int  # those pasta's namespace helper thread keeps
     syscalls: tuple[str, ...]
+    chroot_fallback: bool = False  # --chroot-fallback
 
 
 def target_ids(runas: tuple[int, int] | None, started_as: tuple[int, int],
@@ -212,11 +216,12 @@ def plan(conf: Any, mode: str, spawned: bool = False,
     as it checks ``kill``: the main thread keeps ``CAP_KILL`` to end it.
     """
     ids = target_ids(conf.runas, started_as, nobody or nobody_ids())
+    fallback = bool(getattr(conf, "chroot_fallback", False))
     if mode == "passt":
-        return Plan(mode, ids, True, 0, 0, PASST_SYSCALLS)
+        return Plan(mode, ids, True, 0, 0, PASST_SYSCALLS, fallback)
     bind = 1 << CAP_NET_BIND_SERVICE if binds_later(conf) else 0
     kill = 1 << CAP_KILL if spawned and ids is not None else 0
-    return Plan(mode, ids, False, bind | kill, bind, PASTA_SYSCALLS)
+    return Plan(mode, ids, False, bind | kill, bind, PASTA_SYSCALLS, fallback)
 
 
 def describe(p: Plan) -> str:
@@ -282,8 +287,9 @@ def _empty_root_mountpoint() -> str:
     raise IsolationError(0, "No directory to mount an empty root on")
 
 
-def detach_filesystem() -> None:
-    """Move the calling thread into a mount namespace whose root is empty and read-only."""
+def detach_filesystem(chroot_fallback: bool = False) -> None:
+    """Move the calling thread into a mount namespace whose root is empty and read-only
+    (``chroot_fallback``: by ``chroot`` where ``pivot_root`` fails)."""
     what = "Can't detach from the filesystem"
     _check(_libc.unshare(CLONE_NEWNS), what)
     _check(_libc.mount(b"", b"/", None, MS_REC | MS_PRIVATE, None), what)
@@ -293,8 +299,12 @@ def detach_filesystem() -> None:
     os.chdir(mountpoint)
     if _libc.syscall(SYS_PIVOT_ROOT, b".", b".") == 0:
         _check(_libc.umount2(b".", MNT_DETACH), what)
-    else:  # the root is no mount point (chroot): confine to the tmpfs the old way
+    elif chroot_fallback:  # the root is no mount point (chroot): confine the old way
         _check(_libc.chroot(b"."), what)
+    else:
+        code = ctypes.get_errno()
+        raise IsolationError(code, f"Failed to pivot_root(): {os.strerror(code)} "
+                                   "(--chroot-fallback would chroot instead)")
     os.chdir("/")
 
 
@@ -352,15 +362,15 @@ def _isolate_single_thread(p: Plan) -> None:
     if p.ids is not None:
         change_identity(*p.ids)
     enter_new_userns(os.geteuid(), os.getegid())
-    detach_filesystem()
+    detach_filesystem(p.chroot_fallback)
     restrict_thread(p.caps)
 
 
 def _isolate_with_runner(p: Plan, runner: Any) -> None:
     """pasta: each per-thread step in the main thread and in the runner's."""
-    detach_filesystem()
+    detach_filesystem(p.chroot_fallback)
     if runner is not None:
-        runner.call(detach_filesystem)
+        runner.call(detach_filesystem, p.chroot_fallback)
     if p.ids is not None:
         if p.caps:
             keep_caps_across_setuid()

@@ -47,8 +47,10 @@ non-blocking, ``TUNSETIFF`` with ``IFF_TAP | IFF_NO_PI`` named after the
 host's template interface (or ``-I``), MAC from ``--ns-mac-addr`` (else the
 kernel's random, locally administered one), loopback up; with
 ``--config-net`` also MTU, link up, the IPv4 address and prefix, the IPv6
-address (``nodad``) and default routes via the gateways, all through netlink
-(pyroute2).  Without it, the tap stays down for the namespace's own DHCP or
+address (``nodad``) and default routes via the gateways, then, as upstream
+2026, the template interface's other global addresses and its other routes
+(``hostnet``: not with ``-a``/``-g`` of that family, nor with the deprecated
+``--no-copy-addrs``/``--no-copy-routes``), all through netlink (pyroute2).  Without it, the tap stays down for the namespace's own DHCP or
 SLAAC client, as upstream.  The tap descriptor is handed to the main thread.
 
 **The command** is forked before anything else and waits on a pipe: it
@@ -61,7 +63,9 @@ convention and newer upstream's), through ``SIGCHLD`` on the event loop.
 **Quitting.**  A namespace bound to a path goes away when the path is
 deleted (``ip netns del``): an inotify watch on the directory stops the loop.
 A PID target stops it when the process exits (a pidfd).  ``--no-netns-quit``
-keeps running in both cases.  ``SIGTERM``/``SIGINT`` stop it too; then
+keeps running in both cases.  A path under ``/proc`` (``/proc/PID/ns/net``)
+cannot be watched with inotify: it stands for its process, watched with a
+pidfd as a PID target is.  Signals (``runtime.STOP_SIGNALS``) stop it too; then
 ``PastaNamespace.teardown`` stops the helper thread, closes the tap (the
 device disappears with its last descriptor), terminates the command and reaps
 it, so no namespace, device or process of ours survives pasta (processes the
@@ -86,9 +90,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import functools
 import os
 import queue
+import re
 import select
 import signal
 import socket
@@ -233,13 +237,19 @@ def default_command(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     return shell, ("-" + shell,)
 
 
+_PROC_NETNS = re.compile(r"/proc/([0-9]+)/(?:task/[0-9]+/)?ns/net")
+
+
 def make_target(command: Sequence[str], pid: int | None, netns_path: str | None,
                 userns: str | None, netns_only: bool, no_netns_quit: bool,
                 env: Mapping[str, str]) -> Target:
     """The ``Target`` for these options (pure; the options were validated by ``conf``)."""
     if netns_path is not None:
+        holder = _PROC_NETNS.fullmatch(netns_path)
+        quit_pid = int(holder.group(1)) if holder and not no_netns_quit else None
+        quit_path = None if no_netns_quit or holder else netns_path
         return Target(netns_path=netns_path, userns_path=None if netns_only else userns,
-                      quit_path=None if no_netns_quit else netns_path)
+                      quit_path=quit_path, quit_pid=quit_pid)
     if pid is not None:
         if netns_only:
             userns = None
@@ -452,7 +462,28 @@ def _configure(ipr: Any, spec: TapSpec) -> int:
         ipr.addr("add", index=index, address=str(net.addr6), prefixlen=net.prefix6,
                  flags=IFA_F_NODAD)
         _add_default_route(ipr, index, net.gw6, f"{net.addr6}/{net.prefix6}")
+    _copy_extras(ipr, index, net)
     return index
+
+
+def _copy_extras(ipr: Any, index: int, net: NetInfo) -> None:
+    """The template interface's other addresses and routes (upstream 2026 copies
+    them all); one that cannot be added is a warning, as upstream."""
+    from pyroute2 import NetlinkError
+
+    for address, prefix in net.extra_addrs:
+        flags = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+        try:
+            ipr.addr("add", index=index, address=str(address), prefixlen=prefix, **flags)
+        except NetlinkError as e:
+            log.warn("Couldn't copy address %s/%d: %s", address, prefix, os.strerror(e.code))
+    for route in net.extra_routes:
+        via = {"gateway": str(route.gateway)} if route.gateway else {}
+        try:
+            ipr.route("add", dst=str(route.dst), oif=index, proto=RTPROT_BOOT,
+                      priority=route.metric, **via)
+        except NetlinkError as e:
+            log.warn("Couldn't copy route to %s: %s", route.dst, os.strerror(e.code))
 
 
 def _add_default_route(ipr: Any, index: int, gateway: Any, subnet: str) -> None:
@@ -626,8 +657,6 @@ def setup_target(target: Target, spec: TapSpec, loop: EventLoop) -> PastaNamespa
 
 def _arm_exits(ns: PastaNamespace, target: Target) -> None:
     loop = ns.loop
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal(signum, functools.partial(loop.stop, 128 + signum))
     if ns.child_pid is not None:
         loop.add_signal(signal.SIGCHLD, ns._on_sigchld)
         loop.call_later(0, ns._on_sigchld)  # an exit before the handler was there

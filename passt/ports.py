@@ -9,15 +9,17 @@ times; each occurrence is parsed on its own by ``parse_port_spec`` into a
 ``PortFwd``, and ``merge_port_fwds`` adds them up into the one ``PortFwd``
 the forwarding code reads.
 
-The grammar, as upstream's (``passt(1)``)::
+The grammar, as upstream 2026's (``passt(1)``)::
 
-    SPEC  := none | all | auto | [ADDR[%IFNAME]/]ITEM[,ITEM]...
-    ITEM  := [~]PORTS[:PORTS]         (no :PORTS after ~)
-    PORTS := PORT | PORT-PORT         (PORT: 1 to 65535, decimal)
+    SPEC  := none | [ADDR[%IFNAME]/]ITEM[,ITEM]...
+    ITEM  := all | auto | [~]PORTS[:PORTS]    (no :PORTS after ~)
+    PORTS := PORT | PORT-PORT                 (PORT: 1 to 65535, decimal)
 
-* ``none``: forward nothing.  ``all`` (passt only): every non-ephemeral port
-  that nobody has bound on the host.  ``auto`` (pasta only): follow the ports
-  bound on the other side.
+* ``none``: forward nothing.  ``all`` (first, passt and pasta's ``-t``/``-u``):
+  every non-ephemeral port that nobody has bound on the host.  ``auto``
+  (pasta only): follow the ports bound on the other side; with port items
+  (``80-82,auto``) only those ports, when bound (kept as ``auto`` with every
+  other port excluded; target ports are not supported there).
 * A list forwards ports and ranges; ``:PORTS`` delivers them to other port
   numbers on the other side (a range maps onto a range of the same length).
 * ``~PORTS`` excludes ports from the other items of the *same* option; a list
@@ -306,12 +308,7 @@ def _parse(text: str, mode: str, option: str) -> PortFwd:
     if not body:
         raise _SpecError("empty specification")
     items = body.split(",")
-    keyword = None
-    if items[0] in ("all", "auto"):
-        keyword = items.pop(0)
-        if keyword != KEYWORDS[mode]:
-            other = "passt" if keyword == "all" else "pasta"
-            raise _SpecError(f"'{keyword}' port forwarding is only allowed for {other}")
+    keyword = _keyword(items, mode, option)
     excl: list[tuple[int, int]] = []
     fwds: list[tuple[int, int, int]] = []
     for item in items:
@@ -329,11 +326,16 @@ def _parse(text: str, mode: str, option: str) -> PortFwd:
     for (_, a_last), (b_first, _) in zip(excl, excl[1:], strict=False):
         if b_first <= a_last:
             raise _SpecError("overlapping excluded ranges")
+    if keyword == "auto" and fwds:      # 80-82,auto: those ports, if bound on the other side
+        if any(target != first for first, _, target in fwds):
+            raise _SpecError("'auto' with target ports is not supported")
+        excl += _complement([(first, last) for first, last, _ in fwds])
+        fwds = []
     excluded = _merge_intervals(excl)
     if keyword is not None or not fwds:
         if fwds:
             raise _SpecError(f"'{keyword}' takes exclusions only")
-        return PortFwd(KEYWORDS[mode], excluded=excluded, addr=addr, ifname=ifname,
+        return PortFwd(keyword or KEYWORDS[mode], excluded=excluded, addr=addr, ifname=ifname,
                        specs=(text,))
     fwds.sort()
     for (_, a_last, _), (b_first, _, _) in zip(fwds, fwds[1:], strict=False):
@@ -343,6 +345,25 @@ def _parse(text: str, mode: str, option: str) -> PortFwd:
                    for first, last, target in fwds
                    for a, b, t in _cut(first, last, target, excluded))
     return PortFwd("spec", ranges, _not_covered(excluded, ranges), specs=(text,))
+
+
+def _keyword(items: list[str], mode: str, option: str) -> str | None:
+    """Take ``all`` (first) or ``auto`` (anywhere, pasta) out of ``items``."""
+    if items[0] == "all":
+        if mode == "pasta" and option in NS_OPTIONS:
+            raise _SpecError("'all' is not supported for the namespace side here")
+        return items.pop(0)
+    if "auto" in items:
+        if mode != "pasta":
+            raise _SpecError("'auto' port forwarding is only allowed for pasta")
+        items.remove("auto")
+        return "auto"
+    return None
+
+
+def _complement(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ports 1-65535 outside ``ranges``."""
+    return [(a, b) for a, b, _ in _cut(1, NUM_PORTS - 1, 1, _merge_intervals(ranges))]
 
 
 def _not_covered(excluded: Sequence[tuple[int, int]], ranges: Sequence[PortRange]

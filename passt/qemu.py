@@ -71,6 +71,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Protocol
 
 from passt import log
+from passt.fsref import FileRef
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
 
 if TYPE_CHECKING:
@@ -343,7 +344,7 @@ class QemuListener:
     """The listening socket (or the ``--fd`` socket) and the one client it serves."""
 
     def __init__(
-        self, sock: socket.socket, path: str | None, bound: BoundPath | None = None
+        self, sock: socket.socket, path: str | None, bound: FileRef | None = None
     ) -> None:
         """``sock`` listens on ``path``, or is already connected (``path`` None)."""
         self._sock: socket.socket | None = sock
@@ -420,27 +421,6 @@ class QemuListener:
             self._bound = None
 
 
-class BoundPath:
-    """Where our socket file lives: removable later, even without the filesystem."""
-
-    def __init__(self, path: str) -> None:
-        directory, self.name = os.path.split(os.path.abspath(path))
-        self._dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        st = os.stat(self.name, dir_fd=self._dir_fd, follow_symlinks=False)
-        self._identity = (st.st_dev, st.st_ino)
-
-    def remove(self) -> None:
-        """Unlink the socket file if the name still refers to the one we bound."""
-        try:
-            st = os.stat(self.name, dir_fd=self._dir_fd, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) == self._identity:
-                os.unlink(self.name, dir_fd=self._dir_fd)
-        except OSError as e:
-            log.debug("Couldn't remove socket %s: %s", self.name, e.strerror)
-        finally:
-            os.close(self._dir_fd)
-
-
 def listen(opts: QemuOptions) -> QemuListener:
     """Bind and listen on the QEMU socket (or adopt ``--fd``); raises ``QemuError``."""
     if opts.fd is not None:
@@ -448,7 +428,7 @@ def listen(opts: QemuOptions) -> QemuListener:
     sock, path = bind_socket(opts.socket)
     try:
         sock.listen(LISTEN_BACKLOG)
-        bound = BoundPath(path)
+        bound = FileRef(path)
     except OSError as e:
         sock.close()
         _unlink_quietly(path)

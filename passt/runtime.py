@@ -18,10 +18,13 @@ Both programs go through the same stages; only the tap side differs.
    the protocol handlers, each registering itself in ``Ctx``; ``--no-tcp``
    and friends simply leave a handler out of the dispatcher's table.
 6. *Ready*: the parent is released, pasta's command may start.
-7. *Isolation* (``isolation``), then the event loop runs until a signal, the
-   command's exit, the namespace's disappearance or (``--one-off``) the
-   client's departure says stop.
-8. *Tear-down* in reverse order; the exit status is the loop's.
+7. *Isolation* (``isolation``), then the event loop runs until a signal
+   (``STOP_SIGNALS``: exit status 0), the command's exit, the namespace's
+   disappearance or (``--one-off``) the client's departure says stop.
+8. *Tear-down* in reverse order; the exit status is the loop's.  The
+   protocol handlers close before the tap is detached, so that the guest's
+   TCP connections are reset, not left hanging; passt's socket and the PID
+   file are removed.
 
 Every stage raises its own one-line exception type on failure; ``cli``
 prints it and exits 1 (``STARTUP_ERRORS``).
@@ -32,6 +35,8 @@ from __future__ import annotations
 import functools
 import resource
 import signal
+import sys
+from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -144,6 +149,7 @@ class Runtime:
         """Forwarder, then protocol handlers, then the dispatcher."""
         fwd.setup(self.ctx, ns_call)
         self._cleanups.append(lambda: fwd.close(self.ctx))
+        self._cleanups.append(self._detach)   # after the handlers' resets went out
         for handler in dict.fromkeys(self.handlers.values()):
             init = getattr(handler, "init", None)
             if init is not None:
@@ -155,9 +161,14 @@ class Runtime:
         if start is not None:
             start(self.ctx)
         self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
-        self._cleanups.append(self.dispatcher.detach)
+
+    def _detach(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.detach()
 
     def run_loop(self) -> int:
+        if self.conf.stats is not None:
+            show_stats(self.loop, self.ctx.stats, self.conf.stats)
         status = self.loop.run()
         log.debug("event loop stopped, status %d", status)
         return status
@@ -173,7 +184,7 @@ class Runtime:
         if self.pcap is not None:
             self.pcap.close()
         if self.pidfile is not None:
-            self.pidfile.close()
+            self.pidfile.remove()
         self.loop.close()
 
 
@@ -182,6 +193,7 @@ def run_pasta(conf: Any) -> int:
     readiness = rt.daemonize(netns.daemonizes(conf))
     try:
         ns = netns.setup_pasta(conf, rt.net, rt.loop)
+        stop_on_signals(rt.loop)
         rt.ctx.netns = ns
         rt._cleanups.append(ns.teardown)
         rt.start_handlers(ns.runner.call)
@@ -230,10 +242,36 @@ def run_passt(conf: Any) -> int:
         rt.close()
 
 
+STATS_MIN_INTERVAL = 1.0     # --stats 0: still at most once a second
+
+
+def show_stats(loop: EventLoop, stats: Counter[str], delay: int) -> None:
+    """``--stats DELAY``: the event counters on stderr every DELAY seconds (as
+    upstream 2026 prints its event table, in the foreground only)."""
+    interval = max(float(delay), STATS_MIN_INTERVAL)
+
+    def tick() -> None:
+        counts = " ".join(f"{name}={count}" for name, count in sorted(stats.items()))
+        sys.stderr.write(f"stats: {counts or 'no events'}\n")
+        sys.stderr.flush()
+        loop.call_later(interval, tick)
+
+    loop.call_later(interval, tick)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
 def stop_on_signals(loop: EventLoop) -> None:
-    """SIGTERM and SIGINT end the loop cleanly, with status 128 + signal."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal(signum, functools.partial(loop.stop, 128 + signum))
+    """These signals end the loop cleanly, with status 0 (upstream 2026: SIGTERM
+    and SIGQUIT exit 0; SIGINT and SIGHUP kill it, leaving its files behind)."""
+    for signum in STOP_SIGNALS:
+        loop.add_signal(signum, functools.partial(_stop, loop, signum))
+
+
+def _stop(loop: EventLoop, signum: int) -> None:
+    log.info("%s received, exiting", signal.Signals(signum).name)
+    loop.stop(0)
 
 
 class _NonClosingTunTap(TunTap):

@@ -18,10 +18,10 @@ A ``TcpFlow`` is registered in ``ctx.flows`` under ``("tcp", guest address,
 guest port, remote address, remote port)``, the addresses being those the
 guest sees (raw bytes), so a frame finds its flow with one dictionary
 lookup.  Addresses as the guest sees them are not always those of the
-socket: connections to the gateway address go to the host's loopback
-(unless ``--no-map-gw``), and inbound connections from the host's loopback
-(or from the host's own address, which is the guest's too) appear to come
-from the gateway.  Inbound connections keep the peer's port; the forwarding
+socket: ``nat.AddressMapping`` translates them (the gateway address, or
+``--map-host-loopback``, is the host's loopback; ``--map-guest-addr`` is the
+host's own address; inbound peers the guest could not answer appear to come
+from the gateway).  Inbound connections keep the peer's port; the forwarding
 spec's port mapping gives the guest's port.  The guest's own address is
 the host's: a guest that owns it never sends us a connection to it (its
 kernel keeps it local), and a guest that doesn't (configured otherwise)
@@ -173,6 +173,7 @@ from passt.checksum import Buffer
 from passt.flow import FlowTableFull
 from passt.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
+from passt.nat import AddressMapping
 from passt.packet import ACK, PSH, RST, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
 from passt.tcp_core import (
     CLAMP,
@@ -221,8 +222,6 @@ _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 _INT_MAX = 0x7FFFFFFF
-_LOOPBACK6 = bytes(15) + b"\1"
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 _UNSPECIFIED4 = bytes(4)
 _UNSPECIFIED6 = bytes(16)
 _BROADCAST4 = b"\xff" * 4
@@ -238,15 +237,11 @@ class TcpState:
         self.ctx = ctx
         net = ctx.net  # a hostnet.NetInfo
         conf = ctx.conf  # read leniently: tests give only what they exercise
-        self.map_gw = not getattr(conf, "no_map_gw", False)
+        self.nat = AddressMapping.build(net, conf)
         self.mtu = net.mtu or MTU_DEFAULT  # 0: none advertised, the tap's default
         self.our_mac = net.mac
         self.guest4 = _packed(net.addr4)
         self.guest6 = _packed(net.addr6)
-        self.gw4 = _packed(net.gw4)
-        # The guest may know our IPv6 router by its link-local address (RAs).
-        self.gw6 = _packed(net.gw6) or _packed(net.ll6)
-        self.gw6s = frozenset(a for a in (_packed(net.gw6), _packed(net.ll6)) if a)
         self.ifname6 = net.ifname6 or ""
         self.bind4, self.bind6 = _outbound_addresses(conf)
         self.bind_if4 = getattr(conf, "outbound_if4", None) or None
@@ -966,8 +961,7 @@ def _connected(sock: socket.socket) -> bool:
 def _outbound_target(state: TcpState, dst: bytes) -> str | None:
     """Where a connection to ``dst`` (as the guest sees it) really goes, or None."""
     v6 = len(dst) == 16
-    if state.map_gw and (dst in state.gw6s if v6 else dst == state.gw4):
-        return "::1" if v6 else "127.0.0.1"
+    dst = state.nat.outbound(dst)
     if dst[0] == 0xFF if v6 else 224 <= dst[0] <= 239 or dst == _BROADCAST4:
         return None  # multicast or (IPv4) broadcast
     if dst == (_UNSPECIFIED6 if v6 else _UNSPECIFIED4):
@@ -1015,7 +1009,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
         ctx.stats["tcp.refused_family"] += 1
         _abort(sock)
         return
-    remote = _inbound_source(state, ipaddress.ip_address(peer[0].split("%")[0]).packed, guest)
+    remote = state.nat.inbound(ipaddress.ip_address(peer[0].split("%")[0]).packed)
     if remote is None:
         ctx.stats["tcp.refused_addr"] += 1
         _abort(sock)
@@ -1040,17 +1034,6 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
         log.debug("TCP: %r accepted", flow)
     _run(flow, acts)
     _send_out(ctx)
-
-
-def _inbound_source(state: TcpState, peer: bytes, guest: bytes) -> bytes | None:
-    """The source address the guest sees for a connection from ``peer``."""
-    if len(peer) == 16 and peer[:12] == _V4_MAPPED:
-        peer = peer[12:]  # an IPv4-mapped peer on a dual-stack socket
-    loopback = peer[0] == 127 if len(peer) == 4 else peer == _LOOPBACK6
-    if loopback or peer == guest:
-        gateway = state.gw6 if len(peer) == 16 else state.gw4
-        return gateway if state.map_gw else None
-    return peer
 
 
 def _abort(sock: socket.socket) -> None:

@@ -5,8 +5,9 @@ Theory of operation
 A connection accepted on a forwarded port whose peer is a loopback address
 never needs the tap: both ends are ordinary local sockets, one in the host's
 network namespace and one in pasta's target namespace.  We connect a second
-socket on the other side (to the loopback address of the same family and
-the mapped port) and let the kernel move the bytes: ``splice(2)`` from the
+socket on the other side (to the mapped port of the loopback address of the
+same family; in the namespace, as upstream 2026, of the namespace's own
+address unless ``--host-lo-to-ns-lo``: see ``fwd.splice_targets``) and let the kernel move the bytes: ``splice(2)`` from the
 reading socket into a pipe, and from the pipe into the writing socket.  The
 data never reaches user space, so the cost per byte is the kernel's; what
 Python pays is a fixed cost per system call, which is why everything here is
@@ -440,8 +441,11 @@ class TcpSplice:
 
     def __init__(self, loop: ev.EventLoop, flows: FlowTable, ns_call: NsCall,
                  families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
-                 pipe_size: int | None = None) -> None:
+                 pipe_size: int | None = None, ns_targets: dict[int, str] | None = None) -> None:
+        """``ns_targets``: per family, the namespace's address ``-t`` connections
+        from the host's loopback go to (``fwd.splice_targets``; default: its loopback)."""
         self.loop = loop
+        self.ns_targets = ns_targets or {}
         self.flows = flows
         self.pipe_size = pipe_size or probe_pipe_size()
         self.pools = SplicePools(loop, ns_call, self.pipe_size, families)
@@ -471,7 +475,8 @@ class TcpSplice:
             s1.close()
             return
         sock.setblocking(False)
-        rc = s1.connect_ex((_LOOPBACK[family], target_port))
+        address = self.ns_targets.get(family) if origin == HOST else None
+        rc = s1.connect_ex((address or _LOOPBACK[family], target_port))
         if rc not in (0, errno.EINPROGRESS):
             conn.abort()
             return

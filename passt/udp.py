@@ -28,12 +28,12 @@ guest gets it on the rule's target port, from the peer's own address and
 port; its answers go back out through the same forwarded-port socket to
 the peer.  These flows own no descriptor.
 
-Addresses are translated by ``AddressMap``, a pure function of the host's
-``NetInfo`` and ``--no-map-gw``:
+Addresses are translated by ``AddressMap``: ``nat.AddressMapping`` (the
+model TCP and ICMP share: ``--map-host-loopback``, by default the gateway,
+is the host's loopback; ``--map-guest-addr`` the host's own address;
+datagrams from the host's loopback or own address appear to come from the
+mapped address, else from the gateway), plus DNS forwarding:
 
-* the gateway address means the host itself and goes to its loopback
-  (``127.0.0.1``, ``::1``, also for our IPv6 link-local address, the
-  guest's router), unless ``--no-map-gw``;
 * datagrams to a ``--dns-forward`` address on port 53 go to the host's
   resolver (``NetInfo.dns_host4/6``), and the answers come back from the
   forwarded address.  As upstream does, when the resolvers we advertise
@@ -44,11 +44,6 @@ Addresses are translated by ``AddressMap``, a pure function of the host's
   stops doing so once ``--dns-forward`` is given, which leaves the guest's
   advertised resolver (the gateway) pointing at ``127.0.0.1:53``; we keep
   forwarding it;
-* the guest's own address (which is the host's) is left alone, as
-  upstream does: a datagram to it reaches the host;
-* inbound datagrams from the host's loopback or from the host's own
-  address would look like martians to the guest: they appear to come
-  from the gateway (or are dropped with ``--no-map-gw``);
 * broadcast, multicast and unspecified destinations are dropped
   (``drop.udp_addr``): a connected socket could not take the answers.
 
@@ -109,6 +104,7 @@ from passt.flow import FlowTableFull
 from passt.fwd import HOST, UDP, Listen
 from passt.icmp import _interface_index
 from passt.loop import IN
+from passt.nat import AddressMapping, is_loopback
 from passt.packet import (
     ETH_HLEN,
     IPPROTO_UDP,
@@ -143,8 +139,6 @@ _HDR_ROOM = ETH_HLEN + 40 + _UDP_HLEN  # the largest header: Ethernet, IPv6, UDP
 _RESOURCE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _U16 = struct.Struct("!H")
 _U16x2 = struct.Struct("!HH")
-_LOOPBACK4 = socket.inet_pton(socket.AF_INET, "127.0.0.1")
-_LOOPBACK6 = socket.inet_pton(socket.AF_INET6, "::1")
 _ANY = {4: "0.0.0.0", 16: "::"}
 _FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
 
@@ -159,10 +153,6 @@ def flow_key(guest: bytes, guest_port: int, remote: bytes, remote_port: int) -> 
     return ("udp", guest, guest_port, remote, remote_port)
 
 
-def is_loopback(addr: bytes) -> bool:
-    return addr[0] == 127 if len(addr) == 4 else addr == _LOOPBACK6
-
-
 def _packed(addr: Any) -> bytes | None:
     return None if addr is None else ipaddress.ip_address(addr).packed
 
@@ -170,47 +160,34 @@ def _packed(addr: Any) -> bytes | None:
 class AddressMap:
     """Address translations between the guest's view and the host's (no I/O).
 
-    ``gateways`` maps a guest-side gateway address to the host address it
-    stands for (its loopback); ``dns`` maps a forwarded DNS address to the
-    host's resolver; ``local_source`` gives, per address length, the address
-    datagrams from the host itself appear to come from (``None``: drop);
-    ``own`` holds the guest's configured addresses (the host's, by default).
-    See the module docstring for the rules.
+    ``nat`` is the address mapping TCP and ICMP use too (``nat.py``); on top
+    of it, ``dns`` maps a forwarded DNS address to the host's resolver, and
+    ``dns_reverse`` the resolver back.  See the module docstring for the rules.
     """
 
-    __slots__ = ("gateways", "dns", "dns_reverse", "local_source", "own")
+    __slots__ = ("nat", "dns", "dns_reverse")
 
-    def __init__(self, gateways: dict[bytes, bytes], dns: dict[bytes, bytes],
-                 local_source: dict[int, bytes | None], own: frozenset[bytes]) -> None:
-        self.own = own
-        self.gateways = gateways
+    def __init__(self, nat: AddressMapping, dns: dict[bytes, bytes]) -> None:
+        self.nat = nat
         self.dns = dns
         self.dns_reverse: dict[bytes, bytes] = {}
         for match, host in dns.items():  # the first match of a resolver answers for it
             self.dns_reverse.setdefault(host, match)
-        self.local_source = local_source
 
     @classmethod
-    def from_net(cls, net: Any, map_gw: bool) -> AddressMap:
-        """The translations for ``NetInfo`` ``net`` (gateway mapping unless ``--no-map-gw``)."""
-        gw4, gw6, ll6 = _packed(net.gw4), _packed(net.gw6), _packed(net.ll6)
-        gateways: dict[bytes, bytes] = {}
-        if map_gw:
-            gateways.update({a: _LOOPBACK4 for a in (gw4,) if a})
-            gateways.update({a: _LOOPBACK6 for a in (gw6, ll6) if a})
+    def from_net(cls, net: Any, nat: AddressMapping) -> AddressMap:
+        """The translations for ``NetInfo`` ``net`` and the address mapping ``nat``."""
         advertised = {a.packed for a in net.dns}
         dns: dict[bytes, bytes] = {}
-        for match, host, gateway in ((net.dns_match4, net.dns_host4, gw4),
-                                     (net.dns_match6, net.dns_host6, gw6)):
+        for match, host, length in ((net.dns_match4, net.dns_host4, 4),
+                                    (net.dns_match6, net.dns_host6, 16)):
             if host is None:
                 continue
             if match is not None:
                 dns[match.packed] = host.packed
-            if map_gw and gateway in advertised:
-                dns.setdefault(gateway, host.packed)  # type: ignore[arg-type]
-        local = {4: gw4 if map_gw else None, 16: (gw6 or ll6) if map_gw else None}
-        own = frozenset(a for a in (_packed(net.addr4), _packed(net.addr6)) if a)
-        return cls(gateways, dns, local, own)
+            for gateway in sorted(nat.host_loopback[length] & advertised):
+                dns.setdefault(gateway, host.packed)
+        return cls(nat, dns)
 
     def outbound(self, dst: bytes, dport: int) -> bytes | None:
         """Where a guest's datagram to ``dst``:``dport`` really goes; ``None``: nowhere."""
@@ -218,12 +195,8 @@ class AddressMap:
             resolver = self.dns.get(dst)
             if resolver is not None:
                 return resolver
-        target = self.gateways.get(dst)
-        if target is not None:
-            return target
-        if _unreachable(dst):
-            return None
-        return dst
+        target = self.nat.outbound(dst)
+        return None if _unreachable(target) else target
 
     def inbound(self, peer: bytes, port: int, guest: bytes) -> bytes | None:
         """The source the guest sees for a datagram from ``peer``:``port`` to ``guest``
@@ -232,9 +205,7 @@ class AddressMap:
             match = self.dns_reverse.get(peer)
             if match is not None:
                 return match
-        if is_loopback(peer) or peer == guest or peer in self.own:
-            return self.local_source[len(peer)]
-        return peer
+        return self.nat.inbound(peer, guest)
 
 
 def _unreachable(dst: bytes) -> bool:
@@ -339,7 +310,7 @@ class UdpState:
         conf = ctx.conf
         self.timeout = timeout
         self.sweep_interval = sweep_interval
-        self.addresses = AddressMap.from_net(net, not conf.no_map_gw)
+        self.addresses = AddressMap.from_net(net, AddressMapping.build(net, conf))
         self.our_mac = net.mac
         self.mtu = net.mtu or MTU_DEFAULT
         self.guest4 = _packed(net.addr4)

@@ -8,7 +8,9 @@ Each sender (address and port, per listener) is a *flow*: the first
 datagram creates a socket on the other side, bound to that side's loopback
 (with the sender's own port when it is free there, so that the receiver
 sees the same port numbers) and connected to the loopback address and
-target port.  Datagrams are then relayed one by one: from the sender
+target port; in the namespace, as upstream 2026, to the namespace's own
+address instead unless ``--host-lo-to-ns-lo`` (``fwd.splice_targets``), so
+that services listening only on its loopback stay private.  Datagrams are then relayed one by one: from the sender
 through the listener to the flow socket, and replies arriving on the flow
 socket back to the sender through the listener socket, so that they come
 from the forwarded port the sender addressed.
@@ -46,15 +48,18 @@ DATAGRAM_MAX = 65536
 _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
-def new_flow_socket(family: int, source_port: int, target_port: int) -> socket.socket:
-    """A loopback UDP socket connected to the target, preferably from ``source_port``."""
+def new_flow_socket(family: int, source_port: int, target_port: int,
+                    address: str | None = None) -> socket.socket:
+    """A UDP socket connected to the target (on ``address``, by default the
+    loopback), preferably from ``source_port`` of the same address."""
+    address = address or _LOOPBACK[family]
     s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         try:
-            s.bind((_LOOPBACK[family], source_port))
+            s.bind((address, source_port))
         except OSError:
-            s.bind((_LOOPBACK[family], 0))
-        s.connect((_LOOPBACK[family], target_port))
+            s.bind((address, 0))
+        s.connect((address, target_port))
     except BaseException:
         s.close()
         raise
@@ -132,8 +137,11 @@ class UdpSplice:
     """Flows of loopback UDP traffic between the host and the namespace."""
 
     def __init__(self, loop: ev.EventLoop, flows: FlowTable, ns_call: NsCall,
-                 timeout: float = FLOW_TIMEOUT) -> None:
+                 timeout: float = FLOW_TIMEOUT, ns_targets: dict[int, str] | None = None) -> None:
+        """``ns_targets``: per family, the namespace's address host-side senders
+        reach (``fwd.splice_targets``; default: its loopback)."""
         self.loop = loop
+        self.ns_targets = ns_targets or {}
         self.flows = flows
         self.ns_call = ns_call
         self.timeout = timeout
@@ -152,9 +160,11 @@ class UdpSplice:
         flow.send(data)
 
     def _new_flow(self, key: tuple, listener: Listener, peer: tuple) -> UdpFlow | None:
-        make = self.ns_call if listener.origin == HOST else _call_here
+        inbound = listener.origin == HOST
+        make = self.ns_call if inbound else _call_here
+        address = self.ns_targets.get(listener.family) if inbound else None
         try:
-            sock = make(new_flow_socket, listener.family, peer[1], listener.target_port)
+            sock = make(new_flow_socket, listener.family, peer[1], listener.target_port, address)
         except Exception:  # out of descriptors, or the namespace helper is gone
             self.stats["udp_splice.socket_error"] += 1
             return None

@@ -194,14 +194,17 @@ def _pasta_ready(world: World, inner: Shell, config_net: bool) -> bool:
     )
 
 
-def deploy_pasta(impl: Impl, workdir: str, config_net: bool = True,
-                 env: Mapping[str, str] | None = None) -> Deployment:
+def deploy_pasta(
+    impl: Impl, workdir: str, config_net: bool = True, start_timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
+) -> Deployment:
     """A world and pasta attached to a namespace of its own (``env`` added to
     its environment).
 
     With ``config_net`` pasta configures the namespace and forwards the
     matrix's ports; without it, the namespace configures itself by DHCP and
-    SLAAC (the L2 checks) and nothing is forwarded.
+    SLAAC (the L2 checks) and nothing is forwarded.  ``start_timeout`` bounds
+    pasta's start (longer under an emulated CPU: kernel_guest.py).
     """
     world = World("pasta" if config_net else "pasta-l2", workdir, extra=("ns",)).create()
     netns = world.extra_ns[0]
@@ -215,7 +218,7 @@ def deploy_pasta(impl: Impl, workdir: str, config_net: bool = True,
     deployment = Deployment(world, daemon, world.host)  # inner: the namespace's shell
     with torn_down_on_error(deployment):
         deployment.inner = inner = world.shell(netns, "ns")
-        daemon.start(functools.partial(_pasta_ready, world, inner, config_net))
+        daemon.start(functools.partial(_pasta_ready, world, inner, config_net), start_timeout)
         deployment.notes.append(f"pasta ready in {daemon.start_seconds:.1f} s")
         if not config_net:
             shutil.copy(UDHCPC_SCRIPT, inner.path(l2.UDHCPC_SCRIPT))

@@ -272,10 +272,6 @@ def test_pasta_drops_to_nobody_with_nothing_left(pasta_isolated: Deployment) -> 
 
 @pytest.mark.parametrize("cell", matrix("pasta"), ids=lambda c: c.label.replace(" ", "-"))
 def test_pasta_traffic_under_the_filter(pasta_isolated: Deployment, cell: Cell) -> None:
-    p = path(cell, pasta_isolated.world, pasta_isolated.inner)
-    if cell.proto == "tcp":
-        traffic.stream_exchange(p)
-    else:
-        traffic.datagram_echo(p)
+    traffic.data_check(path(cell, pasta_isolated.world, pasta_isolated.inner), cell.proto)
     check_isolated(_pasta_pid(pasta_isolated))
     print(f"{cell.label}: data intact under the filter")

@@ -176,12 +176,17 @@ def datagram_echo(p: Path) -> None:
         )
 
 
+def data_check(p: Path, proto: str) -> None:
+    """The data check of ``proto`` over ``p``: the TCP exchange or the UDP echo."""
+    if proto == "tcp":
+        stream_exchange(p)
+    else:
+        datagram_echo(p)
+
+
 def run_cell(cell: Cell, world: World, inner: Shell) -> Throughput:
     """All checks of one direction cell; the iperf3 throughput."""
     p = path(cell, world, inner)
     throughput = iperf3(p, cell.proto)
-    if cell.proto == "tcp":
-        stream_exchange(p)
-    else:
-        datagram_echo(p)
+    data_check(p, cell.proto)
     return throughput

@@ -16,6 +16,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=unpack-package.sh
+. "$here/unpack-package.sh"
 out=${1:-build/guest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -49,7 +51,8 @@ key="$kpkg=$(candidate_version "$kpkg")"
 for p in busybox-static iperf3 libiperf0 socat libc6 libssl3; do
 	key="$key $p=$(installed_version "$p")"
 done
-key="$key scripts=$(cat "$here"/init "$here"/udhcpc.script "$0" | sha256sum | cut -c1-16)"
+key="$key scripts=$(cat "$here"/init "$here"/udhcpc.script "$here"/unpack-package.sh "$0" |
+	sha256sum | cut -c1-16)"
 
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] &&
    [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio" ]; then
@@ -62,8 +65,7 @@ work=$(mktemp -d "$out/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 # The kernel package, by name, from the registry.
-(cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >/dev/null)
-dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
+unpack_package "$kpkg" "$work/kernel"
 kver=${kpkg#linux-image-}
 moddir="$work/kernel/lib/modules/$kver/kernel"
 

@@ -4,6 +4,7 @@ positional arguments, every kind of bad input, --help and --version."""
 from __future__ import annotations
 
 import grp
+import json
 import pwd
 from ipaddress import ip_address
 
@@ -92,9 +93,32 @@ SAMPLES = {
     "no-netns-quit": (None, "no_netns_quit", True),
     "config-net": (None, "config_net", True),
     "ns-mac-addr": ("02:00:00:00:00:01", "ns_mac_addr", bytes.fromhex("020000000001")),
+    # upstream 2026's additions
+    "stats": ("5", "stats", 5),
+    "chroot-fallback": (None, "chroot_fallback", True),
+    "socket-path": ("/tmp/passt.sock", "socket", "/tmp/passt.sock"),
+    "repair-path": ("none", "repair_path", "none"),
+    "hostname": ("box", "hostname", "box"),
+    "fqdn": ("box.example.com", "fqdn", "box.example.com"),
+    "map-host-loopback": ("192.0.2.9", "map_host_loopback", (ip("192.0.2.9"),)),
+    "map-guest-addr": ("169.254.1.2", "map_guest_addr", (ip("169.254.1.2"),)),
+    "dns-host": ("192.0.2.55", "dns_host", (ip("192.0.2.55"),)),
+    "freebind": (None, "freebind", True),
+    "host-lo-to-ns-lo": (None, "host_lo_to_ns_lo", True),
+    "no-copy-routes": (None, "no_copy_routes", True),
+    "no-copy-addrs": (None, "no_copy_addrs", True),
+    "no-splice": (None, "no_splice", True),
+    "splice-only": (None, "splice_only", True),
 }
-NOT_PARSED_INTO_CONF = {"help", "version"}
-IMPLIED = {"trace": ("debug",), "fd": ("one_off",)}
+# Options that never make a Conf: they print and exit, or are refused until
+# what they need exists (test_not_implemented_options_are_refused_in_one_line).
+NOT_PARSED_INTO_CONF = {"help", "version", "print-capabilities", "vhost-user", "conf-path",
+                        "migrate-exit", "migrate-no-linger"}
+IMPLIED = {"trace": ("debug",), "fd": ("one_off",),
+           "stats": ("foreground",), "no-copy-routes": ("config_net",),
+           "no-copy-addrs": ("config_net",),
+           "splice-only": ("host_lo_to_ns_lo", "no_icmp", "dns", "search")}
+NEEDS = {"stats": ["-f"], "no-copy-routes": ["--config-net"], "no-copy-addrs": ["--config-net"]}
 
 
 def option_cases():
@@ -111,6 +135,7 @@ def option_cases():
                 if value is not None:
                     forms.append([f"-{opt.short}{value}"])
             for argv in forms:
+                argv = [*NEEDS.get(opt.long, []), *argv]
                 yield pytest.param(mode, opt.long, argv, id=f"{mode}:{' '.join(argv)}")
 
 
@@ -192,7 +217,7 @@ ONE_MODE = [(o, m) for o in OPTIONS for m in MODES if modes_of(o.long) == [m]]
                                                    for o, m in ONE_MODE])
 def test_options_of_the_other_program_are_refused_by_name(opt, mode):
     other = "pasta" if mode == "passt" else "passt"
-    value = SAMPLES[opt.long][0]
+    value = SAMPLES.get(opt.long, (None,))[0]
     forms = [f"--{opt.long}"] + ([f"-{opt.short}"] if opt.short else [])
     for form in forms:
         argv = [form] + ([value] if value is not None else [])
@@ -201,10 +226,13 @@ def test_options_of_the_other_program_are_refused_by_name(opt, mode):
 
 def test_mode_only_options_are_those_of_upstream():
     only = {m: {o.long for o in OPTIONS if modes_of(o.long) == [m]} for m in MODES}
-    assert only["passt"] == {"socket", "one-off", "no-dhcp-dns", "no-dhcp-search"}
+    assert only["passt"] == {"socket", "one-off", "no-dhcp-dns", "no-dhcp-search",
+                             "socket-path", "vhost-user", "repair-path",
+                             "migrate-exit", "migrate-no-linger"}
     assert only["pasta"] == {"ns-ifname", "tcp-ns", "udp-ns", "userns", "netns", "netns-only",
                              "no-netns-quit", "config-net", "ns-mac-addr", "dhcp-dns",
-                             "dhcp-search"}
+                             "dhcp-search", "host-lo-to-ns-lo", "no-copy-routes",
+                             "no-copy-addrs", "no-splice", "splice-only"}
 
 
 # -- defaults ---------------------------------------------------------------------------
@@ -440,7 +468,9 @@ BAD = [
     ("address6-mapped", "passt", ["-a", "::ffff:10.0.0.1"], "(--address, IPv4-mapped"),
     ("address6-compatible", "passt", ["-a", "::10.0.0.1"], "(--address, IPv4-mapped"),
     ("address6-scoped", "passt", ["-a", "fe80::1%eth0"], "(--address"),
-    ("address-prefix", "passt", ["-a", "10.0.0.5/24"], "(--address"),
+    ("address-prefix", "passt", ["-a", "10.0.0.5/33"], "Invalid prefix length"),
+    ("address-prefix-and-netmask", "passt", ["-a", "10.0.0.5/24", "-n", "24"],
+     "Redundant prefix length specification"),
     ("address-short-form", "passt", ["-a", "10.1"], "(--address"),
     ("address-leading-zero", "passt", ["-a", "01.2.3.4"], "(--address"),
     ("address-second-ipv4", "passt", ["-a", "10.0.0.1", "-a", "10.0.0.2"],
@@ -556,7 +586,7 @@ BAD = [
     ("netns-and-pid", "pasta", ["--netns", "x", "1234"], "Both --netns and PID or command given"),
     ("netns-and-command", "pasta", ["--netns", "x", "--", "true"], "Both --netns and PID"),
     ("ports-auto-in-passt", "passt", ["-t", "auto"], "(--tcp-ports)"),
-    ("ports-all-in-pasta", "pasta", ["-u", "all"], "(--udp-ports)"),
+    ("ports-all-in-pasta-ns", "pasta", ["-U", "all"], "(--udp-ns)"),
     ("ports-port-zero", "passt", ["-t", "0"], "(--tcp-ports)"),
     ("ports-too-big", "pasta", ["-T", "65536"], "(--tcp-ns)"),
     ("ports-reversed", "pasta", ["-U", "80-22"], "(--udp-ns)"),
@@ -694,3 +724,77 @@ def test_parse_has_no_state_between_calls():
     fails("passt", ["-t", "22", "-t", "22"])
     assert parse("passt", ["-t", "22", "-D", "192.0.2.1"]) == first
     assert parse("passt", []).dns is None
+
+
+# -- upstream 2026's additions ------------------------------------------------------------
+
+
+def test_address_takes_an_ipv4_prefix_length():
+    c = parse("pasta", ["-a", "10.0.2.100/24"])
+    assert c.address == (ip("10.0.2.100"),) and c.netmask == 24
+
+
+def test_ipv6_prefix_length_is_parsed_and_not_kept():
+    assert parse("pasta", ["-a", "2001:db8::2/64"]).netmask is None
+
+
+def test_map_host_loopback_none_is_no_map_gw():
+    c = parse("pasta", ["--map-host-loopback", "none"])
+    assert c.no_map_gw and c.map_host_loopback == ()
+
+
+def test_map_host_loopback_and_guest_addr_per_family():
+    c = parse("passt", ["--map-host-loopback", "10.0.2.2", "--map-host-loopback", "fd00::2",
+                        "--map-guest-addr", "169.254.1.2"])
+    assert c.map_host_loopback == (ip("10.0.2.2"), ip("fd00::2"))
+    assert c.map_guest_addr == (ip("169.254.1.2"),)
+    assert "Invalid address to remap to host" in fails("pasta", ["--map-host-loopback",
+                                                                  "127.0.0.1"])
+
+
+def test_splice_only_implies_loopback_forwarding_and_no_icmp_nor_dns():
+    c = parse("pasta", ["--splice-only"])
+    assert c.host_lo_to_ns_lo and c.no_icmp and c.dns == () and c.search == ()
+
+
+@pytest.mark.parametrize("mode,argv,expected", [
+    ("pasta", ["--splice-only", "--no-splice"], "--splice-only is incompatible with --no-splice"),
+    ("pasta", ["--no-splice", "--host-lo-to-ns-lo"],
+     "--host-lo-to-ns-lo is incompatible with --no-splice"),
+    ("pasta", ["--no-copy-routes"], "--no-copy-routes needs --config-net"),
+    ("pasta", ["--no-copy-addrs"], "--no-copy-addrs needs --config-net"),
+    ("pasta", ["--stats", "1"], "Can't display statistics if not running in foreground"),
+    ("passt", ["--repair-path", "/tmp/r"], "--repair-path is for vhost-user mode only"),
+    ("passt", ["--migrate-exit"], "--migrate-exit is for vhost-user mode only"),
+    ("passt", ["--migrate-no-linger"], "--migrate-no-linger is for vhost-user mode only"),
+    ("passt", ["--vhost-user"], conf.NOT_IMPLEMENTED["vhost-user"]),
+    ("pasta", ["-c", "/tmp/ctl"], conf.NOT_IMPLEMENTED["conf-path"]),
+    ("pasta", ["--fqdn", "a" * 254], "Invalid FQDN"),
+    ("passt", ["--socket-path", "/tmp/a", "-s", "/tmp/b"], "Multiple --socket options given"),
+])
+def test_2026_conflicts_and_missing_features_are_one_line(mode, argv, expected):
+    assert expected in fails(mode, argv)
+
+
+def test_rootlesskit_probe_exits_0(capsys):
+    with pytest.raises(SystemExit) as end:
+        parse("pasta", ["--host-lo-to-ns-lo", "--version"])
+    assert end.value.code == 0 and capsys.readouterr().out.startswith("pasta ")
+
+
+def test_print_capabilities_prints_upstream_json(capsys):
+    with pytest.raises(SystemExit) as end:
+        parse("passt", ["--print-capabilities"])
+    assert end.value.code == 0
+    assert json.loads(capsys.readouterr().out) == {"type": "net"}
+
+
+PODMAN5_ARGV = ["--config-net", "--dns-forward", "169.254.1.1", "-t", "none", "-u", "none",
+                "-T", "none", "-U", "none", "--no-map-gw", "--quiet", "--netns", "/run/netns/x",
+                "--map-guest-addr", "169.254.1.2"]
+
+
+def test_podman5_argv_parses():
+    c = parse("pasta", PODMAN5_ARGV)
+    assert c.no_map_gw and c.map_guest_addr == (ip("169.254.1.2"),) and c.quiet
+    assert c.tcp_ports.mode == c.udp_ns.mode == "none"

@@ -118,3 +118,16 @@ def test_foreground_readiness_writes_our_own_pid_once(tmp_path):
 
 def test_foreground_without_pid_file_is_harmless():
     daemon.foreground().ready()
+
+
+def test_pid_file_is_removed_at_exit_only_if_still_ours(tmp_path):
+    path = tmp_path / "x.pid"
+    pidfile = daemon.PidFile.open(str(path))
+    pidfile.write(1234)
+    pidfile.remove()
+    assert not path.exists()
+    other = daemon.PidFile.open(str(path))
+    path.unlink()
+    path.write_text("someone else's\n")
+    other.remove()
+    assert path.read_text() == "someone else's\n"

@@ -269,3 +269,10 @@ def test_init_without_ipv4_is_harmless() -> None:
     ctx = make_ctx(net_with(addr4=None, gw4=None))
     assert dhcp.init(ctx) is None
     assert feed(ctx, dhcp, client_frame("discover")) == []
+
+
+def test_hostname_and_fqdn_are_options_12_and_81() -> None:
+    ctx = make_ctx(net_with(hostname="box", fqdn="box.example.com"))
+    options = dhcp.parse_options(raw_options(bytes(one_reply(ctx, client_frame("discover")))))
+    assert options[12] == b"box"
+    assert options[81] == b"\x04\xff\xff\x03box\x07example\x03com\x00"

@@ -246,3 +246,9 @@ def test_well_framed_garbage_options_never_raise(options: list[tuple[int, bytes]
     for kind in (1, 3, 4, 5, 6, 8, 11):
         feed(ctx, dhcpv6, client_frame(bytes((kind, 0, 0, 1)) + body))
     assert ctx.stats.get("drop.handler_error", 0) == 0
+
+
+def test_fqdn_is_option_39() -> None:
+    ctx = make_ctx(net_with(fqdn="box.example.com"))
+    reply = one_reply(ctx, DHCP6_Solicit(trid=7) / client_id() / ia_na() / DHCP6OptRapidCommit())
+    assert raw_reply_options(reply)[39] == b"\x00\x03box\x07example\x03com\x00"

@@ -127,9 +127,11 @@ def test_open_listen_socket_options() -> None:
 
 def test_open_listen_socket_freebind_allows_an_absent_address() -> None:
     listen = fwd.Listen(fwd.UDP, fwd.HOST, socket.AF_INET, "192.0.2.123", 0)
-    s = fwd.open_listen_socket(listen)
+    s = fwd.open_listen_socket(listen, freebind=True)
     assert s.getsockname()[0] == "192.0.2.123"
     s.close()
+    with pytest.raises(OSError):    # without --freebind, as upstream 2026
+        fwd.open_listen_socket(listen)
 
 
 def test_open_listen_socket_bound_to_device() -> None:

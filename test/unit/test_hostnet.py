@@ -29,8 +29,6 @@ from passt.hostnet import (
 )
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
-MAC_ETH0 = bytes.fromhex("02fc00000001")
-MAC_WLAN = bytes.fromhex("02fc00000002")
 
 
 def ipa(text: str):  # noqa: ANN201 - either address type
@@ -38,8 +36,7 @@ def ipa(text: str):  # noqa: ANN201 - either address type
 
 
 HOST = HostSnapshot(
-    links=(Link(1, "lo", bytes(6)), Link(2, "eth0", MAC_ETH0), Link(3, "wlan0", MAC_WLAN),
-           Link(4, "wg0", bytes(6))),
+    links=(Link(1, "lo"), Link(2, "eth0"), Link(3, "wlan0"), Link(4, "wg0")),
     addrs=(
         Addr(V4, 1, ipa("127.0.0.1"), 8, 254),
         Addr(V4, 2, ipa("192.0.2.2"), 24, 0),
@@ -70,7 +67,7 @@ def test_default_route_interface_gives_address_prefix_gateway_mac() -> None:
     assert net.addr4 == ipa("192.0.2.2") and net.prefix4 == 24 and net.gw4 == ipa("192.0.2.1")
     assert net.addr6 == ipa("2001:db8::2") and net.prefix6 == 64 and net.gw6 == ipa("fe80::1")
     assert net.ll6 == ipa("fe80::fc:ff:fe00:1")
-    assert net.mac == MAC_ETH0
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
     assert net.mtu == hostnet.DEFAULT_MTU
     assert net.template_ifname == "eth0"
     assert net.warnings == ()
@@ -86,7 +83,7 @@ def test_route_without_gateway_disables_the_family() -> None:
 def test_gateway_option_rescues_a_family_without_gateway_and_mac_falls_back() -> None:
     net = pick(Overrides(gateway4=ipa("172.20.0.1"), ipv6=False), HOST, RESOLV)
     assert net.ifname4 == "wg0" and net.addr4 == ipa("172.20.0.9") and net.prefix4 == 32
-    assert net.mac == hostnet.FALLBACK_MAC
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
 
 
 def test_interface_option_and_outbound_interfaces() -> None:
@@ -95,10 +92,10 @@ def test_interface_option_and_outbound_interfaces() -> None:
         "wlan0", ipa("10.1.0.5"), 16, ipa("10.1.0.1"))
     assert (net.ifname6, net.addr6, net.prefix6, net.ll6) == (
         "wlan0", ipa("2001:db8:5::5"), 56, ipa("fe80::2"))
-    assert net.mac == MAC_WLAN
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
     net = pick(Overrides(outbound_if4="wlan0", outbound_if6="eth0"), HOST, RESOLV)
     assert net.ifname4 == "wlan0" and net.ifname6 == "eth0"
-    assert net.mac == MAC_WLAN  # the IPv4 template's
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
 
 
 def test_unknown_interface_is_an_error() -> None:
@@ -129,7 +126,7 @@ def test_ipv4_only_and_ipv6_only() -> None:
     assert net.dns == (ipa("10.255.255.53"),)
     net = pick(Overrides(ipv4=False), host, RESOLV)
     assert net.ipv6 and not net.ipv4
-    assert net.mac == MAC_ETH0  # from the IPv6 template
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
     assert net.dns == (ipa("2001:db8::53"),)
 
 
@@ -266,7 +263,7 @@ def test_query_host_in_a_namespace(veth_world: str) -> None:
     assert (net.addr4, net.prefix4, net.gw4) == (ipa("198.51.100.1"), 24, ipa("198.51.100.2"))
     assert (net.addr6, net.prefix6, net.gw6) == (ipa("2001:db8:1::1"), 64, ipa("2001:db8:1::2"))
     assert net.ll6 is not None and net.ll6.is_link_local
-    assert net.mac == bytes.fromhex("02005e005301")
+    assert net.mac == hostnet.DEFAULT_MAC  # upstream 2026: whatever the template
     assert net.dns == (ipa("198.51.100.2"),)
 
 
@@ -274,3 +271,38 @@ def test_sysctl_int_reads_zero_when_missing(tmp_path):
     assert hostnet.read_sysctl_int(str(tmp_path / "absent")) == 0
     (tmp_path / "garbage").write_text("x\n")
     assert hostnet.read_sysctl_int(str(tmp_path / "garbage")) == 0
+
+
+def test_dns_host_overrides_the_resolver_dns_forward_goes_to():
+    net = pick(Overrides(dns_host=(ipa("192.0.2.99"),)), HOST, RESOLV)
+    assert net.dns_host4 == ipa("192.0.2.99")
+
+
+def test_hostname_and_fqdn_reach_net_info():
+    net = pick(Overrides(hostname="box", fqdn="box.example.com"), HOST, RESOLV)
+    assert (net.hostname, net.fqdn) == ("box", "box.example.com")
+
+
+def test_other_addresses_and_routes_of_the_template_are_copied():
+    """Upstream 2026: all of the template interface's addresses and routes."""
+    from ipaddress import ip_network
+
+    from passt.hostnet import Route
+
+    route = Route(2, ip_network("198.51.100.0/24"), ipa("192.0.2.1"), 10)
+    elsewhere = Route(3, ip_network("198.51.101.0/24"), ipa("10.1.0.1"), 10)
+    host = replace(HOST, routes=HOST.routes[:4], other_routes=(route, elsewhere))
+    net = pick(Overrides(), host, RESOLV)
+    assert net.extra_addrs == ((ipa("192.0.2.3"), 24),)
+    assert net.extra_routes == (route,)
+    fixed = pick(Overrides(address4=ipa("192.0.2.9"), gateway4=ipa("192.0.2.1")), host, RESOLV)
+    assert fixed.extra_addrs == () and fixed.extra_routes == ()
+    legacy = pick(Overrides(copy_addrs=False, copy_routes=False), host, RESOLV)
+    assert legacy.extra_addrs == () and legacy.extra_routes == ()
+
+
+def test_a_loopback_resolver_is_advertised_as_the_host_loopback_mapping():
+    host = replace(HOST, routes=HOST.routes[:4])
+    resolv = Resolv((ipa("127.0.0.53"),), ())
+    net = pick(Overrides(map_gw=False, map_host_loopback=(ipa("169.254.1.9"),)), host, resolv)
+    assert net.dns == (ipa("169.254.1.9"),)

@@ -235,3 +235,12 @@ def test_config_net_addresses_routes_mtu(scratch_netns, gw4, gw6, flags4) -> Non
             assert route["flags"] == flags
     finally:
         os.close(tap_fd)
+
+
+def test_a_proc_netns_path_quits_with_its_process():
+    target = netns.make_target((), None, "/proc/4242/ns/net", None, True, False, {})
+    assert target.quit_pid == 4242 and target.quit_path is None
+    kept = netns.make_target((), None, "/proc/4242/ns/net", None, True, True, {})
+    assert kept.quit_pid is None and kept.quit_path is None
+    named = netns.make_target((), None, "/run/netns/x", None, True, False, {})
+    assert named.quit_path == "/run/netns/x" and named.quit_pid is None

@@ -184,9 +184,9 @@ BAD = [
     ("overlapping-ranges", "20-30,25-35", "passt", "-t", "given twice"),
     ("overlapping-exclusions", "~20-30,~25", "passt", "-t", "overlapping excluded"),
     ("exclusion-target", "~22:23", "passt", "-t", "with a target"),
-    ("all-in-pasta", "all", "pasta", "--tcp-ports", "only allowed for passt"),
     ("auto-in-passt", "auto", "passt", "--tcp-ports", "only allowed for pasta"),
-    ("all-in-pasta-ns", "all", "pasta", "--udp-ns", "only allowed for passt"),
+    ("all-in-pasta-ns", "all", "pasta", "--udp-ns", "not supported for the namespace side"),
+    ("auto-with-targets", "80:90,auto", "pasta", "--tcp-ports", "with target ports"),
     ("keyword-with-ports", "all,22", "passt", "-t", "exclusions only"),
     ("keyword-inside-list", "22,none", "passt", "-t", "whole specification"),
     ("bad-address", "bogus/22", "passt", "-t", "bad address"),
@@ -383,3 +383,27 @@ def test_splitting_a_list_over_occurrences_changes_nothing(items, data):
     merged = merge_port_fwds(parts, "-t")
     assert merged.ranges == whole.ranges
     assert mapping(merged) == mapping(whole)
+
+
+# -- upstream 2026's forms ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,bound,not_bound", [
+    ("80-82,auto", (80, 81, 82), (79, 83, 22)),
+    ("auto,80-82", (80, 82), (79, 83)),
+    ("80-82,~81,auto", (80, 82), (81, 83)),
+])
+def test_auto_restricted_to_listed_ports(text, bound, not_bound):
+    fwd = parse_port_spec(text, "pasta", "-t")
+    assert fwd.mode == "auto"
+    assert all(fwd.allowed(p) for p in bound) and not any(fwd.allowed(p) for p in not_bound)
+
+
+def test_address_before_a_keyword():
+    fwd = parse_port_spec("::1/auto", "pasta", "-t")
+    assert fwd.mode == "auto" and str(fwd.addr) == "::1"
+    assert parse_port_spec("::1/all", "passt", "-t").mode == "all"
+
+
+def test_all_is_also_pasta_s_on_the_host_side():
+    assert parse_port_spec("all", "pasta", "-t").mode == "all"

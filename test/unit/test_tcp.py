@@ -13,7 +13,6 @@ import ipaddress
 import os
 import resource
 import socket
-import threading
 import time
 from types import SimpleNamespace
 
@@ -36,6 +35,8 @@ from passt.packet import (
     tcp_options,
 )  # fmt: skip
 from passt.tcp_core import WS_TO_GUEST, TcpConn
+
+from .test_splice_tcp import send_all_then_fin
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("020000000002")
@@ -474,15 +475,22 @@ def test_outbound_target(dst, map_gw, expected):
 
 def test_inbound_source_mapping():
     ctx = make_ctx()
-    state = ctx.tcp
+    nat = ctx.tcp.nat
     loop4 = ipaddress.ip_address("127.0.0.1").packed
-    assert tcp._inbound_source(state, loop4, GUEST4) == GW4
-    assert tcp._inbound_source(state, bytes(15) + b"\1", GUEST6) == GW6
-    assert tcp._inbound_source(state, GUEST4, GUEST4) == GW4  # the host's own address
+    assert nat.inbound(loop4) == GW4
+    assert nat.inbound(bytes(15) + b"\1") == GW6
+    assert nat.inbound(GUEST4) == GW4  # the host's own address
     mapped = bytes(10) + b"\xff\xff" + ipaddress.ip_address("203.0.113.9").packed
-    assert tcp._inbound_source(state, mapped, GUEST4) == mapped[12:]
-    state.map_gw = False
-    assert tcp._inbound_source(state, loop4, GUEST4) is None
+    assert nat.inbound(mapped) == mapped[12:]
+    ctx.loop.close()
+
+
+def test_inbound_source_without_map_gw_is_still_the_gateway():
+    """Upstream 2026: what the guest could not answer comes from our tap-side
+    address, so published ports work through every host address."""
+    ctx = make_ctx(no_map_gw=True)
+    assert ctx.tcp.nat.inbound(ipaddress.ip_address("127.0.0.1").packed) == GW4
+    assert ctx.tcp.nat.inbound(GUEST4) == GW4
     ctx.loop.close()
 
 
@@ -516,17 +524,6 @@ def test_connection_sockets_get_the_largest_buffers_only_where_allowed(
 # -- issue 19: every byte on every kernel, faults that stay with their flow ---
 
 
-def send_in_background(peer: socket.socket, data: bytes) -> threading.Thread:
-    """The host-side peer writes ``data`` and closes its side, while the loop runs."""
-    def write() -> None:
-        peer.sendall(data)
-        peer.shutdown(socket.SHUT_WR)
-
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("stall_rounds", [0, 40], ids=["acking", "stalled-then-acking"])
 def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
     monkeypatch, server, stall_rounds
@@ -541,7 +538,7 @@ def test_without_peek_off_a_download_beyond_one_peek_in_flight_arrives_whole(
     guest.handshake(window=0xFFFF)
     peer = accept_polling(ctx, server)
     sent = os.urandom(12 << 20)
-    writer = send_in_background(peer, sent)
+    writer = send_all_then_fin(peer, sent)
     got, fin_at, most_in_flight = bytearray(), None, 0
     deadline = time.monotonic() + 30
     rounds = 0

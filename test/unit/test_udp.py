@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from passt import udp
+from passt.nat import AddressMapping
 from passt.packet import build_frame_udp, parse_frame, verify_ipv4_header, verify_l4
 
 from .l2_fixtures import GUEST4, GUEST6, GUEST_MAC, GW4, GW6, OUR_LL6, OUR_MAC, net_with
@@ -33,7 +35,9 @@ MATCH4, MATCH6 = "10.9.9.9", "fd00::53"
 
 
 def amap(map_gw: bool = True, **net_changes: object) -> udp.AddressMap:
-    return udp.AddressMap.from_net(net_with(**net_changes), map_gw)
+    net = net_with(**net_changes)
+    nat = AddressMapping.build(net, SimpleNamespace(no_map_gw=not map_gw))
+    return udp.AddressMap.from_net(net, nat)
 
 
 # ---------------------------------------------------------------- keys
@@ -128,7 +132,16 @@ def test_without_map_gw_the_gateway_resolver_is_not_forwarded() -> None:
 def test_datagrams_from_the_host_itself_come_from_the_gateway(peer: str, guest: str,
                                                              gateway: str) -> None:
     assert amap().inbound(packed(peer), 9999, packed(guest)) == packed(gateway)
-    assert amap(map_gw=False).inbound(packed(peer), 9999, packed(guest)) is None
+
+
+@pytest.mark.parametrize(("peer", "guest", "source"), [
+    ("127.0.0.1", GUEST4, GW4), (GUEST4, GUEST4, GW4),
+    ("::1", GUEST6, OUR_LL6), (GUEST6, GUEST6, OUR_LL6),
+])
+def test_without_map_gw_the_host_itself_comes_from_our_tap_address(peer: str, guest: str,
+                                                                  source: str) -> None:
+    """Upstream 2026: published ports answer through every host address."""
+    assert amap(map_gw=False).inbound(packed(peer), 9999, packed(guest)) == packed(source)
 
 
 def test_the_guests_configured_address_is_local_whatever_address_the_guest_uses() -> None:
