@@ -10,7 +10,8 @@ Theory of operation:
   fail where upstream is known to get it wrong.  Both are decided at
   collection, before any fixture starts anything.
 - One deployment per configuration lives for a module (``passt_stage``,
-  ``pasta_stage``, ``pasta_l2_stage``); the function-scoped fixtures hand it
+  ``pasta_stage``, ``pasta_l2_stage``; one per ``peek_mode`` of the module,
+  peek.py); the function-scoped fixtures hand it
   to one test, clean up after it, and let the stage rebuild it if the test
   broke it.  A failing test's report carries the program's log and the
   guest's console.
@@ -19,6 +20,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 
@@ -27,6 +29,7 @@ import pytest
 from . import features, impl
 from .cells import Cell
 from .deploy import Deployment, Stage, deploy_passt, deploy_pasta
+from .peek import PEEK_OFF, PeekMode
 from .summary import Summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,15 +103,25 @@ def chosen_impl() -> impl.Impl:
     return impl.current()
 
 
-def _stage_fixture(name: str, label: str, deploy: Callable[[impl.Impl, str], Deployment]):
-    """Module-scoped fixture ``name``: a ``Stage`` of ``deploy``'s deployments."""
+@pytest.fixture(scope="module")
+def peek_mode(request: pytest.FixtureRequest) -> PeekMode:
+    """How our TCP reads sockets (peek.py), for the module's deployments:
+    ``SO_PEEK_OFF`` unless a module parametrizes it, indirectly and with module
+    scope, so that its tests run grouped by mode, one deployment at a time."""
+    return getattr(request, "param", PEEK_OFF)
+
+
+def _stage_fixture(name: str, label: str, deploy: Callable[..., Deployment]):
+    """Module-scoped fixture ``name``: a ``Stage`` of ``deploy``'s deployments
+    (``deploy(impl, workdir, env=...)``), in the module's ``peek_mode``."""
 
     @pytest.fixture(scope="module", name=name)
     def stage(
         request: pytest.FixtureRequest, chosen_impl: impl.Impl,
-        tmp_path_factory: pytest.TempPathFactory,
+        tmp_path_factory: pytest.TempPathFactory, peek_mode: PeekMode,
     ) -> Iterator[Stage]:
-        held = Stage(lambda: deploy(chosen_impl, str(tmp_path_factory.mktemp(label))))
+        held = Stage(lambda: deploy(chosen_impl, str(tmp_path_factory.mktemp(label)),
+                                    env=peek_mode.env))
         yield held
         held.close()
         request.config.stash[_SUMMARY_KEY].notes.extend(held.notes)
@@ -118,14 +131,11 @@ def _stage_fixture(name: str, label: str, deploy: Callable[[impl.Impl, str], Dep
 
 passt_stage = _stage_fixture("passt_stage", "passt", deploy_passt)
 passt_vu_stage = _stage_fixture(
-    "passt_vu_stage", "passt-vu",
-    lambda chosen, workdir: deploy_passt(chosen, workdir, backend="vhost-user"),
+    "passt_vu_stage", "passt-vu", functools.partial(deploy_passt, backend="vhost-user")
 )
 pasta_stage = _stage_fixture("pasta_stage", "pasta", deploy_pasta)
-pasta_l2_stage = _stage_fixture(
-    "pasta_l2_stage", "pasta-l2",
-    lambda chosen, workdir: deploy_pasta(chosen, workdir, config_net=False),
-)
+pasta_l2_stage = _stage_fixture("pasta_l2_stage", "pasta-l2",
+                                functools.partial(deploy_pasta, config_net=False))
 
 
 def _use(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:

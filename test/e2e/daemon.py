@@ -11,6 +11,10 @@ Debian's upstream build sometimes dies at once when started with several
 forwarding options; a start whose process exits before it is ready is
 therefore retried, a bounded number of times, and the last log is kept.
 Stopping sends SIGTERM to the whole group, then SIGKILL if it lingers.
+
+``env`` adds variables to the program's environment (the rest is the test
+process's own), e.g. ``PASST_NO_PEEK_OFF=1``; the log's start line shows
+them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 START_ATTEMPTS = 3
 
@@ -31,10 +35,12 @@ class DaemonError(RuntimeError):
 class Daemon:
     """One running passt or pasta, owned by the test."""
 
-    def __init__(self, argv: list[str], netns: str, log_path: str) -> None:
+    def __init__(self, argv: list[str], netns: str, log_path: str,
+                 env: Mapping[str, str] | None = None) -> None:
         self.argv = argv
         self.netns = netns
         self.log_path = log_path
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
 
@@ -57,10 +63,12 @@ class Daemon:
 
     def _spawn(self) -> None:
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())
+            settings = "".join(f"{name}={value} " for name, value in self.env.items())
+            log.write(f"\n=== start: {settings}{' '.join(self.argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, *self.argv],
+                env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -22,7 +22,7 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from . import l2, traffic
@@ -150,14 +150,17 @@ def _prepare(shells: list[Shell]) -> None:
         traffic.make_payloads(shell)
 
 
-def deploy_passt(impl: Impl, workdir: str, backend: str = "stream") -> Deployment:
-    """A world, passt in its host namespace, a guest configured by DHCP/SLAAC,
-    connected through ``backend`` (guest.BACKENDS)."""
+def deploy_passt(impl: Impl, workdir: str, backend: str = "stream",
+                 env: Mapping[str, str] | None = None) -> Deployment:
+    """A world, passt in its host namespace (``env`` added to its environment),
+    a guest configured by DHCP/SLAAC, connected through ``backend``
+    (guest.BACKENDS)."""
     world = World("passt" if backend == "stream" else "passt-vu", workdir).create()
     socket_path = os.path.join(workdir, "passt.sock")
     vhost_user = ["--vhost-user"] if backend == "vhost-user" else []
     options = ["-s", socket_path, "-1", *vhost_user, *forward_options("passt")]
-    daemon = Daemon(impl.argv("passt", options), world.host_ns, os.path.join(workdir, "passt.log"))
+    daemon = Daemon(impl.argv("passt", options), world.host_ns,
+                    os.path.join(workdir, "passt.log"), env)
     deployment = Deployment(world, daemon, world.host)  # inner: the guest, once booted
     with torn_down_on_error(deployment):
         build_guest_image()
@@ -195,9 +198,11 @@ def _pasta_ready(world: World, inner: Shell, config_net: bool) -> bool:
 
 
 def deploy_pasta(
-    impl: Impl, workdir: str, config_net: bool = True, start_timeout: float = 20.0
+    impl: Impl, workdir: str, config_net: bool = True, start_timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
 ) -> Deployment:
-    """A world and pasta attached to a namespace of its own.
+    """A world and pasta attached to a namespace of its own (``env`` added to
+    its environment).
 
     With ``config_net`` pasta configures the namespace and forwards the
     matrix's ports; without it, the namespace configures itself by DHCP and
@@ -212,7 +217,7 @@ def deploy_pasta(
         # pasta hands out DNS servers by DHCP only when asked to.
         options = ["--dhcp-dns", "-t", "none", "-u", "none", "-T", "none", "-U", "none"]
     argv = impl.argv("pasta", [*options, "--netns", f"/run/netns/{netns}"])
-    daemon = Daemon(argv, world.host_ns, os.path.join(workdir, "pasta.log"))
+    daemon = Daemon(argv, world.host_ns, os.path.join(workdir, "pasta.log"), env)
     deployment = Deployment(world, daemon, world.host)  # inner: the namespace's shell
     with torn_down_on_error(deployment):
         deployment.inner = inner = world.shell(netns, "ns")

@@ -5,7 +5,8 @@ xfail per phase; this module folds them into one row per cell (a test
 parametrized with a ``cell``), adds the throughput the test recorded with
 ``record_property("throughput", ...)``, and renders the table that the
 ``pytest_terminal_summary`` hook in conftest.py prints.  Throughput is
-shown, never judged.
+shown, never judged.  A cell run in several peek modes (peek.py) gets a row
+per mode.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ class Summary:
         self.notes: list[str] = []  # e.g. start-up and boot times
 
     def record(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        cell = getattr(item, "callspec", None) and item.callspec.params.get("cell")
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        cell = params.get("cell")
         if cell is None:
             return
-        label = cell.label + "".join(  # a module run per fixture parameter (libvirt's)
-            f" ({value})" for name, value in item.callspec.params.items() if name != "cell")
+        mode = params.get("peek_mode")  # peek.py: a row per mode
+        label = cell.label if mode is None else mode.label(cell.label)
+        label += "".join(  # a module run per other fixture parameter (libvirt's)
+            f" ({value})" for name, value in params.items() if name not in ("cell", "peek_mode"))
         row = self.rows.setdefault(label, Row(label))
         row.seconds += report.duration
         for name, value in item.user_properties:

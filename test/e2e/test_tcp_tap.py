@@ -18,13 +18,15 @@ The guest's neighbour entries for the gateway point at the driver's MAC (no
 ARP/NDP handler runs here).  Peers are small Python programs (``PEER``) run
 with ``ip netns exec``: they move seeded random data and report SHA-256
 digests, so every transfer is verified end to end.  The driver answers
-``stats`` on a UNIX socket with its flow table, so tests check that nothing
-is left behind.  The same world serves ``bench/bench_tcp_tap.py``, which
+``stats`` on a UNIX socket with its flow table and the number of flow
+objects still alive (``live``: in the table or held by anything else, such
+as a timer), so tests check that nothing is left behind.  The same world serves ``bench/bench_tcp_tap.py``, which
 also runs upstream pasta on it for comparison.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -526,9 +528,10 @@ def _root_with_tools() -> bool:
 needs_root = pytest.mark.skipif(not _root_with_tools(), reason="needs root and iproute2")
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[TapWorld]:
-    w = TapWorld("a").create()
+@contextlib.contextmanager
+def driven(tag: str) -> Iterator[TapWorld]:
+    """A world of its own with our driver running in it."""
+    w = TapWorld(tag).create()
     try:
         w.start_ours()
         yield w
@@ -537,6 +540,12 @@ def world() -> Iterator[TapWorld]:
         w.destroy()
         if err.strip():
             print("driver stderr:", err[-3000:])
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[TapWorld]:
+    with driven("a") as w:
+        yield w
 
 
 ROUTES = [(route, version) for route in ("out", "host", "in") for version in (4, 6)]
@@ -615,6 +624,7 @@ def test_program_reset_and_1000_short_connections(program: TapWorld):
 def serve(guest_netns: str, control: str) -> None:
     """Run the TCP driver: tap in ``guest_netns``, sockets here, stats on ``control``."""
     import ctypes
+    import gc
     import ipaddress
     import threading
     from types import SimpleNamespace
@@ -666,8 +676,13 @@ def serve(guest_netns: str, control: str) -> None:
              **{name: getattr(flow.core, name) for name in flow.core.__slots__}}
             for key, flow in ctx.flows.items() if key[0] == "tcp"
         ]
-        report = {"flows": ctx.flows.stats(), "stats": dict(ctx.stats), "detail": detail}
-        conn.sendall(json.dumps(report).encode())
+        # Flows still alive as objects, in the table or not (held by a timer, say):
+        # what is still reachable once the garbage collector has run.
+        gc.collect()
+        live = sum(1 for o in gc.get_objects() if isinstance(o, tcp.TcpFlow))
+        report = {"flows": ctx.flows.stats(), "stats": dict(ctx.stats), "detail": detail,
+                  "live": live}
+        conn.sendall(json.dumps(report, default=repr).encode())
         conn.close()
 
     loop.add(server.fileno(), IN, answer)
