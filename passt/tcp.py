@@ -135,7 +135,10 @@ Held data, across connections
 What the guest sent and a full socket refused is held in the core, within
 one ``HoldBudget`` for all flows (``tcp_core.HOLD_BUDGET``, 32 MiB): many
 stalled connections make windows shrink and the guest retransmit later,
-not this process grow.
+not this process grow.  With 300 connections whose remote never reads,
+pasta's RSS peaks under 110 MiB (from 62; it grew to 356 MiB before the
+budget) and is back within a few MiB once they close
+(``test/e2e/test_tcp_memory.py``).
 
 Timers
 ~~~~~~
