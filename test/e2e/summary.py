@@ -38,8 +38,9 @@ class Summary:
             return
         mode = params.get("peek_mode")  # peek.py: a row per mode
         label = cell.label if mode is None else mode.label(cell.label)
-        label += "".join(  # a module run per other fixture parameter (libvirt's)
-            f" ({value})" for name, value in params.items() if name not in ("cell", "peek_mode"))
+        label += "".join(  # a module run per named variant (libvirt's interface type)
+            f" ({value})" for name, value in params.items()
+            if isinstance(value, str) and name not in ("cell", "peek_mode"))
         row = self.rows.setdefault(label, Row(label))
         row.seconds += report.duration
         for name, value in item.user_properties:
