@@ -22,7 +22,7 @@ from passt import vhost_user as vu
 from passt.vhost_backend import NET_HDR, BadMessage, VhostUserBackend
 from passt.vhost_user import RX, TX, Message, ProtocolError, Request, Session
 
-from .vhost_fixtures import GPA, NUM, SIZE, UVA, FakeGuest
+from .vhost_fixtures import GPA, NUM, SIZE, UVA, FakeGuest, guest_fixture  # noqa: F401
 
 NEGOTIATED = vu.FEATURES
 
@@ -41,13 +41,6 @@ class FrontEnd:
     def reply(self) -> tuple[int, int, bytes]:
         request, flags, size = vu.HEADER.unpack(self.sock.recv(vu.HEADER_SIZE))
         return request, flags, self.sock.recv(size)
-
-
-@pytest.fixture
-def guest() -> Iterator[FakeGuest]:
-    g = FakeGuest()
-    yield g
-    g.close()
 
 
 @pytest.fixture

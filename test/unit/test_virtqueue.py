@@ -21,16 +21,9 @@ from passt.virtqueue import (
     SplitQueue,
 )
 
-from .vhost_fixtures import GPA, NUM, SIZE, UVA, FakeGuest
+from .vhost_fixtures import GPA, NUM, SIZE, UVA, FakeGuest, guest_fixture  # noqa: F401
 
 LIMIT = 65535 + 12
-
-
-@pytest.fixture
-def guest() -> Iterator[FakeGuest]:
-    g = FakeGuest()
-    yield g
-    g.close()
 
 
 @pytest.fixture

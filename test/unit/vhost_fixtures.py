@@ -11,6 +11,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator
+
+import pytest
 
 from passt.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
@@ -102,3 +105,11 @@ class FakeGuest:
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.mem[gpa - GPA:gpa - GPA + length])
+
+
+@pytest.fixture(name="guest")
+def guest_fixture() -> Iterator[FakeGuest]:
+    """A fresh ``FakeGuest``, closed after the test (import it to use it)."""
+    g = FakeGuest()
+    yield g
+    g.close()
