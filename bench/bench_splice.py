@@ -102,8 +102,8 @@ def serve(argv: list[str]) -> int:
     """
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from passt import conf as confmod
-    from passt import fwd
     from passt.context import Ctx
+    from passt.flow import fwd
     from passt.loop import EventLoop
 
     ap = argparse.ArgumentParser(prog="bench_splice.py serve")

@@ -47,6 +47,7 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from passt import tcp  # noqa: E402
+from passt.backends.tap import Dispatcher, SourceFilter, TunTap  # noqa: E402
 from passt.context import Ctx  # noqa: E402
 from passt.loop import EventLoop  # noqa: E402
 from passt.packet import (  # noqa: E402
@@ -59,8 +60,7 @@ from passt.packet import (  # noqa: E402
     parse_tcp,
     tcp_options,
 )  # fmt: skip
-from passt.tap import Dispatcher, SourceFilter, TunTap  # noqa: E402
-from passt.tcp_core import seq_lt  # noqa: E402
+from passt.tcp.core import seq_lt  # noqa: E402
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("020000000002")

@@ -44,10 +44,13 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports(include=["passt"]):
-    from passt import arp, dhcp, dhcpv6, ndp, packet, qemu, tap, tcp_core
+    from passt import packet
+    from passt.backends import qemu, tap
     from passt.context import Ctx
-    from passt.hostnet import NetInfo
+    from passt.host.hostnet import NetInfo
+    from passt.l2 import arp, dhcp, dhcpv6, ndp
     from passt.loop import EventLoop
+    from passt.tcp import core as tcp_core
 
 GUEST_MAC = bytes.fromhex("525400123456")
 OUR_MAC = bytes.fromhex("9a559a559a55")

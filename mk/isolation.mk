@@ -1,5 +1,5 @@
-# Isolation, hostile input and limits (issue 10): passt/isolation.py,
-# passt/seccomp.py, fuzz/, test/*/test_isolation*, test_seccomp*,
+# Isolation, hostile input and limits (issue 10): passt/host/isolation.py,
+# passt/host/seccomp.py, fuzz/, test/*/test_isolation*, test_seccomp*,
 # test/e2e/test_hostile*, test_limits*.
 #
 #   make fuzz        coverage-guided fuzzing of the frame path (atheris,

@@ -1,4 +1,4 @@
-# QEMU and libvirt integration (passt/qemu.py, contrib/, test/e2e/test_libvirt.py).
+# QEMU and libvirt integration (passt/backends/qemu.py, contrib/, test/e2e/test_libvirt.py).
 #
 # The libvirt test uses libvirt's own passt backend, which Debian 12's
 # libvirt 9.0.0 refuses (<backend type='passt'/> fails to parse): the

@@ -1,5 +1,5 @@
-# passt as a vhost-user back end (issue 22): passt/vhost_user.py (the protocol),
-# passt/virtqueue.py (guest memory, split rings), passt/vhost_backend.py.
+# passt as a vhost-user back end (issue 22): passt/backends/vhost_user.py (the protocol),
+# passt/backends/virtqueue.py (guest memory, split rings), passt/backends/vhost_backend.py.
 #   make check-vhost-user                            hostile rings, the session,
 #                                                    a QEMU 10 guest's every cell
 #   PASST_IMPL=upstream2026 make check-vhost-user    the cells against upstream

@@ -30,12 +30,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from passt.flow import FlowTable
+from passt.flow.table import FlowTable
 
 if TYPE_CHECKING:
+    from passt.backends.tap import TapBackend
     from passt.loop import EventLoop
     from passt.pcap import Pcap
-    from passt.tap import TapBackend
 
 BROADCAST_MAC = b"\xff" * 6
 

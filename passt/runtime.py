@@ -41,30 +41,21 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from . import (
-    arp,
-    checksum,
-    daemon,
-    dhcp,
-    dhcpv6,
-    fwd,
-    hostnet,
-    icmp,
-    isolation,
-    log,
-    ndp,
-    netns,
-    tcp,
-)
-from .context import Ctx
-from .daemon import DaemonError, PidFile, Readiness
-from .flow import FlowTable
-from .hostnet import HostNetError, NetInfo
-from .loop import EventLoop
-from .netns import NetnsError
-from .pcap import Pcap, PcapError
-from .qemu import QemuError
-from .tap import Dispatcher, SourceFilter, TapError, TunTap
+from passt import checksum, log
+from passt.backends.qemu import QemuError
+from passt.backends.tap import Dispatcher, SourceFilter, TapError, TunTap
+from passt.context import Ctx
+from passt.flow import fwd, icmp
+from passt.flow.table import FlowTable
+from passt.host import daemon, hostnet, isolation, netns
+from passt.host.daemon import DaemonError, PidFile, Readiness
+from passt.host.hostnet import HostNetError, NetInfo
+from passt.host.netns import NetnsError
+from passt.l2 import arp, dhcp, dhcpv6, ndp
+from passt.loop import EventLoop
+from passt.pcap import Pcap, PcapError
+from passt.tcp import tap as tcp
+from passt.udp import tap as udp
 
 # Exceptions whose message is the one line a user sees before exit status 1.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (
@@ -89,9 +80,7 @@ def _handler_table(conf: Any) -> dict[str, ModuleType]:
     if not conf.no_tcp:
         table["tcp"] = tcp
     if not conf.no_udp:
-        udp = _optional("udp")
-        if udp is not None:
-            table["udp"] = udp
+        table["udp"] = udp
     if not conf.no_icmp:
         table["icmp"] = icmp
     if not conf.no_dhcp:
@@ -102,16 +91,6 @@ def _handler_table(conf: Any) -> dict[str, ModuleType]:
         table["ndp"] = ndp
     table["arp"] = arp
     return table
-
-
-def _optional(name: str) -> ModuleType | None:
-    """A handler module that may not exist yet in this tree."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"passt.{name}")
-    except ModuleNotFoundError:
-        return None
 
 
 def max_flows() -> int:
@@ -211,7 +190,7 @@ def run_pasta(conf: Any) -> int:
 def run_passt(conf: Any) -> int:
     """passt: ``qemu.listen(conf)`` gives a listener with ``start(loop, on_client)``,
     ``resume()`` (accept the next client) and ``close()``; a client is a ``TapBackend``."""
-    from . import qemu
+    from passt.backends import qemu
 
     rt = Runtime(conf)
     listener = qemu.listen(conf)

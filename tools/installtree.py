@@ -120,8 +120,10 @@ def program_items(layout: Layout) -> list[Item]:
 
 
 def package_items(layout: Layout) -> list[Item]:
-    return [Item(f"{layout.sitedir}/passt/{source.name}", source.read_bytes(), 0o644)
-            for source in sorted((ROOT / "passt").glob("*.py"))]
+    package = ROOT / "passt"
+    return [Item(f"{layout.sitedir}/passt/{source.relative_to(package).as_posix()}",
+                 source.read_bytes(), 0o644)
+            for source in sorted(package.rglob("*.py"))]
 
 
 def man_items(layout: Layout) -> list[Item]:
@@ -253,15 +255,20 @@ def check_overwrites(layout: Layout, items: list[Item], owned: set[str]) -> None
 def compile_package(layout: Layout, manifest: Manifest) -> None:
     """Byte-compile the package with the launchers' interpreter; record the caches."""
     package = layout.under_destdir(f"{layout.sitedir}/passt")
-    cache_existed = (package / "__pycache__").is_dir()
+    folders = [package, *sorted(p for p in package.rglob("*") if p.is_dir()
+                                and p.name != "__pycache__")]
+    caches_existed = {folder: (folder / "__pycache__").is_dir() for folder in folders}
     subprocess.run([layout.python, "-m", "compileall", "-q", "-d", f"{layout.sitedir}/passt",
                     str(package)], check=True, timeout=300)
-    if not cache_existed:
-        manifest.dirs.append(f"{layout.sitedir}/passt/__pycache__")
-    for cached in sorted((package / "__pycache__").glob("*.pyc")):
-        installed = f"{layout.sitedir}/passt/__pycache__/{cached.name}"
-        if installed not in manifest.files:
-            manifest.files.append(installed)
+    for folder in folders:
+        installed_folder = f"{layout.sitedir}/passt/{folder.relative_to(package).as_posix()}"
+        installed_folder = installed_folder.removesuffix("/.")
+        if not caches_existed[folder]:
+            manifest.dirs.append(f"{installed_folder}/__pycache__")
+        for cached in sorted((folder / "__pycache__").glob("*.pyc")):
+            installed = f"{installed_folder}/__pycache__/{cached.name}"
+            if installed not in manifest.files:
+                manifest.files.append(installed)
 
 
 def install(layout: Layout, with_manifest: bool, byte_compile: bool) -> list[str]:

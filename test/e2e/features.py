@@ -47,21 +47,21 @@ def _exposed(entry: str) -> bool:
 
 
 PARTS = {
-    "core": Part(2, ("passt.conf:parse", "passt.tap:Dispatcher", "passt.context:Ctx")),
-    "passt socket": Part(8, ("passt.qemu:QemuStream",)),
-    "pasta namespace": Part(4, ("passt.netns:setup_pasta", "passt.tap:TunTap")),
+    "core": Part(2, ("passt.conf:parse", "passt.backends.tap:Dispatcher", "passt.context:Ctx")),
+    "passt socket": Part(8, ("passt.backends.qemu:QemuStream",)),
+    "pasta namespace": Part(4, ("passt.host.netns:setup_pasta", "passt.backends.tap:TunTap")),
     "L2 services": Part(
         4,
-        ("passt.arp:from_tap", "passt.ndp:from_tap", "passt.dhcp:from_tap",
-         "passt.dhcpv6:from_tap"),
+        ("passt.l2.arp:from_tap", "passt.l2.ndp:from_tap", "passt.l2.dhcp:from_tap",
+         "passt.l2.dhcpv6:from_tap"),
     ),
-    "ICMP": Part(7, ("passt.icmp:from_tap",)),
-    "TCP": Part(5, ("passt.tcp:from_tap",)),
-    "UDP": Part(7, ("passt.udp:from_tap",)),
-    "port forwarding": Part(6, ("passt.fwd:Forwarder",)),
-    "TCP splice": Part(6, ("passt.tcp_splice:TcpSplice",)),
-    "UDP splice": Part(6, ("passt.udp_splice:UdpSplice",)),
-    "vhost-user": Part(22, ("passt.vhost_backend:VhostUserBackend",)),
+    "ICMP": Part(7, ("passt.flow.icmp:from_tap",)),
+    "TCP": Part(5, ("passt.tcp.tap:from_tap",)),
+    "UDP": Part(7, ("passt.udp.tap:from_tap",)),
+    "port forwarding": Part(6, ("passt.flow.fwd:Forwarder",)),
+    "TCP splice": Part(6, ("passt.tcp.splice:TcpSplice",)),
+    "UDP splice": Part(6, ("passt.udp.splice:UdpSplice",)),
+    "vhost-user": Part(22, ("passt.backends.vhost_backend:VhostUserBackend",)),
 }
 
 _BASE = {"passt": ["core", "passt socket", "L2 services"], "pasta": ["core", "pasta namespace"]}

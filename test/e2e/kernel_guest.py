@@ -50,8 +50,8 @@ def emit(*fields: str) -> None:
 
 
 def peek_off_supported() -> bool:
-    """What passt.tcp itself finds out about TCP SO_PEEK_OFF on this kernel."""
-    from passt.tcp import _peek_off_supported
+    """What passt.tcp.tap itself finds out about TCP SO_PEEK_OFF on this kernel."""
+    from passt.tcp.tap import _peek_off_supported
 
     return _peek_off_supported()
 

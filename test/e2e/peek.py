@@ -3,7 +3,7 @@
 
 Theory of operation: Linux has TCP ``SO_PEEK_OFF`` from 6.9 only; Debian
 12 (6.1), RHEL 9 and Ubuntu 22.04/24.04 lack it, and there our TCP peeks
-from the first unacknowledged byte instead (passt/tcp.py).  This machine's
+from the first unacknowledged byte instead (passt/tcp/tap.py).  This machine's
 kernel has it, so the fallback is forced with ``PASST_NO_PEEK_OFF=1`` in
 the program's environment.  A ``PeekMode`` names one of the two and
 carries the environment that selects it.  A module runs its tests in both

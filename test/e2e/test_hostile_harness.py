@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from passt import netns as netns_mod
+from passt.host import netns as netns_mod
 from passt.packet import (
     ACK,
     ETH_P_ARP,

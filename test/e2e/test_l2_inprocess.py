@@ -27,11 +27,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from passt import arp, dhcp, dhcpv6, hostnet, icmp, ndp
+from passt.backends.tap import Dispatcher, SourceFilter, TunTap, open_tap
 from passt.context import Ctx
+from passt.flow import icmp
+from passt.host import hostnet
+from passt.host.netns import CLONE_NEWNET, setns
+from passt.l2 import arp, dhcp, dhcpv6, ndp
 from passt.loop import EventLoop
-from passt.netns import CLONE_NEWNET, setns
-from passt.tap import Dispatcher, SourceFilter, TunTap, open_tap
 
 from . import l2
 from .shell import Shell

@@ -22,12 +22,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from passt import conf, udp
+from passt import conf
 from passt.context import Ctx
-from passt.flow import FlowTable
-from passt.hostnet import NetInfo
+from passt.flow.table import FlowTable
+from passt.host.hostnet import NetInfo
 from passt.loop import EventLoop
 from passt.packet import build_frame_udp, parse_frame
+from passt.udp import tap as udp
 
 from .test_hostile_harness import in_netns
 

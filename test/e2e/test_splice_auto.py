@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from passt import fwd
+from passt.flow import fwd
 
 from .test_splice_world import LOOPBACK, SpliceWorld, bench, read_to_eof
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from passt.tcp_core import HOLD_BUDGET
+from passt.tcp.core import HOLD_BUDGET
 
 from .deploy import Deployment
 from .test_hostile_harness import TIMEOUT, TcpServer, Usage, in_netns, wait_for

@@ -16,9 +16,9 @@ After each batch, within ``SETTLE`` seconds of the last close:
 
 - our pasta (the program): its descriptors, counted by kind in
   ``/proc/PID/fd`` (``Usage``), are back to their start values.  A flow
-  owns exactly one descriptor (passt/tcp.py), so this is the flow table
+  owns exactly one descriptor (passt/tcp/tap.py), so this is the flow table
   as seen from outside: at rest, TCP descriptors are the listeners only.
-- the TCP driver of test_tcp_tap.py (passt.tcp in a process of its own,
+- the TCP driver of test_tcp_tap.py (passt.tcp.tap in a process of its own,
   on a real tap): its descriptors likewise, its flow table is empty, and
   no flow object is alive any more (its ``stats`` counts them with the
   garbage collector), which a flow kept by a cancelled timer would fail.

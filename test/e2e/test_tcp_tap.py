@@ -1,11 +1,11 @@
-"""TCP over a real tap device: the driver (passt.tcp) in namespaces of its own.
+"""TCP over a real tap device: the driver (passt.tcp.tap) in namespaces of its own.
 
 Theory of operation
 -------------------
-These tests drive ``passt.tcp`` without the rest of the program: a small
+These tests drive ``passt.tcp.tap`` without the rest of the program: a small
 runner (``serve`` below, run as ``python3 test_tcp_tap.py serve ...``) builds
 a ``Ctx`` with an event loop, a tap dispatcher that routes TCP only, the
-forwarded-port listeners of ``passt.fwd`` and the TCP handler, and opens a
+forwarded-port listeners of ``passt.flow.fwd`` and the TCP handler, and opens a
 tap device inside a "guest" namespace, as pasta does.  The topology follows
 ``world.py`` (documentation prefixes only):
 
@@ -629,11 +629,11 @@ def serve(guest_netns: str, control: str) -> None:
     import threading
     from types import SimpleNamespace
 
-    from passt import tcp
+    from passt.backends.tap import Dispatcher, TunTap, open_tap
     from passt.context import Ctx
-    from passt.fwd import HOST, TCP, Forwarder, Listen
+    from passt.flow.fwd import HOST, TCP, Forwarder, Listen
     from passt.loop import IN, EventLoop
-    from passt.tap import Dispatcher, TunTap, open_tap
+    from passt.tcp import tap as tcp
 
     loop = EventLoop()
     net = SimpleNamespace(

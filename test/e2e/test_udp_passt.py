@@ -26,7 +26,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from passt.netns import NsRunner
+from passt.host.netns import NsRunner
 from passt.packet import parse_frame, verify_ipv4_header, verify_l4
 
 from .test_udp_pasta import (

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from passt.netns import NsRunner
+from passt.host.netns import NsRunner
 
 pytestmark = pytest.mark.e2e
 

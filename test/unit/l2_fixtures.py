@@ -18,7 +18,7 @@ from typing import Any
 
 from passt.checksum import Buffer
 from passt.context import Ctx
-from passt.hostnet import NetInfo
+from passt.host.hostnet import NetInfo
 from passt.packet import parse_frame
 
 OUR_MAC = bytes.fromhex("d2507aa1322c")

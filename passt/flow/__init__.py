@@ -1,0 +1,1 @@
+"""What every protocol shares: the flow table, address mapping, forwarded ports; ICMP echo."""

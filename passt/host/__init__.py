@@ -1,0 +1,1 @@
+"""The host: addresses and routes, namespaces, isolation, seccomp, daemonizing."""

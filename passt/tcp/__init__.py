@@ -1,0 +1,1 @@
+"""TCP: the sans-I/O core, the tap-side driver, pasta's spliced path."""

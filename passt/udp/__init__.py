@@ -1,0 +1,1 @@
+"""UDP: flows between the tap and host sockets, pasta's spliced path."""
