@@ -102,6 +102,7 @@ def serve(argv: list[str]) -> int:
     """
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from passt import conf as confmod
+    from passt import runtime
     from passt.context import Ctx
     from passt.flow import fwd
     from passt.loop import EventLoop
@@ -112,7 +113,7 @@ def serve(argv: list[str]) -> int:
     conf = confmod.parse("pasta", pasta_argv)
     ns = NsThread(conf.netns)
     ctx = Ctx(loop=EventLoop(), conf=conf)
-    fwd.setup(ctx, ns.call)
+    runtime.setup_forwarding(ctx, ns.call)
     ctx.fwd.udp_splice.timeout = args.udp_timeout
     fwd.start(ctx)
     loop = ctx.loop

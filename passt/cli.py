@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import log
+from . import log, runtime
+from .conf import ConfError, parse
 
 
 def main_passt() -> None:
@@ -30,8 +31,6 @@ def main() -> None:
 
 
 def run(mode: str, argv: list[str]) -> int:
-    from .conf import ConfError, parse
-
     try:
         conf = parse(mode, argv)
     except ConfError as exc:
@@ -42,8 +41,6 @@ def run(mode: str, argv: list[str]) -> int:
 
 
 def start(mode: str, conf: object) -> int:
-    from . import runtime
-
     try:
         if mode == "pasta":
             return runtime.run_pasta(conf)

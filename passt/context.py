@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from passt.flow.table import FlowTable
 
 if TYPE_CHECKING:
-    from passt.backends.tap import TapBackend
+    from passt.backends.base import TapBackend
     from passt.loop import EventLoop
     from passt.pcap import Pcap
 

@@ -45,6 +45,8 @@ import threading
 import time
 from typing import NoReturn, Protocol
 
+from passt import __version__
+
 # syslog(3) priorities, which are also our levels.
 LOG_ERR = 3
 LOG_WARNING = 4
@@ -198,8 +200,6 @@ def setup(opts: LogOptions, ident: str = "passt") -> None:
 
 
 def _open_log_file(path: str, size: int, ident: str) -> LogFile:
-    from passt import __version__
-
     header = f"{ident} {__version__}: {os.path.realpath(sys.argv[0])} ({os.getpid()})\n"
     try:
         return LogFile.open(path, size, header.encode(errors="replace"))

@@ -42,8 +42,10 @@ from types import ModuleType
 from typing import Any
 
 from passt import checksum, log
+from passt.backends import qemu
+from passt.backends.dispatch import Dispatcher, SourceFilter
 from passt.backends.qemu import QemuError
-from passt.backends.tap import Dispatcher, SourceFilter, TapError, TunTap
+from passt.backends.tap import TapError, TunTap
 from passt.context import Ctx
 from passt.flow import fwd, icmp
 from passt.flow.table import FlowTable
@@ -54,7 +56,9 @@ from passt.host.netns import NetnsError
 from passt.l2 import arp, dhcp, dhcpv6, ndp
 from passt.loop import EventLoop
 from passt.pcap import Pcap, PcapError
+from passt.tcp import splice as tcp_splice
 from passt.tcp import tap as tcp
+from passt.udp import splice as udp_splice
 from passt.udp import tap as udp
 
 # Exceptions whose message is the one line a user sees before exit status 1.
@@ -93,6 +97,14 @@ def _handler_table(conf: Any) -> dict[str, ModuleType]:
     return table
 
 
+def setup_forwarding(ctx: Ctx, ns_call: Callable[..., Any] | None) -> None:
+    """``ctx.fwd`` and, for pasta (``ns_call``), the spliced paths."""
+    fwd.setup(ctx, ns_call)
+    if ns_call is not None:
+        tcp_splice.setup(ctx, ns_call)
+        udp_splice.setup(ctx, ns_call)
+
+
 def max_flows() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -126,7 +138,7 @@ class Runtime:
 
     def start_handlers(self, ns_call: Callable[..., Any] | None) -> None:
         """Forwarder, then protocol handlers, then the dispatcher."""
-        fwd.setup(self.ctx, ns_call)
+        setup_forwarding(self.ctx, ns_call)
         self._cleanups.append(lambda: fwd.close(self.ctx))
         self._cleanups.append(self._detach)   # after the handlers' resets went out
         for handler in dict.fromkeys(self.handlers.values()):
@@ -190,8 +202,6 @@ def run_pasta(conf: Any) -> int:
 def run_passt(conf: Any) -> int:
     """passt: ``qemu.listen(conf)`` gives a listener with ``start(loop, on_client)``,
     ``resume()`` (accept the next client) and ``close()``; a client is a ``TapBackend``."""
-    from passt.backends import qemu
-
     rt = Runtime(conf)
     listener = qemu.listen(conf)
     rt._cleanups.append(listener.close)

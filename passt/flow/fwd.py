@@ -501,26 +501,18 @@ def families_of(net: Any) -> tuple[int, ...]:
 
 
 def setup(ctx: Any, ns_call: NsCall | None = None) -> Forwarder:
-    """Create ``ctx.fwd``; with ``ns_call`` (pasta) also the spliced paths.
+    """Create ``ctx.fwd``; ``ns_call`` (pasta) reaches into the namespace.
 
     Call before the protocol handlers' initialisation (the TCP translator
-    registers ``handlers.tcp_tap`` on ``ctx.fwd``) and ``start`` after it.
+    registers ``handlers.tcp_tap`` on ``ctx.fwd``, pasta's spliced paths
+    ``handlers.tcp_splice`` and ``handlers.udp_splice``) and ``start`` after it.
     """
-    from passt.tcp.splice import TcpSplice
-    from passt.udp.splice import UdpSplice
-
     assert ctx.loop is not None
     fwd = Forwarder(ctx.loop, ns_call)
     ctx.fwd = fwd
     conf = ctx.conf
     fwd.freebind = bool(getattr(conf, "freebind", False))
     if ns_call is not None:
-        families = families_of(ctx.net)
-        targets = splice_targets(conf, ctx.net)
-        ctx.tcp_splice = TcpSplice(ctx.loop, ctx.flows, ns_call, families, ns_targets=targets)
-        fwd.udp_splice = UdpSplice(ctx.loop, ctx.flows, ns_call, ns_targets=targets)
-        fwd.handlers.tcp_splice = ctx.tcp_splice.accept
-        fwd.handlers.udp_splice = fwd.udp_splice.forward
         fwd.splice_inbound = not getattr(conf, "no_splice", False)
         fwd.tap_inbound = not getattr(conf, "splice_only", False)
     return fwd

@@ -77,6 +77,7 @@ from collections.abc import Callable
 from typing import Any
 
 from passt import loop as ev
+from passt.flow.fwd import HOST, families_of, splice_targets
 from passt.flow.table import FlowTable, FlowTableFull
 from passt.host.hostnet import read_sysctl_int
 
@@ -95,9 +96,6 @@ _WATCH = ev.IN | ev.OUT | ev.RDHUP | ev.ET
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _PIPE_MAX_SIZE_FILE = "/proc/sys/fs/pipe-max-size"
-
-HOST = "host"
-NS = "ns"
 
 
 def unprivileged_pipe_size(limit_file: str = _PIPE_MAX_SIZE_FILE) -> int:
@@ -489,3 +487,13 @@ class TcpSplice:
             if key[0] == "tcp_splice":
                 conn.close()
         self.pools.close()
+
+
+def setup(ctx: Any, ns_call: NsCall) -> None:
+    """pasta: the spliced TCP path, for ``-t``/``-T`` connections between loopbacks.
+
+    Call after ``fwd.setup``; ``fwd.close`` closes it.
+    """
+    ctx.tcp_splice = TcpSplice(ctx.loop, ctx.flows, ns_call, families_of(ctx.net),
+                               ns_targets=splice_targets(ctx.conf, ctx.net))
+    ctx.fwd.handlers.tcp_splice = ctx.tcp_splice.accept

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from passt import loop as ev
-from passt.flow.fwd import HOST, Listener
+from passt.flow.fwd import HOST, Listener, splice_targets
 from passt.flow.table import FlowTable, FlowTableFull
 
 NsCall = Callable[..., Any]
@@ -183,3 +183,13 @@ class UdpSplice:
         for key, flow in self.flows.items():
             if key[0] == "udp_splice":
                 flow.close()
+
+
+def setup(ctx: Any, ns_call: NsCall) -> None:
+    """pasta: the spliced UDP path, for ``-u``/``-U`` datagrams between loopbacks.
+
+    Call after ``fwd.setup``; ``fwd.close`` closes it.
+    """
+    splice = UdpSplice(ctx.loop, ctx.flows, ns_call, ns_targets=splice_targets(ctx.conf, ctx.net))
+    ctx.fwd.udp_splice = splice
+    ctx.fwd.handlers.udp_splice = splice.forward

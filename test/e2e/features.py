@@ -47,7 +47,7 @@ def _exposed(entry: str) -> bool:
 
 
 PARTS = {
-    "core": Part(2, ("passt.conf:parse", "passt.backends.tap:Dispatcher", "passt.context:Ctx")),
+    "core": Part(2, ("passt.conf:parse", "passt.backends.dispatch:Dispatcher", "passt.context:Ctx")),
     "passt socket": Part(8, ("passt.backends.qemu:QemuStream",)),
     "pasta namespace": Part(4, ("passt.host.netns:setup_pasta", "passt.backends.tap:TunTap")),
     "L2 services": Part(

@@ -27,7 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from passt.backends.tap import Dispatcher, SourceFilter, TunTap, open_tap
+from passt.backends.dispatch import Dispatcher, SourceFilter
+from passt.backends.tap import TunTap, open_tap
 from passt.context import Ctx
 from passt.flow import icmp
 from passt.host import hostnet

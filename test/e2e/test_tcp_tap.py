@@ -629,7 +629,8 @@ def serve(guest_netns: str, control: str) -> None:
     import threading
     from types import SimpleNamespace
 
-    from passt.backends.tap import Dispatcher, TunTap, open_tap
+    from passt.backends.dispatch import Dispatcher
+    from passt.backends.tap import TunTap, open_tap
     from passt.context import Ctx
     from passt.flow.fwd import HOST, TCP, Forwarder, Listen
     from passt.loop import IN, EventLoop

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passt.backends import qemu
+from passt.backends.dispatch import Dispatcher
 from passt.backends.qemu import FRAME_MAX, CorruptStream, QemuStream, frame_prefix
-from passt.backends.tap import Dispatcher
 from passt.context import Ctx
 from passt.loop import EventLoop
 

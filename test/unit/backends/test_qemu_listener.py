@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from passt.backends import qemu
+from passt.backends.dispatch import Dispatcher
 from passt.backends.qemu import QemuError, QemuListener
-from passt.backends.tap import Dispatcher
 from passt.context import Ctx
 from passt.loop import EventLoop
 

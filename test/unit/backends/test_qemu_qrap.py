@@ -27,7 +27,7 @@ from types import ModuleType
 import pytest
 
 from passt.backends import qemu
-from passt.backends.tap import Dispatcher
+from passt.backends.dispatch import Dispatcher
 from passt.context import Ctx
 from passt.loop import EventLoop
 

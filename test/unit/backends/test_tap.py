@@ -20,15 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passt import log, packet
-from passt.backends.tap import (
-    Dispatcher,
-    RecordingTap,
-    SourceFilter,
-    TapError,
-    TunTap,
-    classify,
-    open_tap,
-)
+from passt.backends.dispatch import Dispatcher, RecordingTap, SourceFilter, classify
+from passt.backends.tap import TapError, TunTap, open_tap
 from passt.context import BROADCAST_MAC, Ctx
 from passt.loop import EventLoop
 from passt.packet import Packet, ParseError

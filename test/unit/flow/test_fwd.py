@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 
+from passt import runtime
 from passt.conf import Conf, parse
 from passt.context import Ctx
 from passt.flow import fwd
@@ -403,11 +404,11 @@ def test_all_skips_ports_someone_else_holds(forwarder: tuple[fwd.Forwarder, Reco
 def test_setup_wires_splicing_for_pasta_only() -> None:
     ctx = Ctx(loop=EventLoop())
     try:
-        fwd.setup(ctx)
+        runtime.setup_forwarding(ctx, None)
         assert ctx.fwd.handlers.tcp_splice is None and ctx.tcp_splice is None
         fwd.close(ctx)
         assert ctx.fwd is None
-        fwd.setup(ctx, lambda fn, *args: fn(*args))
+        runtime.setup_forwarding(ctx, lambda fn, *args: fn(*args))
         assert ctx.fwd.handlers.tcp_splice == ctx.tcp_splice.accept
         assert ctx.fwd.handlers.udp_splice == ctx.fwd.udp_splice.forward
         fwd.close(ctx)
@@ -422,7 +423,7 @@ def pasta_conf(*argv: str) -> Conf:
 
 def started(conf: Conf, pasta: bool) -> Ctx:
     ctx = Ctx(loop=EventLoop(), conf=conf)
-    fwd.setup(ctx, (lambda fn, *args: fn(*args)) if pasta else None)
+    runtime.setup_forwarding(ctx, (lambda fn, *args: fn(*args)) if pasta else None)
     fwd.start(ctx)
     return ctx
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from passt import packet
-from passt.backends.tap import SourceFilter
+from passt.backends.dispatch import SourceFilter
 
 MAC = bytes.fromhex("525400123456")
 OURS = bytes.fromhex("9a559a559a55")

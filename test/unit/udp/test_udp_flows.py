@@ -24,7 +24,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 
 from passt import runtime
-from passt.backends.tap import Dispatcher
+from passt.backends.dispatch import Dispatcher
 from passt.checksum import Buffer
 from passt.context import Ctx
 from passt.flow import fwd

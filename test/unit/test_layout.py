@@ -1,0 +1,121 @@
+"""The package's import graph: imports point one way, and all stand at the top.
+
+Every ``import`` in ``passt/`` counts, those under ``if TYPE_CHECKING:`` too
+(a circle that only the type checker sees is still a circle in the design).
+An edge goes to the module named, or to ``passt.a.b`` for ``from passt.a
+import b`` when ``b`` is a module.  The package ``__init__`` files import
+nothing from the package, so edges to them close no circle and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "passt"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def is_package(name: str, known: dict[str, Path]) -> bool:
+    return known[name].name == "__init__.py"
+
+
+def imported(node: ast.Import | ast.ImportFrom, here: str, known: dict[str, Path]) -> set[str]:
+    """The modules of the package that ``node`` (in module ``here``) imports."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names if alias.name in known}
+    base = node.module or ""
+    if node.level:
+        anchor = here if is_package(here, known) else here.rpartition(".")[0]
+        for _ in range(node.level - 1):
+            anchor = anchor.rpartition(".")[0]
+        base = f"{anchor}.{base}" if base else anchor
+    found = set()
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        if sub in known:
+            found.add(sub)
+        elif base in known:
+            found.add(base)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    edges: dict[str, set[str]] = {}
+    for name, path in known.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                targets |= imported(node, name, known)
+        edges[name] = {t for t in targets if not is_package(t, known) and t != name}
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One circle of ``edges`` as a path that ends where it starts, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+def nested_imports() -> list[str]:
+    """Imports of the package inside functions or classes: hidden edges of the graph.
+
+    (Third-party modules imported when first needed, NumPy and pyroute2, are
+    no edges of the package's graph.)
+    """
+    known = modules()
+    found = []
+    for name, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for scope in ast.walk(tree):
+            if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                found += [f"{name}:{node.lineno}" for node in ast.walk(scope)
+                          if isinstance(node, ast.Import | ast.ImportFrom)
+                          and imported(node, name, known)]
+    return sorted(set(found))
+
+
+def test_no_import_circles() -> None:
+    assert find_cycle(graph()) is None, " -> ".join(find_cycle(graph()) or [])
+
+
+def test_no_imports_hidden_in_functions() -> None:
+    assert nested_imports() == []
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_graph_sees_relative_and_type_only_imports() -> None:
+    edges = graph()
+    assert "passt.backends.tap" in edges["passt.runtime"]
+    assert "passt.flow.table" in edges["passt.context"]
+    assert "passt.log" in edges["passt.cli"]  # from . import log
