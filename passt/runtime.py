@@ -80,19 +80,10 @@ RESERVED_FDS = 128
 
 def _handler_table(conf: Any) -> dict[str, ModuleType]:
     """Route name → handler module, leaving out what the options disable."""
-    table: dict[str, ModuleType] = {}
-    if not conf.no_tcp:
-        table["tcp"] = tcp
-    if not conf.no_udp:
-        table["udp"] = udp
-    if not conf.no_icmp:
-        table["icmp"] = icmp
-    if not conf.no_dhcp:
-        table["dhcp"] = dhcp
-    if not conf.no_dhcpv6:
-        table["dhcpv6"] = dhcpv6
-    if not conf.no_ndp:
-        table["ndp"] = ndp
+    optional = (("tcp", tcp, conf.no_tcp), ("udp", udp, conf.no_udp), ("icmp", icmp, conf.no_icmp),
+                ("dhcp", dhcp, conf.no_dhcp), ("dhcpv6", dhcpv6, conf.no_dhcpv6),
+                ("ndp", ndp, conf.no_ndp))
+    table: dict[str, ModuleType] = {route: module for route, module, off in optional if not off}
     table["arp"] = arp
     return table
 

@@ -81,7 +81,7 @@ DATAGRAM_MAX = 65536
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ANY: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
-_LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _PROC_FILES: dict[tuple[str, int], str] = {
     (TCP, socket.AF_INET): "tcp", (TCP, socket.AF_INET6): "tcp6",
     (UDP, socket.AF_INET): "udp", (UDP, socket.AF_INET6): "udp6",
@@ -111,7 +111,7 @@ class Listen:
 def default_listens(proto: str, origin: str, port: int,
                     families: Iterable[int]) -> list[Listen]:
     """Listens for a port without a bind address: wildcard on the host, loopback in the ns."""
-    table = _ANY if origin == HOST else _LOOPBACK
+    table = _ANY if origin == HOST else LOOPBACK
     return [Listen(proto, origin, f, table[f], port) for f in families]
 
 
@@ -526,9 +526,9 @@ def splice_targets(conf: Any, net: Any) -> dict[int, str]:
     ``--host-lo-to-ns-lo`` (or when the namespace has no address of that family).
     """
     if net is None or getattr(conf, "host_lo_to_ns_lo", True):
-        return dict(_LOOPBACK)
+        return dict(LOOPBACK)
     own: dict[int, Any] = {socket.AF_INET: net.addr4, socket.AF_INET6: net.addr6}
-    return {family: str(own[family] or _LOOPBACK[family]) for family in _LOOPBACK}
+    return {family: str(own[family] or LOOPBACK[family]) for family in LOOPBACK}
 
 
 def start(ctx: Any) -> None:

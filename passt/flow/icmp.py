@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 from passt import log
 from passt.flow.nat import AddressMapping
 from passt.flow.table import FlowTableFull
+from passt.host.hostnet import interface_index
 from passt.loop import IN
 from passt.packet import Packet, ParseError, build_frame_icmp, parse_icmp
 
@@ -104,7 +105,7 @@ class IcmpService:
         self.ctx = ctx
         self.timeout = timeout
         self.nat = AddressMapping.build(ctx.net, ctx.conf)
-        self.scope6 = _interface_index(ctx.net.ifname6)
+        self.scope6 = interface_index(ctx.net.ifname6)
         self._warned = False
 
     # -- from the guest --------------------------------------------------
@@ -239,14 +240,6 @@ class IcmpService:
         for key, flow in self.ctx.flows.items():
             if key[0] == "icmp":
                 self._close(flow)
-
-
-def _interface_index(name: str) -> int:
-    """The index of the host interface link-local destinations are reached through."""
-    try:
-        return socket.if_nametoindex(name) if name else 0
-    except OSError:
-        return 0
 
 
 def init(ctx: Ctx) -> IcmpService:

@@ -34,10 +34,11 @@ forwarding (``--dns-forward``) stays with UDP, which checks it first.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AddressMapping", "LOOPBACK4", "LOOPBACK6"]
+__all__ = ["AddressMapping", "LOOPBACK4", "LOOPBACK6", "outbound_addresses", "packed"]
 
 LOOPBACK4 = bytes([127, 0, 0, 1])
 LOOPBACK6 = bytes(15) + b"\x01"
@@ -45,8 +46,21 @@ _LOOPBACK = {4: LOOPBACK4, 16: LOOPBACK6}
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-def _packed(addr: Any) -> bytes | None:
-    return addr.packed if addr is not None else None
+def packed(addr: Any) -> bytes | None:
+    """``addr`` (text, an address object or ``None``) as packed bytes, or ``None``."""
+    return None if addr is None else ipaddress.ip_address(addr).packed
+
+
+def outbound_addresses(given: Any) -> dict[int, str]:
+    """``--outbound`` addresses (one address, or zero to two, one per family)
+    as text, by packed length (4 or 16)."""
+    if isinstance(given, str | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        given = (given,)
+    result = {}
+    for addr in given or ():
+        parsed = ipaddress.ip_address(addr)
+        result[len(parsed.packed)] = str(parsed)
+    return result
 
 
 def _of_length(addresses: tuple[Any, ...], length: int) -> bytes | None:
@@ -74,7 +88,7 @@ class AddressMapping:
         """From ``NetInfo`` ``net`` and the options (read leniently: tests give few)."""
         explicit = tuple(getattr(conf, "map_host_loopback", ()) or ())
         default = not getattr(conf, "no_map_gw", False)
-        gw4, gw6, ll6 = _packed(net.gw4), _packed(net.gw6), _packed(net.ll6)
+        gw4, gw6, ll6 = packed(net.gw4), packed(net.gw6), packed(net.ll6)
         source: dict[int, bytes | None] = {}
         mapped: dict[int, frozenset[bytes]] = {}
         for length, defaults in ((4, (gw4,)), (16, (gw6, ll6))):
@@ -87,7 +101,7 @@ class AddressMapping:
             host_loopback=mapped,
             loopback_source=source,
             guest_addr={4: _of_length(guest, 4), 16: _of_length(guest, 16)},
-            own={4: _packed(net.addr4), 16: _packed(net.addr6)},
+            own={4: packed(net.addr4), 16: packed(net.addr6)},
             tap_source={4: gw4, 16: ll6 or gw6},
         )
 

@@ -519,3 +519,11 @@ def overrides_from_conf(conf: Any) -> Overrides:
         copy_addrs=not conf.no_copy_addrs,
         copy_routes=not conf.no_copy_routes,
     )
+
+
+def interface_index(name: str) -> int:
+    """The index of the host interface link-local destinations are reached through."""
+    try:
+        return socket.if_nametoindex(name) if name else 0
+    except OSError:
+        return 0

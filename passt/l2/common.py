@@ -29,7 +29,7 @@ Two more things the services share:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from passt.packet import Packet, ParseError
 
@@ -50,6 +50,20 @@ def answer(ctx: Ctx, pkt: Packet, respond: Responder) -> None:
     ctx.stats[counter] += 1
     if ctx.tap is not None:
         ctx.tap.send_frames((frame,))
+
+
+State = TypeVar("State")
+
+
+def made_on_first_use(state: State | None, make: Callable[[], State | None],
+                      missing: tuple[str, str]) -> State:
+    """A service's state (``ctx.dhcp``...), made on first use; when there is
+    none to make (no address of that family), ``ParseError(*missing)``."""
+    if state is None:
+        state = make()
+    if state is None:
+        raise ParseError(*missing)
+    return state
 
 
 def encode_domain_names(names: Iterable[str]) -> bytes:

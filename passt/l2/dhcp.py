@@ -53,7 +53,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, NamedTuple
 
 from passt.checksum import Buffer
-from passt.l2.common import answer, encode_domain_names
+from passt.l2.common import answer, encode_domain_names, made_on_first_use
 from passt.packet import Packet, ParseError, build_frame_udp, parse_udp
 
 if TYPE_CHECKING:
@@ -335,9 +335,7 @@ def init(ctx: Ctx) -> DhcpServer | None:
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
     """The answer to a client message and its counter (see ``l2common``)."""
-    server = ctx.dhcp or init(ctx)
-    if server is None:
-        raise ParseError("DHCP without IPv4", "dhcp_no_ipv4")
+    server = made_on_first_use(ctx.dhcp, lambda: init(ctx), ("DHCP without IPv4", "dhcp_no_ipv4"))
     reply = server.reply(pkt.eth_src, parse_request(parse_udp(pkt.l4).payload))
     ctx.stats["dhcp.options_left_out"] += reply.left_out
     return reply.frame, "dhcp." + _REPLY_NAMES[reply.msg_type]

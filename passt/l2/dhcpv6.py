@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from passt.checksum import Buffer
-from passt.l2.common import answer, encode_domain_names, router_address
+from passt.l2.common import answer, encode_domain_names, made_on_first_use, router_address
 from passt.packet import Packet, ParseError, build_frame_udp, parse_udp
 
 if TYPE_CHECKING:
@@ -242,9 +242,8 @@ def init(ctx: Ctx) -> Dhcpv6Server | None:
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:
     """The answer to a client message and its counter (see ``l2common``)."""
-    server = ctx.dhcpv6 or init(ctx)
-    if server is None:
-        raise ParseError("DHCPv6 without IPv6", "dhcpv6_no_ipv6")
+    server = made_on_first_use(ctx.dhcpv6, lambda: init(ctx),
+                               ("DHCPv6 without IPv6", "dhcpv6_no_ipv6"))
     udp = parse_udp(pkt.l4)
     if pkt.src is None or pkt.src == bytes(16):
         raise ParseError("DHCPv6 from the unspecified address", "dhcpv6_source")

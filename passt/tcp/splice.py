@@ -73,15 +73,13 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from passt import loop as ev
-from passt.flow.fwd import HOST, families_of, splice_targets
+from passt.flow.fwd import HOST, LOOPBACK, NsCall, families_of, splice_targets
 from passt.flow.table import FlowTable, FlowTableFull
 from passt.host.hostnet import read_sysctl_int
 
-NsCall = Callable[..., Any]
 """``ns_call(fn, *args)``: run ``fn(*args)`` in the target namespace, return its result."""
 
 MAX_PIPE_SIZE = 8 << 20
@@ -94,7 +92,6 @@ LOWAT_TICK = 0.01
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _WATCH = ev.IN | ev.OUT | ev.RDHUP | ev.ET
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _PIPE_MAX_SIZE_FILE = "/proc/sys/fs/pipe-max-size"
 
 
@@ -474,7 +471,7 @@ class TcpSplice:
             return
         sock.setblocking(False)
         address = self.ns_targets.get(family) if origin == HOST else None
-        rc = s1.connect_ex((address or _LOOPBACK[family], target_port))
+        rc = s1.connect_ex((address or LOOPBACK[family], target_port))
         if rc not in (0, errno.EINPROGRESS):
             conn.abort()
             return

@@ -173,7 +173,7 @@ from typing import TYPE_CHECKING, Any
 
 from passt import log
 from passt.checksum import Buffer
-from passt.flow.nat import AddressMapping
+from passt.flow.nat import AddressMapping, outbound_addresses, packed
 from passt.flow.table import FlowTableFull
 from passt.host.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
@@ -196,6 +196,7 @@ from passt.tcp.core import (
     TcpConn,
     rst_for_stray,
 )
+from passt.tcp.splice import reset_and_close
 
 if TYPE_CHECKING:
     from passt.context import Ctx
@@ -222,7 +223,6 @@ SOCK_EVENTS = IN | RDHUP | ET
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TRUNC = socket.MSG_TRUNC | socket.MSG_DONTWAIT
-_LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 _INT_MAX = 0x7FFFFFFF
 _UNSPECIFIED4 = bytes(4)
@@ -243,10 +243,11 @@ class TcpState:
         self.nat = AddressMapping.build(net, conf)
         self.mtu = net.mtu or MTU_DEFAULT  # 0: none advertised, the tap's default
         self.our_mac = net.mac
-        self.guest4 = _packed(net.addr4)
-        self.guest6 = _packed(net.addr6)
+        self.guest4 = packed(net.addr4)
+        self.guest6 = packed(net.addr6)
         self.ifname6 = net.ifname6 or ""
-        self.bind4, self.bind6 = _outbound_addresses(conf)
+        bind = outbound_addresses(getattr(conf, "outbound", None))
+        self.bind4, self.bind6 = bind.get(4), bind.get(16)
         self.bind_if4 = getattr(conf, "outbound_if4", None) or None
         self.bind_if6 = getattr(conf, "outbound_if6", None) or None
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -273,27 +274,6 @@ class TcpState:
     def mss_limit(self, v6: bool) -> int:
         """Largest TCP payload in one frame: MTU minus IP and TCP headers."""
         return self.mtu - (60 if v6 else 40)
-
-
-def _packed(addr: Any) -> bytes | None:
-    return None if addr is None else ipaddress.ip_address(addr).packed
-
-
-def _outbound_addresses(conf: Any) -> tuple[str | None, str | None]:
-    """``--outbound`` addresses (zero to two, one per family) as strings."""
-    given = getattr(conf, "outbound", None)
-    if given is None:
-        return None, None
-    if isinstance(given, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        given = (given,)
-    bind4 = bind6 = None
-    for addr in given:
-        parsed = ipaddress.ip_address(addr)
-        if parsed.version == 4:
-            bind4 = str(parsed)
-        else:
-            bind6 = str(parsed)
-    return bind4, bind6
 
 
 def _peek_off_supported() -> bool:
@@ -418,13 +398,10 @@ def _free(flow: TcpFlow, rst: bool) -> None:
     flow.deadline = None
     sock = flow.sock
     if rst:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
-            pass
+        reset_and_close(sock)
     else:
         _discard_acknowledged(flow)  # unread data would turn our FIN into a reset
-    sock.close()
+        sock.close()
     if ctx.flows.remove(flow.key) is not None:
         state.conns -= 1
     ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
@@ -1010,18 +987,18 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
     guest = state.guest6 if v6 else state.guest4
     if guest is None:
         ctx.stats["tcp.refused_family"] += 1
-        _abort(sock)
+        reset_and_close(sock)
         return
     remote = state.nat.inbound(ipaddress.ip_address(peer[0].split("%")[0]).packed)
     if remote is None:
         ctx.stats["tcp.refused_addr"] += 1
-        _abort(sock)
+        reset_and_close(sock)
         return
     key = ("tcp", guest, target_port, remote, peer[1])
     try:  # (the socket comes non-blocking: setblocking() is an ioctl seccomp refuses)
         _prepare_socket(state, sock, sock.family, outbound=False)
     except OSError:
-        _abort(sock)
+        reset_and_close(sock)
         return
     window = _send_space(sock)[0] or WINDOW_DEFAULT
     core, acts = TcpConn.inbound(
@@ -1030,18 +1007,10 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_p
     core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     if not _register(ctx, flow, SOCK_EVENTS):
-        _abort(sock)
+        reset_and_close(sock)
         return
     ctx.stats["tcp.conns_in"] += 1
     if log.DEBUG:
         log.debug("TCP: %r accepted", flow)
     _run(flow, acts)
     _send_out(ctx)
-
-
-def _abort(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
-    sock.close()

@@ -36,23 +36,20 @@ from collections.abc import Callable
 from typing import Any
 
 from passt import loop as ev
-from passt.flow.fwd import HOST, Listener, splice_targets
+from passt.flow.fwd import HOST, LOOPBACK, Listener, NsCall, splice_targets
 from passt.flow.table import FlowTable, FlowTableFull
-
-NsCall = Callable[..., Any]
 
 FLOW_TIMEOUT = 180.0
 REPLY_BATCH = 64
 DATAGRAM_MAX = 65536
 
-_LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
 def new_flow_socket(family: int, source_port: int, target_port: int,
                     address: str | None = None) -> socket.socket:
     """A UDP socket connected to the target (on ``address``, by default the
     loopback), preferably from ``source_port`` of the same address."""
-    address = address or _LOOPBACK[family]
+    address = address or LOOPBACK[family]
     s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -71,7 +68,7 @@ def _call_here(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-class UdpFlow:
+class SplicedFlow:
     """One sender's datagrams relayed to the other side, and the replies back."""
 
     __slots__ = ("splicer", "key", "listener", "peer", "sock", "fd", "last", "timer")
@@ -159,7 +156,7 @@ class UdpSplice:
                 return
         flow.send(data)
 
-    def _new_flow(self, key: tuple, listener: Listener, peer: tuple) -> UdpFlow | None:
+    def _new_flow(self, key: tuple, listener: Listener, peer: tuple) -> SplicedFlow | None:
         inbound = listener.origin == HOST
         make = self.ns_call if inbound else _call_here
         address = self.ns_targets.get(listener.family) if inbound else None
@@ -168,7 +165,7 @@ class UdpSplice:
         except Exception:  # out of descriptors, or the namespace helper is gone
             self.stats["udp_splice.socket_error"] += 1
             return None
-        flow = UdpFlow(self, key, listener, peer, sock)
+        flow = SplicedFlow(self, key, listener, peer, sock)
         try:
             self.flows.add(key, flow)
         except FlowTableFull:

@@ -92,7 +92,6 @@ handler out of the dispatcher and ``fwd``'s registry: nothing here runs.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
@@ -101,9 +100,9 @@ from typing import TYPE_CHECKING, Any
 from passt import log
 from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
 from passt.flow.fwd import HOST, UDP, Listen
-from passt.flow.icmp import _interface_index
-from passt.flow.nat import AddressMapping, is_loopback
+from passt.flow.nat import AddressMapping, is_loopback, outbound_addresses, packed
 from passt.flow.table import FlowTableFull
+from passt.host.hostnet import interface_index
 from passt.loop import IN
 from passt.packet import (
     ETH_HLEN,
@@ -151,10 +150,6 @@ FlowKey = tuple[str, bytes, int, bytes, int]
 def flow_key(guest: bytes, guest_port: int, remote: bytes, remote_port: int) -> FlowKey:
     """The flow-table key of a conversation, with addresses as the guest sees them."""
     return ("udp", guest, guest_port, remote, remote_port)
-
-
-def _packed(addr: Any) -> bytes | None:
-    return None if addr is None else ipaddress.ip_address(addr).packed
 
 
 class AddressMap:
@@ -313,10 +308,10 @@ class UdpState:
         self.addresses = AddressMap.from_net(net, AddressMapping.build(net, conf))
         self.our_mac = net.mac
         self.mtu = net.mtu or MTU_DEFAULT
-        self.guest4 = _packed(net.addr4)
-        self.guest6 = _packed(net.addr6)
-        self.scope6 = _interface_index(net.ifname6)
-        self.bind_addr = _outbound_addresses(conf.outbound)
+        self.guest4 = packed(net.addr4)
+        self.guest6 = packed(net.addr6)
+        self.scope6 = interface_index(net.ifname6)
+        self.bind_addr = outbound_addresses(conf.outbound)
         self.bind_if = {4: conf.outbound_if4 or None, 16: conf.outbound_if6 or None}
         self.flows: dict[FlowKey, UdpFlow] = {}
         self.slots = [bytearray(_HDR_ROOM + DATAGRAM_MAX) for _ in range(SLOTS)]
@@ -674,15 +669,6 @@ def unreachable_frame(key: FlowKey, err: int, eth_dst: bytes, eth_src: bytes) ->
         quote = build_ipv6(guest, remote, IPPROTO_UDP, udp_header)
         icmp_type, code = ICMPV6_DEST_UNREACH, codes[1]
     return build_frame_icmp(eth_dst, eth_src, remote, guest, icmp_type, code, 0, 0, quote)
-
-
-def _outbound_addresses(given: Any) -> dict[int, str]:
-    """``--outbound`` addresses by address length (4 or 16)."""
-    result = {}
-    for addr in given or ():
-        parsed = ipaddress.ip_address(addr)
-        result[len(parsed.packed)] = str(parsed)
-    return result
 
 
 # ---------------------------------------------------------------- handler API
