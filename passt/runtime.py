@@ -139,9 +139,7 @@ class Runtime:
             close = getattr(handler, "close", None)
             if close is not None:
                 self._cleanups.append(functools.partial(close, self.ctx))
-        start = getattr(fwd, "start", None)
-        if start is not None:
-            start(self.ctx)
+        fwd.start(self.ctx)
         self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
 
     def _detach(self) -> None:

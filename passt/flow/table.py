@@ -13,10 +13,7 @@ descriptor limit at start-up).
 Keys are tuples whose first element names the protocol (``"tcp"``,
 ``"udp"``, ``"icmp"``, ``"tcp_splice"``, ...), followed by whatever
 identifies the flow for that handler, typically the guest-side
-``(address, port, address, port)``.  Handlers may register extra keys
-(aliases) for the same flow, e.g. the host-side socket's addresses, so that
-lookups from either side are one dict access; aliases do not count against
-the limit.
+``(address, port, address, port)``.
 
 The table never closes anything itself: removing a flow is the handler's
 job, because only the handler knows which sockets, pipes and timers the
@@ -43,14 +40,13 @@ class FlowTable:
     def __init__(self, max_flows: int = 32768) -> None:
         self.max_flows = max_flows
         self._flows: dict[FlowKey, Any] = {}
-        self._aliases: dict[FlowKey, FlowKey] = {}
         self.refused = 0
 
     def __len__(self) -> int:
         return len(self._flows)
 
     def __contains__(self, key: FlowKey) -> bool:
-        return key in self._flows or key in self._aliases
+        return key in self._flows
 
     def full(self) -> bool:
         return len(self._flows) >= self.max_flows
@@ -64,22 +60,11 @@ class FlowTable:
             raise FlowTableFull(key)
         self._flows[key] = flow
 
-    def alias(self, alias: FlowKey, key: FlowKey) -> None:
-        """Make ``alias`` find the flow stored under ``key``."""
-        self._aliases[alias] = key
-
     def get(self, key: FlowKey) -> Any | None:
-        flow = self._flows.get(key)
-        if flow is None:
-            primary = self._aliases.get(key)
-            if primary is not None:
-                flow = self._flows.get(primary)
-        return flow
+        return self._flows.get(key)
 
-    def remove(self, key: FlowKey, *aliases: FlowKey) -> Any | None:
-        """Drop a flow and the given aliases; returns the flow, if any."""
-        for alias in aliases:
-            self._aliases.pop(alias, None)
+    def remove(self, key: FlowKey) -> Any | None:
+        """Drop a flow; returns it, if any."""
         return self._flows.pop(key, None)
 
     def items(self) -> Iterator[tuple[FlowKey, Any]]:
@@ -87,10 +72,9 @@ class FlowTable:
         return iter(list(self._flows.items()))
 
     def stats(self) -> dict[str, int]:
-        """Number of flows per protocol, plus aliases and refusals."""
+        """Number of flows per protocol, plus refusals."""
         counts = Counter(str(key[0]) for key in self._flows)
         result = dict(counts)
         result["total"] = len(self._flows)
-        result["aliases"] = len(self._aliases)
         result["refused"] = self.refused
         return result

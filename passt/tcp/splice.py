@@ -232,7 +232,7 @@ class SpliceConn:
     """
 
     __slots__ = (
-        "splicer", "key", "socks", "fds", "pipes", "pending", "eof", "fin_seen", "fin_sent",
+        "splicer", "key", "socks", "fds", "pipes", "pending", "eof", "fin_sent",
         "connecting", "closed", "lowat", "big_read", "lowat_timer", "handlers",
     )
 
@@ -245,7 +245,6 @@ class SpliceConn:
         self.pipes: list[Pipe] = []
         self.pending = [0, 0]
         self.eof = [False, False]
-        self.fin_seen = [False, False]
         self.fin_sent = [False, False]
         self.connecting = True
         self.closed = False
@@ -268,8 +267,6 @@ class SpliceConn:
         if mask & ev.ERR:
             self.abort()
             return
-        if mask & (ev.RDHUP | ev.HUP):
-            self.fin_seen[side] = True
         if self.connecting:
             if side == 0 or not mask & ev.OUT:
                 return  # data from side 0 waits in its socket until we are connected
