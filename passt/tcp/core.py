@@ -9,8 +9,8 @@ segment from the guest becomes bytes written to the socket, bytes arriving on
 the socket become segments to the guest, and the ends of the connection
 (SYN, FIN, RST) are mapped onto ``connect()``, ``shutdown()`` and ``close()``.
 This module makes every decision of that translation and does no I/O: each
-event method returns a list of *actions* (tuples, first element an opcode
-below) that the driver (``tcp.py``) carries out.  Unit tests feed it segment
+event method returns a list of *actions* (``Action``: one small
+NamedTuple class per kind) that the driver (``tcp.py``) carries out.  Unit tests feed it segment
 sequences and check the actions, without a socket in sight.
 
 Sequence spaces
@@ -20,14 +20,14 @@ has not acknowledged, ``snd_nxt`` the next one we will send, ``snd_max`` the
 highest ever sent (``snd_nxt`` moves back on retransmission, ``snd_max`` does
 not).  The bytes from ``snd_una`` on are exactly the bytes still sitting in
 the socket's receive buffer: we read them with ``MSG_PEEK`` and discard them
-(``DISCARD``) only when the guest acknowledges them, so the kernel's receive
+(``Discard``) only when the guest acknowledges them, so the kernel's receive
 buffer *is* our retransmission queue and the kernel's flow control toward the
 far end follows the guest's pace.  The driver keeps the socket's peek offset
 (``SO_PEEK_OFF``) at ``snd_nxt - snd_una``: discarding moves it back by the
-same amount in the kernel, and a retransmission sets it to zero (``REWIND``).
+same amount in the kernel, and a retransmission sets it to zero (``Rewind``).
 
 From the guest we are the receiver: ``rcv_nxt`` is the next byte the socket
-has taken.  A segment at that point is written to the socket (``SOCK_SEND``)
+has taken.  A segment at that point is written to the socket (``SockSend``)
 and the driver reports how much the kernel took (``on_sock_accepted``): only
 that is acknowledged.  We advertise the socket's free send space as our
 window (queried only near the edge, ``space_query_needed``; in between, the
@@ -54,13 +54,13 @@ far (``events``, bits below) rather than the classic state machine: SYN from
 the guest or an accepted socket, the handshake completed, FIN received and
 sent on either side, our FIN acknowledged.  Each direction closes on its
 own, so a half-closed connection keeps carrying data the other way; the
-connection is over when both directions are (``CLOSE``), or at once on a
-reset from either side or a timeout (``CLOSE`` with ``rst=True``, plus an
+connection is over when both directions are (``Close``), or at once on a
+reset from either side or a timeout (``Close`` with ``rst=True``, plus an
 RST to the guest where it still has a connection).
 
 Timers
 ~~~~~~
-One timer per connection; ``TIMER`` (re)arms it, the driver calls
+One timer per connection; ``ArmTimer`` (re)arms it, the driver calls
 ``on_timer`` when it fires.  Its meaning follows the events:
 
 * handshake: the socket's ``connect()`` gets ``SYN_TIMEOUT``; then our
@@ -96,7 +96,7 @@ Windows and segment sizes
 ~~~~~~~~~~~~~~~~~~~~~~~~~
 The guest's window (scaled by its window scale, when both SYNs carried the
 option) limits how much we peek and send (``peek_budget``), and is mirrored
-to the socket with ``TCP_WINDOW_CLAMP`` (``CLAMP``, only on changes of more
+to the socket with ``TCP_WINDOW_CLAMP`` (``Clamp``, only on changes of more
 than 1/16th, to spare system calls), so the far end sees the guest's
 receiving pace.  Our segments to the guest are at most its MSS and at most
 what the tap MTU allows (``mss_limit``); the MSS we advertise is the MTU's.
@@ -110,7 +110,7 @@ it copies again, rather than a segment or two per ACK.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from passt.packet import ACK, FIN, RST, SYN, tcp_options
 
@@ -118,18 +118,77 @@ SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1
 _HALF = 1 << 31
 
-# Action opcodes: each action is a tuple whose first element is one of these.
-TAP = 1  # (TAP, flags, seq, ack, window_field, options): segment without payload to the guest
-DATA = 2  # (DATA, seq, length): send `length` bytes just peeked, from `seq`, in MSS-sized frames
-SOCK_SEND = 3  # (SOCK_SEND, payload): write to the socket, then call on_sock_accepted(n)
-PEEK = 4  # (PEEK,): read (peek) from the socket now: the window allows more data
-REWIND = 5  # (REWIND,): set the socket's peek offset back to 0 (snd_nxt = snd_una)
-DISCARD = 6  # (DISCARD, n): drop n acknowledged bytes from the socket's receive buffer
-CLAMP = 7  # (CLAMP, window): TCP_WINDOW_CLAMP on the socket
-SHUT_WR = 8  # (SHUT_WR,): shutdown(SHUT_WR) on the socket
-TIMER = 9  # (TIMER, seconds or None): (re)arm or cancel the connection's timer
-WANT_OUT = 10  # (WANT_OUT, bool): (re)arm, or stop, watching the socket for writability
-CLOSE = 11  # (CLOSE, rst): close the socket (with RST if rst) and free the flow
+# Actions: what the driver is to do, in order (one class each, so that mypy
+# checks every field; the driver dispatches on the class).
+
+
+class ToGuest(NamedTuple):
+    """A segment without payload to the guest."""
+
+    flags: int
+    seq: int
+    ack: int
+    window: int  # the window field, already scaled
+    options: bytes
+
+
+class SendData(NamedTuple):
+    """Send ``length`` bytes just peeked, from ``seq``, in MSS-sized frames."""
+
+    seq: int
+    length: int
+
+
+class SockSend(NamedTuple):
+    """Write to the socket, then call ``on_sock_accepted(n)``."""
+
+    payload: bytes | bytearray | memoryview
+
+
+class Peek(NamedTuple):
+    """Read (peek) from the socket now: the window allows more data."""
+
+
+class Rewind(NamedTuple):
+    """Set the socket's peek offset back to 0 (``snd_nxt = snd_una``)."""
+
+
+class Discard(NamedTuple):
+    """Drop ``n`` acknowledged bytes from the socket's receive buffer."""
+
+    n: int
+
+
+class Clamp(NamedTuple):
+    """``TCP_WINDOW_CLAMP`` on the socket."""
+
+    window: int
+
+
+class ShutWr(NamedTuple):
+    """``shutdown(SHUT_WR)`` on the socket."""
+
+
+class ArmTimer(NamedTuple):
+    """(Re)arm the connection's timer, or cancel it (``None``)."""
+
+    seconds: float | None
+
+
+class WantOut(NamedTuple):
+    """(Re)arm, or stop, watching the socket for writability."""
+
+    on: bool
+
+
+class Close(NamedTuple):
+    """Close the socket (with RST if ``rst``) and free the flow."""
+
+    rst: bool
+
+
+Action = (ToGuest | SendData | SockSend | Peek | Rewind | Discard | Clamp | ShutWr | ArmTimer
+          | WantOut | Close)
 
 # Events (bits of TcpConn.events).
 SOCK_ACCEPTED = 1 << 0  # inbound: socket accepted, SYN sent to the guest
@@ -167,7 +226,6 @@ ACK_DELAY_BYTES = 4096  # less new data than this (a request, a keystroke): the 
 # Timer kinds.
 _T_NONE, _T_CONNECT, _T_HANDSHAKE, _T_RETRANS, _T_PROBE, _T_IDLE = range(6)
 
-Action = tuple
 
 
 class Segment(Protocol):
@@ -322,7 +380,7 @@ class TcpConn:
             wscale = self.ws_to_guest or None
         options = tcp_options(mss=self.mss_adv, wscale=wscale)
         self.rcv_acked = ack
-        return (TAP, flags, self.isn, ack, min(self.rcv_wnd, 0xFFFF), options)
+        return ToGuest(flags, self.isn, ack, min(self.rcv_wnd, 0xFFFF), options)
 
     # -- state ---------------------------------------------------------------
 
@@ -343,7 +401,7 @@ class TcpConn:
         """A bare ACK to the guest, acknowledging everything the socket took."""
         self.ack_due = False
         self.rcv_acked = self.rcv_nxt
-        return (TAP, ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
+        return ToGuest(ACK, self.snd_nxt, self.rcv_nxt, self.window_field(), b"")
 
     def peek_budget(self) -> int:
         """How many new bytes the guest's window (and ``inflight_segments``) lets us
@@ -374,7 +432,7 @@ class TcpConn:
         self.timer_kind = kind
         if kind == _T_IDLE:
             self.idle_mark = self.activity
-        return (TIMER, seconds)
+        return ArmTimer(seconds)
 
     def _settle_timer(self, acts: list[Action]) -> None:
         """After an event of an established connection: the timer its state calls for."""
@@ -436,7 +494,7 @@ class TcpConn:
         self._back_off()
         # An already acknowledged sequence number: the guest answers with an
         # ACK carrying its current window.
-        probe = (TAP, ACK, (self.snd_una - 1) & SEQ_MASK, self.rcv_nxt, self.window_field(), b"")
+        probe = ToGuest(ACK, (self.snd_una - 1) & SEQ_MASK, self.rcv_nxt, self.window_field(), b"")
         return [probe, self._arm(_T_PROBE, self.backoff)]
 
     def _progress(self) -> None:
@@ -455,7 +513,7 @@ class TcpConn:
         self.fin_resend = bool(fin_out)
         if data_end != self.snd_una:
             self.sock_pending = True
-            return [(REWIND,), (PEEK,)]
+            return [Rewind(), Peek()]
         if fin_out:
             return [self._fin()]
         return []
@@ -492,7 +550,7 @@ class TcpConn:
             self.snd_max = self.snd_nxt
         self.ack_due = False  # data frames carry our ACK
         self.rcv_acked = self.rcv_nxt
-        acts: list[Action] = [(DATA, seq, length)]
+        acts: list[Action] = [SendData(seq, length)]
         if self.fin_resend and self.snd_nxt == self.fin_seq:
             acts.append(self._fin())  # all the data before it is out again
         if self.timer_kind != _T_RETRANS:
@@ -535,7 +593,7 @@ class TcpConn:
             self.snd_max = self.snd_nxt
         self.ack_due = False
         self.rcv_acked = self.rcv_nxt
-        return (TAP, FIN | ACK, self.fin_seq, self.rcv_nxt, self.window_field(), b"")
+        return ToGuest(FIN | ACK, self.fin_seq, self.rcv_nxt, self.window_field(), b"")
 
     def on_sock_error(self) -> list[Action]:
         """The socket failed (reset by the peer, error): reset the guest's side."""
@@ -589,7 +647,7 @@ class TcpConn:
 
     def _watch_out(self) -> list[Action]:
         self.want_out = True
-        return [(WANT_OUT, True)]
+        return [WantOut(True)]
 
     def on_sock_writable(self, space: int) -> list[Action]:
         """The kernel says the send buffer has room again: write what we hold, or
@@ -605,12 +663,12 @@ class TcpConn:
             return self._watch_out()
         if self.held:
             self.sending_held = True
-            return [(SOCK_SEND, self.held)]
+            return [SockSend(self.held)]
         self.rcv_wnd = self.rcv_est = min(space, MAX_WINDOW)
         acts: list[Action] = []
         if self.want_out:
             self.want_out = False
-            acts.append((WANT_OUT, False))
+            acts.append(WantOut(False))
         if not self.events & ESTABLISHED:
             return acts
         ack = self._ack()
@@ -714,7 +772,7 @@ class TcpConn:
         elif seg.seq != self.rcv_nxt:  # keepalive or window probe: answer (fresh window)
             self.ack_due = True
         if opened and self.sock_pending and self.peek_budget():
-            acts.append((PEEK,))
+            acts.append(Peek())
         if self.timer_kind == _T_PROBE:
             self.retries = 0  # the guest answers: alive, however long its window stays shut
         if not self.events & CLOSED:
@@ -739,7 +797,7 @@ class TcpConn:
             self.rcv_nxt = (seg.seq + 1) & SEQ_MASK
             self._take_syn_options(seg)
             self._establish()
-            return [self._ack(), (PEEK,)]
+            return [self._ack(), Peek()]
         if flags & SYN:  # the guest repeats its SYN: repeat our SYN-ACK, if sent
             if self.events & TAP_SYN_ACK_SENT and not flags & ACK:
                 return [self._syn()]
@@ -785,7 +843,7 @@ class TcpConn:
             self.events |= TAP_FIN_ACKED
             self.fin_resend = False
         if data:
-            acts.append((DISCARD, data))
+            acts.append(Discard(data))
         self.snd_una = ack
         if seq_lt(self.snd_nxt, ack):
             self.snd_nxt = ack
@@ -813,7 +871,7 @@ class TcpConn:
         if not window or (previous and abs(window - previous) < (previous >> 4)):
             return
         self.clamped = window
-        acts.append((CLAMP, window))
+        acts.append(Clamp(window))
 
     def _guest_data(self, seg: Segment, acts: list[Action]) -> None:
         """Payload and FIN of a guest segment."""
@@ -839,7 +897,7 @@ class TcpConn:
         elif length:
             self.pending_fin = bool(fin)
             self.offered = payload
-            acts.append((SOCK_SEND, payload))
+            acts.append(SockSend(payload))
         else:
             acts.extend(self._guest_fin())
 
@@ -847,7 +905,7 @@ class TcpConn:
         """The guest closed its side (all its data is in the socket): shut ours."""
         self.events |= TAP_FIN_RCVD | SOCK_FIN_SENT
         self.rcv_nxt = (self.rcv_nxt + 1) & SEQ_MASK
-        acts: list[Action] = [(SHUT_WR,), self._ack()]
+        acts: list[Action] = [ShutWr(), self._ack()]
         if self.events & TAP_FIN_ACKED:
             acts.extend(self._close(rst=False))
         return acts
@@ -857,11 +915,11 @@ class TcpConn:
     def _reset(self) -> list[Action]:
         """Abort: RST to the guest and to the socket's peer."""
         if self.events & ESTABLISHED:
-            rst: Action = (TAP, RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
+            rst: Action = ToGuest(RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
         elif self.events & SOCK_ACCEPTED:
-            rst = (TAP, RST, self.snd_nxt, 0, 0, b"")
+            rst = ToGuest(RST, self.snd_nxt, 0, 0, b"")
         else:  # refusing the guest's SYN (or abandoning our SYN-ACK)
-            rst = (TAP, RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
+            rst = ToGuest(RST | ACK, self.snd_nxt, self.rcv_nxt, 0, b"")
         return [rst, *self._close(rst=True)]
 
     def _close(self, rst: bool) -> list[Action]:
@@ -869,4 +927,4 @@ class TcpConn:
         self.timer_kind = _T_NONE
         self._unhold(len(self.held))  # back to the budget at once
         self.offered = None
-        return [(TIMER, None), (CLOSE, rst)]
+        return [ArmTimer(None), Close(rst)]

@@ -179,21 +179,22 @@ from passt.host.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
 from passt.packet import ACK, PSH, RST, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
 from passt.tcp.core import (
-    CLAMP,
-    CLOSE,
     CLOSED,
-    DATA,
-    DISCARD,
-    PEEK,
-    REWIND,
-    SHUT_WR,
-    SOCK_SEND,
-    TAP,
-    TIMER,
-    WANT_OUT,
     WINDOW_DEFAULT,
+    Action,
+    ArmTimer,
+    Clamp,
+    Close,
+    Discard,
     HoldBudget,
+    Peek,
+    Rewind,
+    SendData,
+    ShutWr,
+    SockSend,
     TcpConn,
+    ToGuest,
+    WantOut,
     rst_for_stray,
 )
 from passt.tcp.splice import reset_and_close
@@ -429,41 +430,40 @@ def _fault(flow: TcpFlow, error: Exception) -> None:
 # ---------------------------------------------------------------- actions
 
 
-def _run(flow: TcpFlow, acts: list) -> None:
+def _run(flow: TcpFlow, acts: list[Action]) -> None:
     """Carry out the core's actions, in order."""
     for act in acts:
         if flow.freed:
             return  # closed by a nested action: nothing left to act on
-        op = act[0]
-        if op == TAP:
-            _, flags, seq, ack, window, options = act
-            flow.ctx.tcp.out.append(flow.tpl.build(seq, ack, flags, window, b"", options))
-        elif op == DATA:
-            _frames_from_chunks(flow, act[1], act[2])
-        elif op == SOCK_SEND:
-            _sock_send(flow, act[1])
-        elif op == DISCARD:
-            _acknowledged(flow, act[1])
-        elif op == TIMER:
-            _set_timer(flow, act[1])
-        elif op == PEEK:
-            _read_sock(flow)
-        elif op == CLAMP:
-            _setsockopt(flow, socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, min(act[1], 1 << 30))
-        elif op == REWIND:
-            flow.ctx.stats["tcp.retransmit"] += 1
-            if flow.ctx.tcp.peek_off:
-                _discard_acknowledged(flow)  # offset 0 must be the first unacknowledged byte
-                _setsockopt(flow, socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        elif op == WANT_OUT:
-            _watch_out(flow, act[1])
-        elif op == SHUT_WR:
-            try:
-                flow.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        elif op == CLOSE:
-            _free(flow, act[1])
+        match act:
+            case ToGuest(flags, seq, ack, window, options):
+                flow.ctx.tcp.out.append(flow.tpl.build(seq, ack, flags, window, b"", options))
+            case SendData(seq, length):
+                _frames_from_chunks(flow, seq, length)
+            case SockSend(payload):
+                _sock_send(flow, payload)
+            case Discard(n):
+                _acknowledged(flow, n)
+            case ArmTimer(seconds):
+                _set_timer(flow, seconds)
+            case Peek():
+                _read_sock(flow)
+            case Clamp(window):
+                _setsockopt(flow, socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, min(window, 1 << 30))
+            case Rewind():
+                flow.ctx.stats["tcp.retransmit"] += 1
+                if flow.ctx.tcp.peek_off:
+                    _discard_acknowledged(flow)  # offset 0 must be the first unacknowledged byte
+                    _setsockopt(flow, socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            case WantOut(on):
+                _watch_out(flow, on)
+            case ShutWr():
+                try:
+                    flow.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            case Close(rst):
+                _free(flow, rst)
 
 
 def _send_out(ctx: Ctx) -> None:
@@ -644,7 +644,7 @@ def _frames_from_chunks(flow: TcpFlow, seq: int, length: int) -> None:
     flow.ack_waits = False  # the data carries the ACK
 
 
-def _sock_send(flow: TcpFlow, payload: memoryview) -> None:
+def _sock_send(flow: TcpFlow, payload: Buffer) -> None:
     core = flow.core
     try:
         sent = flow.sock.send(payload, _SEND_FLAGS)

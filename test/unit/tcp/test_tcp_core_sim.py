@@ -25,19 +25,19 @@ import pytest
 
 from passt.packet import ACK, FIN, SYN, TcpSegment
 from passt.tcp.core import (
-    CLAMP,
-    CLOSE,
-    DATA,
-    DISCARD,
     ESTABLISHED,
-    PEEK,
-    REWIND,
-    SHUT_WR,
-    SOCK_SEND,
-    TAP,
-    TIMER,
-    WANT_OUT,
+    ArmTimer,
+    Clamp,
+    Close,
+    Discard,
+    Peek,
+    Rewind,
+    SendData,
+    ShutWr,
+    SockSend,
     TcpConn,
+    ToGuest,
+    WantOut,
 )  # fmt: skip
 
 M = 1 << 32
@@ -93,36 +93,34 @@ class Model:
 
     def run(self, acts):
         for act in acts:
-            op = act[0]
-            if op == TAP:
-                _, flags, seq, ack, _wnd, _opts = act
-                self.to_guest.append((flags, seq, ack, b""))
-            elif op == DATA:
-                self.send_data(act[1], act[2])
-            elif op == PEEK:
-                self.read_socket()
-            elif op == REWIND:
-                self.peek_off = 0
-            elif op == DISCARD:
-                n = act[1]
-                assert n <= len(self.stream) - self.consumed
-                self.consumed += n
-                self.peek_off = max(self.peek_off - n, 0)
-            elif op == SOCK_SEND:
-                payload = bytes(act[1])
-                n = min(len(payload), self.sock_space)
-                self.written += payload[:n]
-                self.sock_space -= n
-                self.run(self.conn.on_sock_accepted(n, len(payload)))
-            elif op == SHUT_WR:
-                assert not self.shut_wr
-                self.shut_wr = True
-            elif op == TIMER:
-                self.timer_armed = act[1] is not None
-            elif op == CLOSE:
-                self.closed = act[1]
-            else:
-                assert op in (CLAMP, WANT_OUT)
+            match act:
+                case ToGuest(flags, seq, ack, _wnd, _opts):
+                    self.to_guest.append((flags, seq, ack, b""))
+                case SendData(seq, length):
+                    self.send_data(seq, length)
+                case Peek():
+                    self.read_socket()
+                case Rewind():
+                    self.peek_off = 0
+                case Discard(n):
+                    assert n <= len(self.stream) - self.consumed
+                    self.consumed += n
+                    self.peek_off = max(self.peek_off - n, 0)
+                case SockSend(data):
+                    payload = bytes(data)
+                    n = min(len(payload), self.sock_space)
+                    self.written += payload[:n]
+                    self.sock_space -= n
+                    self.run(self.conn.on_sock_accepted(n, len(payload)))
+                case ShutWr():
+                    assert not self.shut_wr
+                    self.shut_wr = True
+                case ArmTimer(seconds):
+                    self.timer_armed = seconds is not None
+                case Close(rst):
+                    self.closed = rst
+                case _:
+                    assert isinstance(act, Clamp | WantOut)
 
     def send_data(self, seq, length):
         start = self.consumed + self.peek_off - length
