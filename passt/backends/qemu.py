@@ -330,6 +330,7 @@ class QemuStream:
 def peer_pid(sock: socket.socket) -> int:
     """PID of the process at the other end of a UNIX socket (0 if unknown)."""
     try:
+        pid: int
         pid, _, _ = _ucred.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _ucred.size)
         )

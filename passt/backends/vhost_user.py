@@ -238,7 +238,8 @@ class Session:
         if len(message.payload) < _u64.size:
             raise ProtocolError(f"{_name(message.request)}: payload of {len(message.payload)} "
                                 "bytes, expected 8")
-        return _u64.unpack_from(message.payload)[0]
+        value: int = _u64.unpack_from(message.payload)[0]
+        return value
 
     def _no_fds(self, message: Message) -> None:
         if message.fds:

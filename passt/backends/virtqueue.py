@@ -178,7 +178,8 @@ class SplitQueue:
 
     @staticmethod
     def _read16(view: memoryview, offset: int) -> int:
-        return _u16.unpack_from(view, offset)[0]
+        value: int = _u16.unpack_from(view, offset)[0]
+        return value
 
     # -- taking chains -----------------------------------------------------
 

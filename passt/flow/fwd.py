@@ -60,6 +60,7 @@ from typing import Any
 
 from passt import log
 from passt import loop as ev
+from passt.flow.table import SockAddr
 from passt.ports import PortFwd
 
 NsCall = Callable[..., Any]
@@ -158,10 +159,10 @@ def open_listen_socket(listen: Listen, backlog: int = 128, freebind: bool = Fals
 class Handlers:
     """Who takes what a listener receives; ``None`` means nobody (drop)."""
 
-    tcp_tap: Callable[[socket.socket, tuple, tuple, int], None] | None = None
-    tcp_splice: Callable[[socket.socket, tuple, str, int], None] | None = None
-    udp_tap: Callable[[Listener, memoryview, tuple], None] | None = None
-    udp_splice: Callable[[Listener, memoryview, tuple], None] | None = None
+    tcp_tap: Callable[[socket.socket, SockAddr, SockAddr, int], None] | None = None
+    tcp_splice: Callable[[socket.socket, SockAddr, str, int], None] | None = None
+    udp_tap: Callable[[Listener, memoryview, SockAddr], None] | None = None
+    udp_splice: Callable[[Listener, memoryview, SockAddr], None] | None = None
 
 
 class Listener:

@@ -244,8 +244,9 @@ class IcmpService:
 
 def init(ctx: Ctx) -> IcmpService:
     """Set up ``ctx.icmp`` (no socket is opened before the first echo request)."""
-    ctx.icmp = IcmpService(ctx)
-    return ctx.icmp
+    service = IcmpService(ctx)
+    ctx.icmp = service
+    return service
 
 
 def close(ctx: Ctx) -> None:

@@ -28,6 +28,11 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 FlowKey = tuple[Hashable, ...]
+# A socket address as the socket module has it: (host, port[, flowinfo, scope_id]).
+SockAddr = tuple[Any, ...]
+# The key of a flow with the guest: (protocol, guest address, guest port,
+# remote address, remote port), addresses packed.
+TapKey = tuple[str, bytes, int, bytes, int]
 
 
 class FlowTableFull(Exception):

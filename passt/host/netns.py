@@ -447,6 +447,7 @@ def _configure(ipr: Any, spec: TapSpec) -> int:
     """Loopback up; the tap's MAC; with ``--config-net`` the rest.  Returns the tap's index."""
     (lo,) = ipr.link_lookup(ifname="lo")
     ipr.link("set", index=lo, state="up")
+    index: int
     (index,) = ipr.link_lookup(ifname=spec.ifname)
     if spec.mac:
         ipr.link("set", index=index, address=spec.mac.hex(":"))

@@ -329,8 +329,9 @@ _REPLY_NAMES = {OFFER: "offer", ACK: "ack", NAK: "nak"}
 
 def init(ctx: Ctx) -> DhcpServer | None:
     """Build the server from ``ctx.net`` into ``ctx.dhcp`` (``None`` without IPv4)."""
-    ctx.dhcp = DhcpServer(ctx.net) if ctx.net.addr4 is not None else None
-    return ctx.dhcp
+    server = DhcpServer(ctx.net) if ctx.net.addr4 is not None else None
+    ctx.dhcp = server
+    return server
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:

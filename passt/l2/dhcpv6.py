@@ -236,8 +236,9 @@ _REPLY_NAMES = {ADVERTISE: "advertise", REPLY: "reply"}
 
 def init(ctx: Ctx) -> Dhcpv6Server | None:
     """Build the server from ``ctx.net`` into ``ctx.dhcpv6`` (``None`` without IPv6)."""
-    ctx.dhcpv6 = Dhcpv6Server(ctx.net) if ctx.net.addr6 is not None else None
-    return ctx.dhcpv6
+    server = Dhcpv6Server(ctx.net) if ctx.net.addr6 is not None else None
+    ctx.dhcpv6 = server
+    return server
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:

@@ -225,8 +225,9 @@ def init(ctx: Ctx) -> NdpService | None:
 
     Arms the timer of periodic router advertisements.
     """
-    ctx.ndp = NdpService(ctx) if ctx.net.addr6 is not None else None
-    return ctx.ndp
+    service = NdpService(ctx) if ctx.net.addr6 is not None else None
+    ctx.ndp = service
+    return service
 
 
 def close(ctx: Ctx) -> None:

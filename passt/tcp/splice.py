@@ -77,7 +77,7 @@ from typing import Any
 
 from passt import loop as ev
 from passt.flow.fwd import HOST, LOOPBACK, NsCall, families_of, splice_targets
-from passt.flow.table import FlowTable, FlowTableFull
+from passt.flow.table import FlowKey, FlowTable, FlowTableFull, SockAddr
 from passt.host.hostnet import read_sysctl_int
 
 """``ns_call(fn, *args)``: run ``fn(*args)`` in the target namespace, return its result."""
@@ -236,7 +236,7 @@ class SpliceConn:
         "connecting", "closed", "lowat", "big_read", "lowat_timer", "handlers",
     )
 
-    def __init__(self, splicer: TcpSplice, key: tuple, s0: socket.socket,
+    def __init__(self, splicer: TcpSplice, key: FlowKey, s0: socket.socket,
                  s1: socket.socket) -> None:
         self.splicer = splicer
         self.key = key
@@ -442,7 +442,7 @@ class TcpSplice:
         self.pipe_size = pipe_size or probe_pipe_size()
         self.pools = SplicePools(loop, ns_call, self.pipe_size, families)
 
-    def accept(self, sock: socket.socket, peer: tuple, origin: str, target_port: int) -> None:
+    def accept(self, sock: socket.socket, peer: SockAddr, origin: str, target_port: int) -> None:
         """Splice ``sock``, accepted on the ``origin`` side, to the other side's loopback.
 
         ``origin`` is ``HOST`` (a ``-t`` listener: connect inside the

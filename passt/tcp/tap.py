@@ -169,12 +169,12 @@ import struct
 import traceback
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from passt import log
 from passt.checksum import Buffer
 from passt.flow.nat import AddressMapping, outbound_addresses, packed
-from passt.flow.table import FlowTableFull
+from passt.flow.table import FlowTableFull, SockAddr, TapKey
 from passt.host.hostnet import read_sysctl_int
 from passt.loop import ERR, ET, HUP, IN, OUT, RDHUP
 from passt.packet import ACK, PSH, RST, SYN, Packet, ParseError, TcpFrameTemplate, parse_tcp
@@ -322,7 +322,7 @@ class TcpFlow:
         "undiscarded", "undiscarded_acks",
     )  # fmt: skip
 
-    def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: tuple) -> None:
+    def __init__(self, ctx: Ctx, core: TcpConn, sock: socket.socket, key: TapKey) -> None:
         self.ctx = ctx
         self.core = core
         self.sock = sock
@@ -351,7 +351,7 @@ class TcpFlow:
         )
 
 
-def _template(ctx: Ctx, key: tuple) -> TcpFrameTemplate:
+def _template(ctx: Ctx, key: TapKey) -> TcpFrameTemplate:
     """Headers of frames to the guest: from the remote address to the guest's."""
     _, guest_addr, guest_port, remote_addr, remote_port = key
     state: TcpState = ctx.tcp
@@ -364,7 +364,7 @@ def guest_mac_changed(ctx: Ctx) -> None:
     """The guest's MAC changed: rebuild every flow's frame headers."""
     for key, flow in ctx.flows.items():
         if key[0] == "tcp":
-            flow.tpl = _template(ctx, key)
+            flow.tpl = _template(ctx, flow.key)
 
 
 def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
@@ -774,14 +774,15 @@ def from_tap(ctx: Ctx, pkt: Packet) -> None:
 def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
     """Consecutive frames of one flow from the guest; one ACK for the run."""
     flow: TcpFlow | None = None
-    key: tuple | None = None
+    key: TapKey | None = None
     for pkt in pkts:
         try:
             seg = parse_tcp(pkt.l4)
         except ParseError as e:
             ctx.stats["drop." + e.reason] += 1
             continue
-        k = ("tcp", pkt.src, seg.sport, pkt.dst, seg.dport)
+        # IP frames only come here: their addresses are set.
+        k = cast(TapKey, ("tcp", pkt.src, seg.sport, pkt.dst, seg.dport))
         if k != key:
             if flow is not None:
                 _flush_ack(flow)
@@ -853,7 +854,7 @@ def _on_ack_timer(ctx: Ctx) -> None:
     _send_out(ctx)
 
 
-def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: tuple) -> TcpFlow | None:
+def _new_from_guest(ctx: Ctx, pkt: Packet, seg: Any, key: TapKey) -> TcpFlow | None:
     """A segment of no known connection: a SYN opens one, anything else gets an RST."""
     if seg.flags & (SYN | ACK) != SYN:
         _reply_rst(ctx, pkt, seg)
@@ -875,7 +876,7 @@ def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
     state.out.append(tpl.build(seq, ack, flags, 0))
 
 
-def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
+def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: TapKey) -> TcpFlow | None:
     """Outbound: a socket connecting to where the guest's SYN goes; None if refused."""
     state: TcpState = ctx.tcp
     dst = pkt.dst
@@ -899,7 +900,7 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: tuple) -> TcpFlow | None:
     flow = TcpFlow(ctx, core, sock, key)
     try:
         _prepare_socket(state, sock, family, outbound=True)
-        address: tuple = (target, syn.dport)
+        address: SockAddr = (target, syn.dport)
         if family == socket.AF_INET6:
             address = (target, syn.dport, 0, _scope_id(state, target))
         error = sock.connect_ex(address)
@@ -980,7 +981,7 @@ def _prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound:
 # ---------------------------------------------------------------- inbound
 
 
-def on_accept(ctx: Ctx, sock: socket.socket, peer: tuple, local: tuple, target_port: int) -> None:
+def on_accept(ctx: Ctx, sock: socket.socket, peer: SockAddr, local: SockAddr, target_port: int) -> None:
     """A connection accepted on a forwarded port: open it toward the guest."""
     state: TcpState = ctx.tcp
     v6 = sock.family == socket.AF_INET6

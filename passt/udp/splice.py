@@ -37,7 +37,7 @@ from typing import Any
 
 from passt import loop as ev
 from passt.flow.fwd import HOST, LOOPBACK, Listener, NsCall, splice_targets
-from passt.flow.table import FlowTable, FlowTableFull
+from passt.flow.table import FlowKey, FlowTable, FlowTableFull, SockAddr
 
 FLOW_TIMEOUT = 180.0
 REPLY_BATCH = 64
@@ -73,7 +73,7 @@ class SplicedFlow:
 
     __slots__ = ("splicer", "key", "listener", "peer", "sock", "fd", "last", "timer")
 
-    def __init__(self, splicer: UdpSplice, key: tuple, listener: Listener, peer: tuple,
+    def __init__(self, splicer: UdpSplice, key: FlowKey, listener: Listener, peer: SockAddr,
                  sock: socket.socket) -> None:
         self.splicer = splicer
         self.key = key
@@ -146,7 +146,7 @@ class UdpSplice:
         self.view = memoryview(self.buf)
         self.stats: Counter[str] = Counter()
 
-    def forward(self, listener: Listener, data: memoryview, peer: tuple) -> None:
+    def forward(self, listener: Listener, data: memoryview, peer: SockAddr) -> None:
         """A datagram from loopback ``peer`` to ``listener``: relay it (never raises)."""
         key = ("udp_splice", listener.origin, listener.family, peer[0], peer[1], listener.port)
         flow = self.flows.get(key)
@@ -156,7 +156,7 @@ class UdpSplice:
                 return
         flow.send(data)
 
-    def _new_flow(self, key: tuple, listener: Listener, peer: tuple) -> SplicedFlow | None:
+    def _new_flow(self, key: FlowKey, listener: Listener, peer: SockAddr) -> SplicedFlow | None:
         inbound = listener.origin == HOST
         make = self.ns_call if inbound else _call_here
         address = self.ns_targets.get(listener.family) if inbound else None

@@ -101,7 +101,7 @@ from passt import log
 from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
 from passt.flow.fwd import HOST, UDP, Listen
 from passt.flow.nat import AddressMapping, is_loopback, outbound_addresses, packed
-from passt.flow.table import FlowTableFull
+from passt.flow.table import FlowTableFull, SockAddr, TapKey
 from passt.host.hostnet import interface_index
 from passt.loop import IN
 from passt.packet import (
@@ -141,7 +141,7 @@ _U16x2 = struct.Struct("!HH")
 _ANY = {4: "0.0.0.0", 16: "::"}
 _FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
 
-FlowKey = tuple[str, bytes, int, bytes, int]
+FlowKey = TapKey
 
 
 # ---------------------------------------------------------------- pure parts
@@ -279,7 +279,7 @@ class UdpFlow:
 
     __slots__ = ("key", "sock", "dest", "own", "tpl", "last")
 
-    def __init__(self, key: FlowKey, sock: socket.socket, dest: tuple | None,
+    def __init__(self, key: FlowKey, sock: socket.socket, dest: SockAddr | None,
                  tpl: UdpFrameTemplate, now: float) -> None:
         self.key = key
         self.sock = sock  # our own connected socket, or a forwarded port's
@@ -394,7 +394,7 @@ class UdpState:
             log.debug("udp: %r opened", flow)
         return flow
 
-    def _sockaddr(self, target: bytes, port: int) -> tuple:
+    def _sockaddr(self, target: bytes, port: int) -> SockAddr:
         if len(target) == 4:
             return (socket.inet_ntop(socket.AF_INET, target), port)
         scope = self.scope6 if target.startswith(b"\xfe\x80") else 0
@@ -406,7 +406,7 @@ class UdpState:
             self.ctx.stats["udp.refused_table"] += 1
             raise Refused("drop.udp_no_flow")
 
-    def _socket(self, target: bytes, gport: int, address: tuple) -> socket.socket | Listener:
+    def _socket(self, target: bytes, gport: int, address: SockAddr) -> socket.socket | Listener:
         """A socket from the guest's port, bound as configured, connected to ``address``.
 
         If the guest's port is taken, by a forwarded port of the guest's own
@@ -461,7 +461,7 @@ class UdpState:
         if fwd is None or not fwd.listeners:
             return None
         family = _FAMILY[size]
-        listener = fwd.listeners.get(Listen(UDP, HOST, family, _ANY[size], gport))
+        listener: Listener | None = fwd.listeners.get(Listen(UDP, HOST, family, _ANY[size], gport))
         if listener is not None and listener.target_port == gport:
             return listener
         for listener in fwd.listeners.values():
@@ -471,7 +471,7 @@ class UdpState:
                 return listener
         return None
 
-    def _add(self, key: FlowKey, sock: socket.socket, dest: tuple | None) -> UdpFlow:
+    def _add(self, key: FlowKey, sock: socket.socket, dest: SockAddr | None) -> UdpFlow:
         """Register a flow (and, for its own socket, watch it); raises ``Refused``.
 
         An own socket (``dest`` is ``None``) is closed if the flow is refused.
@@ -540,7 +540,7 @@ class UdpState:
             self.pending.append(frame)
             self.ctx.stats["udp.icmp_to_guest"] += 1
 
-    def from_listener(self, listener: Listener, data: memoryview, peer: tuple) -> None:
+    def from_listener(self, listener: Listener, data: memoryview, peer: SockAddr) -> None:
         """A datagram on a forwarded port from a non-loopback peer: to the guest's target port."""
         ctx = self.ctx
         size = 4 if listener.family == socket.AF_INET else 16
