@@ -119,3 +119,33 @@ def test_the_graph_sees_relative_and_type_only_imports() -> None:
     assert "passt.backends.tap" in edges["passt.runtime"]
     assert "passt.flow.table" in edges["passt.context"]
     assert "passt.log" in edges["passt.cli"]  # from . import log
+
+
+# The layers of doc/internals.md, bottom up: a module may import its own layer
+# and those below.  The longest matching prefix decides.
+LAYERS = {
+    "passt": 0, "passt.log": 0, "passt.loop": 0, "passt.packet": 0, "passt.checksum": 0,
+    "passt.pcap": 0, "passt.fsref": 0, "passt.conf": 0, "passt.ports": 0,
+    "passt.backends": 1,
+    "passt.host": 2,
+    "passt.flow": 3,
+    "passt.context": 4,
+    "passt.l2": 5, "passt.flow.icmp": 5, "passt.tcp": 5, "passt.udp": 5,
+    "passt.backends.dispatch": 5,
+    "passt.runtime": 6, "passt.cli": 6, "passt.__main__": 6,
+}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in LAYERS:
+            return LAYERS[prefix]
+    raise AssertionError(f"{module}: in no layer of doc/internals.md")
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = [f"{a} ({layer(a)}) -> {b} ({layer(b)})"
+              for a, targets in graph().items() for b in sorted(targets) if layer(b) > layer(a)]
+    assert upward == []
