@@ -64,3 +64,11 @@ class Ctx:
     udp: Any = None
     fwd: Any = None
     netns: Any = None
+
+
+def close_state(ctx: Ctx, name: str) -> None:
+    """Close a handler's state (``ctx.<name>``), if it has any, and forget it."""
+    state = getattr(ctx, name)
+    if state is not None:
+        state.close()
+        setattr(ctx, name, None)

@@ -100,16 +100,15 @@ class GuestMemory:
 
     def gpa(self, addr: int, length: int) -> memoryview | None:
         """``length`` bytes at guest-physical ``addr``, or ``None`` if not all mapped."""
-        for r in self.regions:
-            start = addr - r.gpa
-            if 0 <= start and start + length <= r.size:
-                return r.view[start:start + length]
-        return None
+        return self._find(addr, length, guest=True)
 
     def uva(self, addr: int, length: int) -> memoryview | None:
         """``length`` bytes at QEMU's virtual ``addr``, or ``None`` if not all mapped."""
+        return self._find(addr, length, guest=False)
+
+    def _find(self, addr: int, length: int, guest: bool) -> memoryview | None:
         for r in self.regions:
-            start = addr - r.uva
+            start = addr - (r.gpa if guest else r.uva)
             if 0 <= start and start + length <= r.size:
                 return r.view[start:start + length]
         return None

@@ -59,6 +59,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from passt import log
+from passt.context import close_state
 from passt.flow.nat import AddressMapping
 from passt.flow.table import FlowTableFull
 from passt.host.hostnet import interface_index
@@ -251,9 +252,7 @@ def init(ctx: Ctx) -> IcmpService:
 
 def close(ctx: Ctx) -> None:
     """Close every echo flow and its socket."""
-    if ctx.icmp is not None:
-        ctx.icmp.close()
-        ctx.icmp = None
+    close_state(ctx, "icmp")
 
 
 def from_tap(ctx: Ctx, pkt: Packet) -> None:

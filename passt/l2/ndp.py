@@ -50,6 +50,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from passt.checksum import Buffer
+from passt.context import close_state
 from passt.l2.common import answer, encode_domain_names, router_address
 from passt.packet import Packet, ParseError, build_frame_icmp, parse_icmpv6
 
@@ -232,9 +233,7 @@ def init(ctx: Ctx) -> NdpService | None:
 
 def close(ctx: Ctx) -> None:
     """Stop the periodic advertisements."""
-    if ctx.ndp is not None:
-        ctx.ndp.close()
-        ctx.ndp = None
+    close_state(ctx, "ndp")
 
 
 def respond(ctx: Ctx, pkt: Packet) -> tuple[bytes, str]:

@@ -99,6 +99,7 @@ from typing import TYPE_CHECKING, Any
 
 from passt import log
 from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
+from passt.context import close_state
 from passt.flow.fwd import HOST, UDP, Listen
 from passt.flow.nat import AddressMapping, is_loopback, outbound_addresses, packed
 from passt.flow.table import FlowTableFull, SockAddr, TapKey
@@ -685,9 +686,7 @@ def init(ctx: Ctx) -> UdpState:
 
 def close(ctx: Ctx) -> None:
     """Close every UDP flow (shutting down)."""
-    if ctx.udp is not None:
-        ctx.udp.close()
-        ctx.udp = None
+    close_state(ctx, "udp")
     if ctx.fwd is not None:
         ctx.fwd.handlers.udp_tap = None
 
