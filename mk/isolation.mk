@@ -11,7 +11,7 @@
 # next to it as fuzz-crash-* and fails the target.  The limit tests run the
 # programs under prlimit (util-linux); the seccomp tests compare our system
 # call table with the kernel's headers (linux-libc-dev); strace is how the
-# allow-lists were derived (see isolation.py) and how to check them again.
+# allow-lists were derived (see host/isolation.py) and how to check them again.
 
 PIP_EXTRA_DEPS += atheris
 APT_EXTRA_DEPS += util-linux linux-libc-dev strace

@@ -18,7 +18,7 @@ messages go depends on how the program runs, and the rules are few:
   detached): stderr, with the relative timestamp in debug mode.  Before
   ``setup`` runs, this is the default, so that errors in the command line are
   one plain line on stderr.
-* no log file, detached (see ``daemon.py``): syslog, through a datagram socket
+* no log file, detached (see ``host/daemon.py``): syslog, through a datagram socket
   connected to ``/dev/log`` at ``setup`` time, again because it cannot be
   reached after isolation.  ``-d`` means "don't use the system logger", as
   upstream.  A missing ``/dev/log`` is not an error: messages are dropped

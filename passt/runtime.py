@@ -214,7 +214,7 @@ def run_passt(conf: Any) -> int:
         stop_on_signals(rt.loop)
         readiness.ready()
         checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
-        isolation.isolate(conf, "passt")  # stage 7: isolation.py
+        isolation.isolate(conf, "passt")  # stage 7: host/isolation.py
         return rt.run_loop()
     finally:
         rt.close()

@@ -7,10 +7,11 @@ Ethernet frames through one *backend*; everything we send it leaves through
 the same backend.  Protocol handlers never know which backend it is:
 ``TapBackend`` is the interface (``fileno``, ``recv_frames``,
 ``send_frames``, ``close``).  passt's backends are the QEMU stream socket
-(``qemu.py``) and vhost-user (``vhost_backend.py``); pasta's is the tap
-device (``tap.py``).  ``dispatch.py`` reads frames from whichever is
-attached and routes them to the handlers; handlers send through
-``ctx.tap``, which wraps the attached backend (``dispatch.RecordingTap``).
+(``backends/qemu.py``) and vhost-user (``backends/vhost_backend.py``);
+pasta's is the tap device (``backends/tap.py``).  ``backends/dispatch.py``
+reads frames from whichever is attached and routes them to the handlers;
+handlers send through ``ctx.tap``, which wraps the attached backend
+(``dispatch.RecordingTap``).
 """
 
 from __future__ import annotations

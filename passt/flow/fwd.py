@@ -7,7 +7,7 @@ one side: in the host's network namespace for ``-t``/``-u`` (and for passt),
 inside pasta's target namespace for ``-T``/``-U``.  A socket belongs to the
 namespace of the thread that creates it, so namespace-side sockets are made
 through ``ns_call(fn, *args)``, a callable that runs ``fn`` on a helper
-thread that has joined the namespace (``netns.py`` provides it; tests
+thread that has joined the namespace (``host/netns.py`` provides it; tests
 provide their own).  Everything else (accepting, receiving) happens on the
 main thread: once created, a socket works from any thread.
 

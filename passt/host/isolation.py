@@ -45,7 +45,7 @@ upstream does:
    pages and cannot grow, which is why ``tcp_splice`` recycles the pipes
    it made before.
 5. **no_new_privs**, per thread: nothing we could execute would gain any.
-6. **seccomp** (``seccomp.py``): an allow-list of the system calls the
+6. **seccomp** (``host/seccomp.py``): an allow-list of the system calls the
    running program makes, one for passt and one for pasta, installed on
    every thread at once; anything else fails with ``EPERM`` (``execve``,
    ``fork``, ``open`` among them).  The lists come from tracing our

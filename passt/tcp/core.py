@@ -9,9 +9,9 @@ segment from the guest becomes bytes written to the socket, bytes arriving on
 the socket become segments to the guest, and the ends of the connection
 (SYN, FIN, RST) are mapped onto ``connect()``, ``shutdown()`` and ``close()``.
 This module makes every decision of that translation and does no I/O: each
-event method returns a list of *actions* (``Action``: one small
-NamedTuple class per kind) that the driver (``tcp.py``) carries out.  Unit tests feed it segment
-sequences and check the actions, without a socket in sight.
+event method returns a list of *actions* (``Action``: one small NamedTuple
+class per kind) that the driver (``tcp/tap.py``) carries out.  Unit tests
+feed it segment sequences and check the actions, without a socket in sight.
 
 Sequence spaces
 ~~~~~~~~~~~~~~~

@@ -5,7 +5,7 @@ Theory of operation
 Each TCP connection of the guest (or namespace) is carried by one ordinary
 host socket: for a SYN from the guest we ``connect()`` a non-blocking socket
 to the destination (outbound), for a connection accepted on a forwarded port
-(``fwd.py`` calls ``on_accept``) we open the connection toward the guest
+(``flow/fwd.py`` calls ``on_accept``) we open the connection toward the guest
 (inbound).  Every decision about the connection (``passt.tcp.core``) is made
 without I/O; this module turns the core's actions into system calls and
 frames, and the socket's events, the guest's segments and the passing of

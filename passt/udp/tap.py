@@ -22,7 +22,7 @@ forwards to the guest (the guest serves it), its datagrams go out through
 that forwarded port's own socket instead, as they would on a host serving
 the port itself.
 
-Inbound flows start with a datagram on one of ``fwd.py``'s forwarded-port
+Inbound flows start with a datagram on one of ``flow/fwd.py``'s forwarded-port
 sockets from a non-loopback peer (``fwd`` hands it to ``udp_tap``): the
 guest gets it on the rule's target port, from the peer's own address and
 port; its answers go back out through the same forwarded-port socket to
@@ -156,7 +156,7 @@ def flow_key(guest: bytes, guest_port: int, remote: bytes, remote_port: int) -> 
 class AddressMap:
     """Address translations between the guest's view and the host's (no I/O).
 
-    ``nat`` is the address mapping TCP and ICMP use too (``nat.py``); on top
+    ``nat`` is the address mapping TCP and ICMP use too (``flow/nat.py``); on top
     of it, ``dns`` maps a forwarded DNS address to the host's resolver, and
     ``dns_reverse`` the resolver back.  See the module docstring for the rules.
     """
