@@ -45,7 +45,7 @@ import atheris
 
 with atheris.instrument_imports(include=["passt"]):
     from passt import packet
-    from passt.backends import qemu, tap
+    from passt.backends import dispatch, qemu
     from passt.context import Ctx
     from passt.host.hostnet import NetInfo
     from passt.l2 import arp, dhcp, dhcpv6, ndp
@@ -126,14 +126,14 @@ def _icmp(_ctx: Ctx, pkt: packet.Packet) -> None:
     packet.verify_ipv4_header(pkt)
 
 
-def make_dispatcher() -> tap.Dispatcher:
+def make_dispatcher() -> dispatch.Dispatcher:
     conf = SimpleNamespace(no_ra=False, no_dhcpv6=False, no_map_gw=False)
     ctx = Ctx(conf=conf, net=NET, loop=EventLoop())
     ctx.tap = NullTap()
     handlers = {"arp": _service(arp), "ndp": _service(ndp), "dhcp": _service(dhcp),
                 "dhcpv6": _service(dhcpv6), "tcp": Checked(_tcp), "udp": Checked(_udp),
                 "icmp": Checked(_icmp)}
-    return tap.Dispatcher(ctx, handlers, tap.SourceFilter.for_guest(NET))
+    return dispatch.Dispatcher(ctx, handlers, dispatch.SourceFilter.for_guest(NET))
 
 
 DISPATCHER = make_dispatcher()

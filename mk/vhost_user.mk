@@ -8,5 +8,5 @@
 
 .PHONY: check-vhost-user
 check-vhost-user: deps qemu10 guest
-	$(PYTEST) -q -p no:cacheprovider test/unit/test_virtqueue.py test/unit/test_vhost_user.py \
+	$(PYTEST) -q -p no:cacheprovider test/unit/backends/test_virtqueue.py test/unit/backends/test_vhost_user.py \
 		test/e2e/test_passt_vhost_user.py

@@ -96,7 +96,7 @@ SOCKET_PATH_PROBES = range(1, 65)
 LISTEN_BACKLOG = 1
 
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-_READ_EVENTS = IN | RDHUP  # what tap.Dispatcher.attach watches a backend for
+_READ_EVENTS = IN | RDHUP  # what dispatch.Dispatcher.attach watches a backend for
 _FREE_PATH_ERRNOS = frozenset((errno.ENOENT, errno.ECONNREFUSED, errno.EACCES))
 _unpack_length = struct.Struct("!I").unpack_from
 _pack_length = struct.Struct("!I").pack

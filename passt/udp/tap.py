@@ -692,7 +692,7 @@ def close(ctx: Ctx) -> None:
 
 
 def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
-    """Consecutive frames of one flow from the guest (see ``tap.Dispatcher``)."""
+    """Consecutive frames of one flow from the guest (see ``dispatch.Dispatcher``)."""
     state: UdpState = ctx.udp or init(ctx)
     state.from_guest(pkts)
 

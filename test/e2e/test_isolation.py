@@ -7,7 +7,7 @@ show, in ``/proc/PID/status`` and ``/proc/PID/task/*/status``: ``Uid`` and
 ``Gid`` 65534, ``NoNewPrivs: 1``, ``Seccomp: 2`` (a filter), and no
 effective capability beyond those isolation.py keeps on purpose; the root
 directory must be empty.  That a forbidden call (``execve``) is refused by
-the installed filter is shown by test/unit/test_isolation.py, which runs the
+the installed filter is shown by test/unit/host/test_isolation.py, which runs the
 same isolation in a process of its own and tries.
 
 Then traffic must flow in every direction under the filter, or the allow-list
