@@ -283,7 +283,9 @@ def rules_from_spec(option: str, spec: str, caps: int,
     ``none`` gives no rules.  Raises ``RuleError`` with a one-line reason.
     """
     proto, ns_side = OPTION_PROTO[option]
-    mode = "pasta" if caps & CAP_SCAN else "passt"
+    # Exclusions alone mean "all but those" (best effort), as upstream's pesto
+    # has it, not ``auto`` as on pasta's command line.
+    mode = "pasta" if caps & CAP_SCAN and "auto" in spec else "passt"
     try:
         pf = parse_port_spec(spec, mode, _LONG[option])
     except ConfError as e:
