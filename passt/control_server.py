@@ -12,7 +12,12 @@ current tables (``pesto_wire``), its request taken in pieces as it comes.
 
 Only our own user (the real and effective user at start-up) and root may
 talk to us: ``SO_PEERCRED`` is checked before a byte is sent, so a socket
-made world-writable by mistake still refuses other users.  A client that
+made world-writable by mistake still refuses other users.  One limit: the
+kernel gives a peer's user as seen from our user namespace, and once
+isolated into one of its own (passt started as root) every user outside
+its mapping shows as the overflow user (``/proc/sys/kernel/overflowuid``).
+Such a peer can't be told apart from root, so it is let through and the
+socket's permissions decide, as upstream's only protection.  A client that
 sends something malformed, more than the largest valid request, or nothing
 complete within ``CLIENT_TIMEOUT`` is dropped, the tables unchanged; the
 next one is served.
@@ -242,6 +247,15 @@ def _scan_rules(table: Table) -> list[Rule]:
 # -- the socket ---------------------------------------------------------------
 
 
+def _overflow_uid(path: str = "/proc/sys/kernel/overflowuid") -> int:
+    """The user a peer outside our user namespace's mapping shows as."""
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
+
+
 class ControlServer:
     """Serves the configuration socket from the event loop, one client at a time."""
 
@@ -250,6 +264,7 @@ class ControlServer:
         self.path = path
         self.inode = os.fstat(sock.fileno()).st_ino
         self.allowed_uids = {0, os.getuid(), os.geteuid()}
+        self.unknown_uid = _overflow_uid()
         self.loop: ev.EventLoop | None = None
         self.forwards: Forwards | None = None
         self.client: _Client | None = None
@@ -274,7 +289,7 @@ class ControlServer:
                 return
             pid, uid, _gid = _UCRED.unpack(conn.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            if uid not in self.allowed_uids:
+            if uid not in self.allowed_uids and uid != self.unknown_uid:
                 log.warn("Configuration client PID %d of user %d refused", pid, uid)
                 conn.close()
                 continue

@@ -60,11 +60,7 @@ class Instance:
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
-        try:
-            control.show(self.path)
-        except control.ControlError:
-            return False
-        return True
+        return _shows(self.path)
 
     def close(self) -> None:
         bench.stop(self.proc)
@@ -340,7 +336,6 @@ def test_upstream_pesto_drives_ours(ours: Instance) -> None:
     server.close()
 
 
-@pytest.mark.skipif(not (UPSTREAM / "pasta").exists(), reason="no upstream 2026 build")
 def test_ours_drives_upstream_pasta(world, tmp_path) -> None:
     # --runas 0: started as root, upstream would drop to nobody and lose the namespace
     inst = Instance(world, [str(UPSTREAM / "pasta"), "--runas", "0"],
@@ -360,3 +355,64 @@ def test_ours_drives_upstream_pasta(world, tmp_path) -> None:
         server.close()
     finally:
         inst.close()
+
+
+def test_a_silent_client_is_dropped_and_the_next_served(ours: Instance) -> None:
+    silent = socket.socket(socket.AF_UNIX)
+    silent.settimeout(60)
+    silent.connect(ours.path)
+    assert silent.recv(pesto_wire.HELLO.size)           # served first, then says nothing
+    started = time.monotonic()
+    tables = control.show(ours.path, timeout=60)        # waits in the backlog meanwhile
+    assert "HOST" in tables
+    assert time.monotonic() - started >= 5              # not before the silent one's timeout
+    while silent.recv(65536):
+        pass                                            # ...which the server closed
+    silent.close()
+
+
+def test_readme_example_runs(ours: Instance) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    before = control.show(ours.path)
+    exec(compile(example.replace("/tmp/pasta.ctl", ours.path), "README.md", "exec"), {})
+    tables = control.show(ours.path)
+    assert [str(r) for r in tables["HOST"]] == ["UDP [*]:5353  =>  5353 "]
+    assert [str(r) for r in tables["SPLICE"]] == ["TCP [*]%lo:5432  =>  5432 "]
+    with control.Session(ours.path) as session:
+        session.delete("u", "5353")
+        session.clear("SPLICE")
+        assert session.commit().ok
+    assert control.show(ours.path) == before
+
+
+def test_passt_takes_conf_path_too(world, tmp_path) -> None:
+    path = str(tmp_path / "passt.ctl")
+    with open(tmp_path / "passt.log", "w") as log:
+        proc = subprocess.Popen(
+            bench.netns_exec(world["host"], sys.executable, "-c",
+                             "from passt.cli import main_passt; main_passt()", "-f", "-d",
+                             "-s", str(tmp_path / "qemu.sock"), "-c", path, "-t", "none"),
+            stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    host = bench.NsThread(f"/run/netns/{world['host']}")
+    try:
+        assert eventually(lambda: os.path.exists(path) and proc.poll() is None)
+        assert eventually(lambda: _shows(path))
+        assert list(control.show(path)) == ["HOST"]             # no SPLICE table in passt
+        assert control.add(path, tcp=["17151"]).ok
+        assert not refused(host, "127.0.0.1", 17151)
+        done = pesto("-A", "-T", "17152", path)
+        assert done.returncode == 1 and "no outbound interface" in done.stderr
+        assert "TCP [*]:17151" in pesto(path, upstream=True).stdout
+        assert pesto("-D", "-t", "17151", path).returncode == 0
+        assert refused(host, "127.0.0.1", 17151)
+    finally:
+        bench.stop(proc)
+
+
+def _shows(path: str) -> bool:
+    try:
+        control.show(path)
+    except control.ControlError:
+        return False
+    return True
