@@ -35,7 +35,11 @@ of their own.  Upstream instead closes every listener and reopens the new
 table, and reports nothing to the client.
 
 Rules with ``auto`` (``SCAN``) belong to ``fwd.AutoScanner``, which is set
-up once from the command line: a request must leave them as they are.
+up once from the command line (its ``/proc/net`` files can't be opened once
+isolated): a request may keep them or remove all those of one protocol and
+side (``pesto -t 8080`` replacing pasta's default ``auto``), and the
+scanner's listeners then become the table's, kept if wanted, else closed;
+adding or changing ``auto`` rules at run time is refused.
 Target addresses (``-t 80:192.0.2.1/8080``) are refused: our forwarder has
 no such thing.
 """
@@ -194,12 +198,15 @@ class Forwards:
         for pif, table in self.tables.items():
             if pif not in request:
                 new[pif].rules = list(table.rules)
-            if _scan_rules(new[pif]) != _scan_rules(table):
-                raise RuleError(f"auto forwarding rules of {PIF_NAMES[pif]} cannot be "
-                                "changed at run time")
+        dropped = self._dropped_scans(new)
         wanted = self._wanted(new)
         opened = self._open_new(wanted)
-        for listen in self.managed - wanted.keys():
+        summary = f"{len(opened)} sockets opened, {sum(len(t.rules) for t in new.values())} rules"
+        if dropped:
+            assert self.fwd.scanner is not None
+            for proto, origin in dropped:
+                opened |= self.fwd.scanner.drop(proto, origin)
+        for listen in (self.managed | opened) - wanted.keys():
             self.fwd.close_listener(listen)
         for listen, (target, _) in wanted.items():
             listener = self.fwd.listeners.get(listen)
@@ -208,7 +215,24 @@ class Forwards:
         self.managed = {lst for lst in wanted
                         if lst in self.fwd.listeners and (lst in self.managed or lst in opened)}
         self.tables = new
-        return f"{len(opened)} sockets opened, {sum(len(t.rules) for t in new.values())} rules"
+        return summary
+
+    def _dropped_scans(self, new: dict[int, Table]) -> list[tuple[str, str]]:
+        """``(proto, origin)`` whose ``auto`` rules ``new`` removes; other changes
+        to ``auto`` rules raise ``RuleError``."""
+        dropped = []
+        for pif, table in self.tables.items():
+            origin = fwdmod.HOST if pif == PIF_HOST else fwdmod.NS
+            for proto, name in _PROTO.items():
+                old = [r for r in table.rules if r.flags & SCAN and r.proto == proto]
+                now = [r for r in new[pif].rules if r.flags & SCAN and r.proto == proto]
+                if now == old:
+                    continue
+                if now:
+                    raise RuleError(f"auto forwarding rules of {PIF_NAMES[pif]} can only be "
+                                    "removed at run time, not added or changed")
+                dropped.append((name, origin))
+        return dropped
 
     def _wanted(self, tables: dict[int, Table]) -> dict[fwdmod.Listen, tuple[int, bool]]:
         wanted: dict[fwdmod.Listen, tuple[int, bool]] = {}
@@ -238,10 +262,6 @@ class Forwards:
                                 f"{where} ({listen.origin}): {e.strerror or e}") from None
             opened.add(listen)
         return opened
-
-
-def _scan_rules(table: Table) -> list[Rule]:
-    return [r for r in table.rules if r.flags & SCAN]
 
 
 # -- the socket ---------------------------------------------------------------

@@ -457,6 +457,14 @@ class AutoScanner:
                     log.warn("auto forwarding: cannot bind %s port %d (%s): %s",
                                 listen.proto.upper(), port, listen.origin, err.strerror)
 
+    def drop(self, proto: str, origin: str) -> set[Listen]:
+        """Stop following ``proto`` on ``origin``; its listeners, still open, are
+        handed to the caller (who closes what it does not want)."""
+        self.rules = [r for r in self.rules if (r.proto, r.origin) != (proto, origin)]
+        given = {lst for lst in self.owned if (lst.proto, lst.origin) == (proto, origin)}
+        self.owned -= given
+        return given
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -29,6 +29,7 @@ import pytest
 
 from passt import control, pesto_wire
 
+from .test_splice_auto import eventually as _eventually
 from .test_splice_world import bench
 
 pytestmark = pytest.mark.e2e
@@ -39,19 +40,24 @@ MIB = 1 << 20
 WAIT = 10.0
 HOST_ADDR = "192.0.2.1"         # bench world: the host's (and the namespace's) address
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+NO_FORWARDS = ("-t", "none", "-u", "none", "-T", "none", "-U", "none")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    return _eventually(condition, timeout)
 
 
 class Instance:
     """A pasta with a configuration socket, and threads in the namespaces around it."""
 
-    def __init__(self, ns: dict[str, str], program: list[str], path: str, tag: str) -> None:
+    def __init__(self, ns: dict[str, str], program: list[str], path: str, tag: str,
+                 forwards: tuple[str, ...] = NO_FORWARDS) -> None:
         self.path = path
         self.log = Path(path).with_suffix(".log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 bench.netns_exec(ns["host"], *program, "-f", "-d", "--config-net", "-c", path,
-                                 "-t", "none", "-u", "none", "-T", "none", "-U", "none",
-                                 "--netns", f"/run/netns/{ns[tag]}", "--netns-only"),
+                                 *forwards, "--netns", f"/run/netns/{ns[tag]}", "--netns-only"),
                 stdout=log, stderr=subprocess.STDOUT, env=ENV)
         self.host = bench.NsThread(f"/run/netns/{ns['host']}")
         self.remote = bench.NsThread(f"/run/netns/{ns['remote']}")
@@ -64,15 +70,6 @@ class Instance:
 
     def close(self) -> None:
         bench.stop(self.proc)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +413,33 @@ def _shows(path: str) -> bool:
     except control.ControlError:
         return False
     return True
+
+
+def test_pastas_default_auto_can_be_replaced_not_extended(world) -> None:
+    directory = tempfile.mkdtemp(prefix="pesto-")
+    target = f"{world['ours']}a"        # a namespace of its own: "ours" has a pasta already
+    bench.sh("ip", "netns", "add", target)
+    try:
+        inst = Instance(dict(world, auto=target), bench.OURS, f"{directory}/auto.sock", "auto",
+                        forwards=())
+    except BaseException:
+        bench.sh("ip", "netns", "del", target, check=False)
+        raise
+    try:
+        server = tcp_server(inst.target, 17171)
+        assert eventually(lambda: not refused(inst.host, "127.0.0.1", 17171))   # auto found it
+        server.accept()[0].close()
+        done = pesto("-A", "-t", "17172", inst.path)
+        assert done.returncode == 1 and "conflict" in done.stderr               # as upstream
+        assert pesto("-t", "17171", inst.path).returncode == 0                  # replaces HOST
+        assert [str(r) for r in control.show(inst.path)["HOST"]] == ["TCP [*]:17171  =>  17171 "]
+        tcp_transfer(inst.host, "127.0.0.1", server, 17171, 8 * MIB)   # the listener stayed
+        server.close()
+        time.sleep(2.5)                 # a few scans: no longer auto's to close
+        assert not refused(inst.host, "127.0.0.1", 17171)
+        done = pesto("-A", "-t", "18000-18010,auto", inst.path)
+        assert done.returncode == 1 and "only be removed" in done.stderr
+    finally:
+        inst.close()
+        bench.sh("ip", "netns", "del", target, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
