@@ -229,3 +229,19 @@ def test_socket_path_in_use_is_refused(server):
     _, path = server
     with pytest.raises(control_server.ControlError, match="already in use"):
         control_server.bind(path)
+
+
+def test_auto_scanner_closes_only_its_own_listeners_and_hands_them_over(forwards):
+    p1, p2 = free_ports(2)
+    auto = fwd.AutoRule(fwd.TCP, fwd.HOST, lambda port: True, addr="127.0.0.1")
+    scanner = fwd.AutoScanner(forwards.fwd, [auto], (socket.AF_INET,))
+    scanner.apply(auto, {p1})
+    forwards.apply({fwd_rule.PIF_HOST: [rule(p2)]})
+    assert listening(p1) and listening(p2)
+    scanner.apply(auto, set())                  # p2 is bound, but not the scanner's
+    assert not listening(p1) and listening(p2)
+    scanner.apply(auto, {p1})
+    handed = scanner.drop(fwd.TCP, fwd.HOST)
+    assert [lst.port for lst in handed] == [p1] and listening(p1)
+    assert scanner.rules == [] and scanner.owned == set()
+    scanner.close()
