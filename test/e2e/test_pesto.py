@@ -208,18 +208,19 @@ def test_added_tcp_and_udp_forwards_carry_checked_data(ours: Instance) -> None:
     assert control.show(ours.path)["HOST"] == []
 
 
-def test_deleting_a_forward_during_a_transfer(ours: Instance) -> None:
-    server = tcp_server(ours.target, 17111)
-    assert pesto("-A", "-t", "17111", ours.path).returncode == 0
+@pytest.mark.parametrize("path,port", [("spliced", 17111), ("tap", 17112)])
+def test_deleting_a_forward_during_a_transfer(ours: Instance, path: str, port: int) -> None:
+    side, addr = (ours.host, "127.0.0.1") if path == "spliced" else (ours.remote, HOST_ADDR)
+    server = tcp_server(ours.target, port)
+    assert pesto("-A", "-t", str(port), ours.path).returncode == 0
 
     def delete() -> None:
-        done = pesto("-D", "-t", "17111", ours.path)
+        done = pesto("-D", "-t", str(port), ours.path)
         assert done.returncode == 0, done.stderr
-        assert refused(ours.host, "127.0.0.1", 17111)
+        assert refused(side, addr, port)        # new connections: refused at once
 
-    tcp_transfer(ours.host, "127.0.0.1", server, 17111, 32 * MIB, middle=delete)
+    tcp_transfer(side, addr, server, port, 32 * MIB, middle=delete)    # this one completes
     server.close()
-    assert refused(ours.remote, HOST_ADDR, 17111)
 
 
 def test_unbindable_spec_is_refused_whole(ours: Instance) -> None:
