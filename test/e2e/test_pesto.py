@@ -177,10 +177,13 @@ def udp_exchange(client_side: bench.NsThread, server_side: bench.NsThread, port:
 
 
 def refused(side: bench.NsThread, addr: str, port: int) -> bool:
+    """Whether nothing listens there; accepted, then reset (no server behind) is not refused."""
     try:
         connect(side, addr, port).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        pass
     return False
 
 
