@@ -39,7 +39,7 @@ CHECK_PREREQS  += profiles
 # alone would come too late for it: name the prerequisite directly as well.
 check: profiles
 
-MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1
+MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1 $(BUILD)/man/pesto.1
 APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta
 SELINUX_SOURCES   := $(wildcard selinux/*.te selinux/*.if selinux/*.fc)
 SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp
@@ -52,7 +52,7 @@ all: man
 
 man: $(MAN_PAGES)
 
-$(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py)
+$(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py passt/pesto.py)
 	PYTHONPATH=. $(PYTHON) tools/genman.py $* $@
 
 # `make check` installs the tools first (deps); `make install` only needs them.

@@ -9,7 +9,7 @@ manifest, byte-compiling, compressed manual pages).  An install is a *plan*,
 a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
-- ``bin/passt``, ``bin/pasta``: small launcher scripts for the interpreter
+- ``bin/passt``, ``bin/pasta``, ``bin/pesto``: small launcher scripts for the interpreter
   that has NumPy and pyroute2 (``--python``); they put ``--sitedir`` on
   ``sys.path`` when the interpreter would not look there by itself, and run
   in isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
@@ -17,7 +17,7 @@ before anything is written:
   ``bin/qrap``, the QEMU wrapper (``contrib/qrap``, standard library only),
   with its first line pointing at the same interpreter;
 - the ``passt`` package, into ``SITEDIR/passt``;
-- ``share/man/man1/passt.1``, ``pasta.1`` from ``make man``;
+- ``share/man/man1/passt.1``, ``pasta.1``, ``pesto.1`` from ``make man``;
 - AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for both
   profiles, ``abstractions/passt-py`` and ``tunables/passt-py``.  The tunables
   carry the paths of the launchers, interpreter and package, and are
@@ -112,6 +112,9 @@ def program_items(layout: Layout) -> list[Item]:
                            f"from passt.cli import {function}", f"{function}()", default_path),
                   0o755)
              for program, function in PROGRAMS.items()]
+    items.append(Item(f"{layout.prefix}/bin/pesto",
+                      launcher(layout.python, layout.sitedir, "from passt.pesto import main",
+                               "main()", default_path), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap",

@@ -98,6 +98,7 @@ def test_make_install_into_destdir_and_uninstall_leaves_it_empty(built, tmp_path
     make("install", DESTDIR=str(destdir), PREFIX="/usr/local")
     files = installed_files(destdir)
     for expected in ("/usr/local/bin/passt", "/usr/local/bin/pasta", "/usr/local/bin/qrap",
+                     "/usr/local/bin/pesto", "/usr/local/share/man/man1/pesto.1",
                      "/usr/local/lib/passt-py/passt/cli.py",
                      "/usr/local/lib/passt-py/passt/__pycache__/cli.cpython-311.pyc",
                      "/usr/local/share/man/man1/passt.1", "/usr/local/share/man/man1/pasta.1",
