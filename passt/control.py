@@ -31,7 +31,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 
-from passt.fwd_rule import (
+from passt.control_socket.rules import (
     PIF_HOST,
     PIF_NAMES,
     PIF_SPLICE,
@@ -41,7 +41,7 @@ from passt.fwd_rule import (
     apply_spec,
     read_ephemeral,
 )
-from passt.pesto_wire import (
+from passt.control_socket.wire import (
     HELLO,
     Reply,
     decode_hello,

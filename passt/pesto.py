@@ -28,8 +28,8 @@ import sys
 
 from passt import __version__, control
 from passt.conf import OptionSpec
-from passt.fwd_rule import RuleError
-from passt.pesto_wire import ProtocolError
+from passt.control_socket.rules import RuleError
+from passt.control_socket.wire import ProtocolError
 
 PESTO = frozenset({"pesto"})
 

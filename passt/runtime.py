@@ -41,12 +41,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from passt import checksum, control_server, log
+from passt import checksum, log
 from passt.backends import qemu
 from passt.backends.dispatch import Dispatcher, SourceFilter
 from passt.backends.qemu import QemuError
 from passt.backends.tap import TapError, TunTap
 from passt.context import Ctx
+from passt.control_socket import server as control_server
 from passt.flow import fwd, icmp
 from passt.flow.table import FlowTable
 from passt.host import daemon, hostnet, isolation, netns

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from passt import control, pesto_wire
+from passt import control
+from passt.control_socket import wire as pesto_wire
 
 from .test_splice_auto import eventually as _eventually
 from .test_splice_world import bench

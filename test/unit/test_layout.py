@@ -132,7 +132,7 @@ LAYERS = {
     "passt.context": 4,
     "passt.l2": 5, "passt.flow.icmp": 5, "passt.tcp": 5, "passt.udp": 5,
     "passt.backends.dispatch": 5,
-    "passt.fwd_rule": 3, "passt.pesto_wire": 3, "passt.control_server": 5,
+    "passt.control_socket.rules": 3, "passt.control_socket.wire": 3, "passt.control_socket.server": 5,
     "passt.runtime": 6, "passt.cli": 6, "passt.__main__": 6, "passt.control": 6, "passt.pesto": 6,
 }
 

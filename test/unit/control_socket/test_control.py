@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from passt import control, control_server, fwd_rule, pesto, pesto_wire
+from passt import control, pesto
+from passt.control_socket import rules as fwd_rule
+from passt.control_socket import server as control_server
+from passt.control_socket import wire as pesto_wire
 from passt.flow import fwd
 from passt.loop import EventLoop
 

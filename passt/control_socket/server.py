@@ -56,8 +56,7 @@ from typing import Any
 from passt import log
 from passt import loop as ev
 from passt.backends.qemu import QemuError, bind_socket
-from passt.flow import fwd as fwdmod
-from passt.fwd_rule import (
+from passt.control_socket.rules import (
     ANY6,
     CAP_IFNAME,
     CAP_IPV4,
@@ -79,7 +78,7 @@ from passt.fwd_rule import (
     read_ephemeral,
     rules_from_portfwd,
 )
-from passt.pesto_wire import (
+from passt.control_socket.wire import (
     PifTable,
     ProtocolError,
     Reply,
@@ -88,6 +87,7 @@ from passt.pesto_wire import (
     encode_reply,
     encode_tables,
 )
+from passt.flow import fwd as fwdmod
 
 CLIENT_TIMEOUT = 10.0
 RECV_CHUNK = 65536

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from passt import fwd_rule as fr
-from passt import pesto_wire as pw
+from passt.control_socket import rules as fr
+from passt.control_socket import wire as pw
 
 CAPS = fr.CAP_IPV4 | fr.CAP_IPV6 | fr.CAP_TCP | fr.CAP_UDP | fr.CAP_SCAN | fr.CAP_IFNAME
 EPH = (32768, 60999)

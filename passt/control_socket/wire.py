@@ -30,7 +30,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from passt.fwd_rule import MAX_FWD_RULES, PIF_NAMES, PIF_NONE, RULE_SIZE, Rule, RuleError
+from passt.control_socket.rules import (
+    MAX_FWD_RULES,
+    PIF_NAMES,
+    PIF_NONE,
+    RULE_SIZE,
+    Rule,
+    RuleError,
+)
 
 MAGIC = b"basil:s\0"
 REPLY_MAGIC = b"basil:r\0"
