@@ -110,9 +110,9 @@ it copies again, rather than a segment or two per ACK.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-from passt.packet import ACK, FIN, RST, SYN, tcp_options
+from passt.packet import ACK, FIN, RST, SYN, TcpSegment, tcp_options
 
 SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1
@@ -226,25 +226,8 @@ ACK_DELAY_BYTES = 4096  # less new data than this (a request, a keystroke): the 
 # Timer kinds.
 _T_NONE, _T_CONNECT, _T_HANDSHAKE, _T_RETRANS, _T_PROBE, _T_IDLE = range(6)
 
-
-
-class Segment(Protocol):
-    """What the core reads from a guest segment (``passt.packet.TcpSegment`` fits)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def ack(self) -> int: ...
-    @property
-    def flags(self) -> int: ...
-    @property
-    def window(self) -> int: ...
-    @property
-    def mss(self) -> int | None: ...
-    @property
-    def wscale(self) -> int | None: ...
-    @property
-    def payload(self) -> memoryview: ...
+# What the core reads from a guest segment: as ``packet.parse_tcp`` gives it.
+Segment = TcpSegment
 
 
 class HoldBudget:
