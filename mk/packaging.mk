@@ -25,7 +25,7 @@
 # the namespace, even if the test dies; the real /usr/bin/passt is untouched.
 
 SELINUX_DEVEL_MAKEFILE ?= /usr/share/selinux/devel/Makefile
-INSTALL_PYTHON         ?= $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+INSTALL_PYTHON         ?= $(shell $(SYSTEM_PYTHON) -c 'import sys; print(sys.executable)')
 PYSITEDIR              ?=
 SOURCE_DATE_EPOCH      ?= $(shell git log -1 --format=%ct 2>/dev/null)
 export SOURCE_DATE_EPOCH
@@ -43,7 +43,7 @@ MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1
 APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta
 SELINUX_SOURCES   := $(wildcard selinux/*.te selinux/*.if selinux/*.fc)
 SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp
-DEB_VERSION        = $(shell PYTHONPATH=. $(PYTHON) -c 'import passt; print(passt.__version__)')-1
+DEB_VERSION        = $(shell $(SYSTEM_PYTHON) -c 'import passt; print(passt.__version__)')-1
 DEB_ROOT          := $(BUILD)/deb-root
 
 .PHONY: man profiles apparmor selinux deb
@@ -53,7 +53,7 @@ all: man
 man: $(MAN_PAGES)
 
 $(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py)
-	PYTHONPATH=. $(PYTHON) tools/genman.py $* $@
+	$(SYSTEM_PYTHON) tools/genman.py $* $@
 
 # `make check` installs the tools first (deps); `make install` only needs them.
 profiles: deps apparmor selinux
@@ -87,20 +87,20 @@ $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	@echo "selinux: $(SELINUX_MODULES) compiled"
 
 install: man selinux
-	$(PYTHON) tools/installtree.py install --destdir '$(or $(DESTDIR),/)' \
+	$(SYSTEM_PYTHON) tools/installtree.py install --destdir '$(or $(DESTDIR),/)' \
 		--prefix '$(PREFIX)' --python '$(INSTALL_PYTHON)' \
 		--man-dir $(BUILD)/man --selinux-dir $(BUILD)/selinux \
 		$(if $(PYSITEDIR),--sitedir '$(PYSITEDIR)')
 
 uninstall:
-	$(PYTHON) tools/installtree.py uninstall --destdir '$(or $(DESTDIR),/)' --prefix '$(PREFIX)'
+	$(SYSTEM_PYTHON) tools/installtree.py uninstall --destdir '$(or $(DESTDIR),/)' --prefix '$(PREFIX)'
 
 # The staging tree is what `make install PREFIX=/usr` would write, for
 # Debian's python3 (dist-packages, no manifest, no .pyc: postinst runs
 # py3compile), plus the DEBIAN control files.  Files under /etc are conffiles.
 deb: man selinux
 	rm -rf $(DEB_ROOT)
-	$(PYTHON) tools/installtree.py install --package --destdir $(DEB_ROOT) \
+	$(SYSTEM_PYTHON) tools/installtree.py install --package --destdir $(DEB_ROOT) \
 		--prefix /usr --python /usr/bin/python3 \
 		--man-dir $(BUILD)/man --selinux-dir $(BUILD)/selinux >/dev/null
 	install -D -m 644 packaging/deb/copyright $(DEB_ROOT)/usr/share/doc/passt-py/copyright
