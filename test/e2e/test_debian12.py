@@ -1,0 +1,147 @@
+"""The README's two commands, and the .deb, on a stock Debian 12 root.
+
+Theory of operation
+-------------------
+This machine is not a stock Debian 12: its python3 has everything the tests
+need, so it cannot show that a new user's first commands work.  ``make
+debian12-root`` makes a stock one once, with debootstrap (minbase, plus make
+and git to clone and run make), and keeps it under build/, with apt's and
+pip's download caches beside it.  Each test works in a copy-on-write overlay
+of it (overlay.py) holding the tracked files of this tree, as a clone has
+them.  The overlay shares the machine's network namespace so that apt and pip
+can fetch what the commands install, as they would on the user's machine
+(once: the caches keep it); the tests themselves send nothing outside.
+
+- ``make demo`` must work and print no traceback; then ``make check`` must
+  install what the tests need without pip touching Debian's python3 (PEP
+  668: a virtual environment) and run them.  Only a few modules run, and
+  without the slow prerequisites (guest images, QEMU 10, upstream's build,
+  the full apt list): `make check` on this machine runs everything else.
+- The .deb installs beside Debian's passt from the archive, with
+  ``--no-install-recommends``: Debian's pyroute2 0.7.2 and no NumPy, whose
+  pure-Python checksum replacement then carries a transfer through pasta.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .overlay import Overlay, run, tail
+from .test_installed import ROOT, built_deb
+
+DEBIAN12_DIR = Path(os.environ.get("DEBIAN12_DIR", ROOT / "build" / "debian12"))
+SOURCE = "/root/passt-py"
+APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+# What `make check` runs in the stock root, and the apt packages those need
+# (the profile tools: `make check` parses the profiles first).
+STOCK_TESTS = "test/unit/test_checksum.py test/unit/test_seccomp.py test/unit/test_conf.py"
+STOCK_APT = "apparmor selinux-policy-dev checkpolicy semodule-utils m4"
+
+
+@pytest.fixture(scope="module")
+def debian12_root() -> Path:
+    result = run(["make", "-C", str(ROOT), "debian12-root", f"DEBIAN12_DIR={DEBIAN12_DIR}"],
+                 timeout=1800)
+    assert result.returncode == 0, tail(result)
+    return DEBIAN12_DIR / "root"
+
+
+def stock_overlay(root: Path, workdir: Path) -> Overlay:
+    overlay = Overlay(workdir, lower=root, binds={
+        DEBIAN12_DIR / "archives": "/var/cache/apt/archives",
+        DEBIAN12_DIR / "pip-cache": "/root/.cache/pip"})
+    files = run(["git", "-C", str(ROOT), "ls-files", "-z"]).stdout.split("\0")
+    overlay.put(ROOT, [f for f in files if f and (ROOT / f).exists()], SOURCE)
+    return overlay
+
+
+@pytest.fixture
+def stock(debian12_root: Path, tmp_path) -> Iterator[Overlay]:
+    overlay = stock_overlay(debian12_root, tmp_path)
+    try:
+        yield overlay
+    finally:
+        overlay.close()
+
+
+def test_the_readmes_two_commands_on_stock_debian12(stock):
+    demo = stock.run(["make", "demo"], cwd=SOURCE, timeout=1200, env=APT_ENV)
+    assert demo.returncode == 0, tail(demo)
+    assert demo.stdout.count("Hello from the host's loopback") == 2, tail(demo)
+    assert "Traceback" not in demo.stdout + demo.stderr, tail(demo)
+
+    check = stock.run(["make", "check", f"TESTS={STOCK_TESTS}", "APT_TEST_DEPS=",
+                       f"APT_EXTRA_DEPS={STOCK_APT}", "E2E_PREREQS=", "CHECK_PREREQS="],
+                      cwd=SOURCE, timeout=1800, env=APT_ENV)
+    print(check.stdout[-2000:])
+    assert check.returncode == 0, tail(check, 8000)
+    assert "externally-managed-environment" not in check.stdout + check.stderr
+    assert re.search(r"\b[1-9]\d* passed", check.stdout), tail(check)
+    python = stock.run([f"{SOURCE}/build/venv/bin/python", "-c",
+                        "import sys, pyroute2; print(sys.base_prefix, pyroute2.__version__)"],
+                       env=APT_ENV)
+    assert python.stdout.split() == ["/usr", "0.7.2"], tail(python)
+
+
+# A transfer through pasta-py large enough for frames above the NumPy
+# threshold: python3's own HTTP server on the host's loopback, fetched from
+# the namespace through the gateway address.
+TRANSFER = r"""
+set -e
+mkdir -p /tmp/www && head -c 3000000 /dev/urandom >/tmp/www/blob
+python3 -m http.server --bind 127.0.0.1 --directory /tmp/www 8090 >/dev/null 2>&1 &
+server=$!
+trap 'kill $server' EXIT
+python3 - <<'PY'
+import socket, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", 8090), timeout=0.2).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+PY
+sha256sum </tmp/www/blob
+pasta-py --config-net -T none -t none -u none -U none -- python3 -c '
+import hashlib, subprocess, urllib.request
+gateway = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True,
+                         text=True).stdout.split()[2]
+with urllib.request.urlopen(f"http://{gateway}:8090/blob", timeout=60) as reply:
+    print(hashlib.sha256(reply.read()).hexdigest(), " -")
+'
+"""
+
+
+def test_deb_on_stock_debian12_beside_debians_passt_without_numpy(stock):
+    deb = built_deb()
+    stock.put(deb.parent, [deb.name], "/root")
+    update = stock.run(["apt-get", "update", "-qq"], env=APT_ENV, timeout=600)
+    assert update.returncode == 0, tail(update)
+    install = stock.run(["apt-get", "install", "-y", "--no-install-recommends",
+                         f"/root/{deb.name}", "passt", "iproute2"], env=APT_ENV, timeout=1200)
+    assert install.returncode == 0, tail(install)
+    numpy = stock.run(["dpkg-query", "-W", "-f", "${Status}", "python3-numpy"], env=APT_ENV)
+    assert "install ok installed" not in numpy.stdout, "NumPy came along: it is only recommended"
+    assert stock.run(["head", "-c", "4", "/usr/bin/passt"]).stdout == "\x7fELF"
+    version = stock.run(["pasta-py", "--version"], env=APT_ENV)
+    assert version.returncode == 0 and version.stdout.startswith("pasta "), tail(version)
+
+    transfer = stock.run(["sh", "-c", TRANSFER], env=APT_ENV, timeout=300)
+    assert transfer.returncode == 0, tail(transfer)
+    sums = transfer.stdout.split()
+    assert len(sums) >= 4 and sums[0] == sums[2], tail(transfer)
+
+
+def test_stock_root_is_debian12_and_has_no_test_tools(debian12_root):
+    release = (debian12_root / "etc" / "os-release").read_text()
+    assert 'VERSION_ID="12"' in release
+    for tool in ("usr/bin/pip3", "usr/lib/python3/dist-packages/pytest"):
+        assert not (debian12_root / tool).exists(), f"{tool}: not a stock root"
+    assert subprocess.run(["test", "-x", str(debian12_root / "usr/bin/make")]).returncode == 0
