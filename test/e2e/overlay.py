@@ -10,8 +10,9 @@ stock Debian 12 root ``make debian12-root`` keeps under build/) and whose
 upper layer is a tmpfs, in a private mount and PID namespace (``unshare``),
 made the root there with ``pivot_root`` and entered with ``nsenter``.  The
 network namespace is the machine's: apt may download, where a test allows
-it.  Directories of the machine can be bound into the copy first (apt's
-and pip's download caches, kept under build/).
+it.  Directories and files of the machine can be bound into the copy first
+(apt's and pip's download caches, kept under build/; the machine's trusted
+certificates, for a network whose HTTPS proxy has its own authority).
 
 The overlay becomes the root of the mount namespace (``pivot_root``, not
 ``chroot``: the kernel refuses new user namespaces to a chrooted process,
@@ -58,6 +59,13 @@ def tail(result: subprocess.CompletedProcess[str], size: int = 4000) -> str:
     return f"exit {result.returncode}\n{result.stdout[-size:]}\n{result.stderr[-size:]}"
 
 
+def _bind_target(outside: Path, inside: str) -> str:
+    """Shell command making the mount point for ``outside``: a directory or a file."""
+    if outside.is_dir():
+        return f'mkdir -p "$W/root{inside}"'
+    return f'mkdir -p "$(dirname "$W/root{inside}")"; touch "$W/root{inside}"'
+
+
 class Overlay:
     """A copy-on-write copy of ``lower`` (default ``/``), as root of private namespaces.
 
@@ -67,7 +75,7 @@ class Overlay:
     def __init__(self, workdir: Path, lower: Path = Path("/"),
                  binds: Mapping[Path, str] | None = None) -> None:
         bind_lines = "".join(
-            f'mkdir -p "$W/root{inside}"; mount --bind {shlex.quote(str(outside))} '
+            f'{_bind_target(outside, inside)}; mount --bind {shlex.quote(str(outside))} '
             f'"$W/root{inside}"\n' for outside, inside in (binds or {}).items())
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
