@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-``make install`` and ``make deb`` put the same files in the same places, so
-both call this script; only the directories differ (``--prefix``,
-``--sitedir``, ``--destdir``) and what a package manager does for us (a
-manifest, byte-compiling, compressed manual pages).  An install is a *plan*,
+``make install``, the Debian package (debian/rules) and the RPM
+(contrib/fedora/passt-py.spec) put the same files in the same places, so all
+call this script; only the directories differ (``--prefix``, ``--sitedir``,
+``--destdir``), the names (``--suffix``) and what a package manager does for
+us (a manifest, byte-compiling, compressed manual pages; pybuild installs
+the Python package itself).  An install is a *plan*,
 a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
