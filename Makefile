@@ -11,9 +11,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # Python: Debian 12 refuses `pip install` into its own interpreter (PEP 668),
 # so the tests run in a virtual environment, $(VENV), made from the system's
-# python3 with --system-site-packages: Debian's python3-numpy and
-# python3-pyroute2 (the package's own dependencies, from apt) serve it, and
-# pip adds only the test tools Debian lacks.  Our package is not installed
+# python3 with --system-site-packages: Debian's python3-pyroute2 (the
+# package's dependency, from apt) serves it, and pip adds what Debian's
+# python3 lacks (the test tools; NumPy, unless python3-numpy is installed).  Our package is not installed
 # into it: PYTHONPATH names this tree, so the tests (and the programs they
 # start with sys.executable) always run the code checked out here.
 SYSTEM_PYTHON ?= python3
@@ -21,7 +21,8 @@ VENV          ?= $(BUILD)/venv
 PYTHON        ?= $(VENV)/bin/python
 PYTEST        ?= $(PYTHON) -m pytest
 export PYTHONPATH := $(CURDIR)
-APT_VENV_DEPS := python3-venv python3-pyroute2 python3-numpy iproute2
+# NumPy is optional (faster checksums): pip puts it in the environment.
+APT_VENV_DEPS := python3-venv python3-pyroute2 iproute2
 # The project's dependencies and its test and lint extras, as pyproject.toml lists them.
 PIP_DEPS = $(shell $(SYSTEM_PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	extra = p["optional-dependencies"]; print(" ".join(repr(d) for d in p["dependencies"] + extra["test"] + extra["lint"]))')

@@ -93,14 +93,20 @@ selinux: $(SELINUX_MODULES)
 
 # The refpolicy devel Makefile runs m4, checkmodule and semodule_package; its
 # warnings (deprecated interfaces) fail the build as errors do.  MAKEFLAGS is
-# dropped so that our command-line variables do not leak into it.
+# dropped so that our command-line variables do not leak into it.  It reads
+# every installed interface file: those of an installed passt-py (the .deb
+# ships them) would define ours twice, so they are left out.
+SELINUX_HEADERS           = $(dir $(SELINUX_DEVEL_MAKEFILE))include
+SELINUX_SYSTEM_INTERFACES = $(filter-out $(SELINUX_HEADERS)/contrib/passt.if \
+	$(SELINUX_HEADERS)/contrib/pasta.if,$(wildcard $(SELINUX_HEADERS)/*/*.if))
 $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	@test -f $(SELINUX_DEVEL_MAKEFILE) \
 		|| { echo "selinux: $(SELINUX_DEVEL_MAKEFILE) missing (apt-get install selinux-policy-dev)"; exit 1; }
 	rm -rf $(BUILD)/selinux && mkdir -p $(BUILD)/selinux
 	cp $(SELINUX_SOURCES) $(BUILD)/selinux/
 	cd $(BUILD)/selinux && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
-		make -f $(SELINUX_DEVEL_MAKEFILE) passt.pp pasta.pp >build.log 2>&1 \
+		make -f $(SELINUX_DEVEL_MAKEFILE) header_interfaces='$(SELINUX_SYSTEM_INTERFACES)' \
+		passt.pp pasta.pp >build.log 2>&1 \
 		|| { cat build.log; echo "selinux: modules do not compile"; exit 1; }
 	@! grep -i 'warning\|error' $(BUILD)/selinux/build.log \
 		|| { echo "selinux: warnings above"; rm -f $(SELINUX_MODULES); exit 1; }

@@ -12,7 +12,8 @@ them.  The overlay shares the machine's network namespace so that apt and pip
 can fetch what the commands install, as they would on the user's machine
 (once: the caches keep it); the tests themselves send nothing outside.
 
-- ``make demo`` must work and print no traceback; then ``make check`` must
+- ``make demo`` must work (without NumPy: nothing installs it system-wide)
+  and print no traceback; then ``make check`` must
   install what the tests need without pip touching Debian's python3 (PEP
   668: a virtual environment) and run them.  Only a few modules run, and
   without the slow prerequisites (guest images, QEMU 10, the full apt list):
@@ -23,7 +24,8 @@ can fetch what the commands install, as they would on the user's machine
 - Then the end-to-end module test_pasta.py runs against the installed
   programs there, with the virtual environment `make check` made.
 
-The tests share one copy, in that order (module-scoped fixtures).
+The tests share one copy, the README's commands first (module-scoped
+fixtures).
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ def stock(debian12_root: Path, tmp_path_factory) -> Iterator[Overlay]:
 
 
 @pytest.fixture(scope="module")
-def installed(stock: Overlay) -> Overlay:
-    """The .deb installed by apt beside Debian's passt, without its recommendations."""
+def installed(stock: Overlay, readme) -> Overlay:
+    """The .deb installed by apt beside Debian's passt, without its recommendations
+    (after the README's commands: those run on the stock root)."""
     deb = built_deb()
     stock.put(deb.parent, [deb.name], "/root")
     update = stock.run(["apt-get", "update", "-qq"], env=APT_ENV, timeout=600)
