@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # start with sys.executable) always run the code checked out here.
 SYSTEM_PYTHON ?= python3
 VENV          ?= $(BUILD)/venv
-PYTHON        ?= $(VENV)/bin/python
+PYTHON        ?= $(abspath $(VENV))/bin/python
 PYTEST        ?= $(PYTHON) -m pytest
 export PYTHONPATH := $(CURDIR)
 # NumPy is optional (faster checksums): pip puts it in the environment.

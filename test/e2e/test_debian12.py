@@ -46,7 +46,7 @@ SOURCE = "/root/passt-py"
 VENV_PYTHON = f"{SOURCE}/build/venv/bin/python"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # What the end-to-end modules run in the stock root need besides python3.
-E2E_TOOLS = ("iproute2", "iperf3", "socat", "procps", "psmisc")
+E2E_TOOLS = ("iproute2", "iperf3", "socat", "procps", "psmisc", "busybox-static")
 APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
 # What `make check` runs in the stock root, and the apt packages those need
