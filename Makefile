@@ -13,9 +13,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 # so the tests run in a virtual environment, $(VENV), made from the system's
 # python3 with --system-site-packages: Debian's python3-pyroute2 (the
 # package's dependency, from apt) serves it, and pip adds what Debian's
-# python3 lacks (the test tools; NumPy, unless python3-numpy is installed).  Our package is not installed
-# into it: PYTHONPATH names this tree, so the tests (and the programs they
-# start with sys.executable) always run the code checked out here.
+# python3 lacks (the test tools; NumPy, unless python3-numpy is installed).
+# Our package is not installed into it: PYTHONPATH names this tree, so the
+# tests (and the programs they start with sys.executable) always run the
+# code checked out here.
 SYSTEM_PYTHON ?= python3
 VENV          ?= $(BUILD)/venv
 PYTHON        ?= $(abspath $(VENV))/bin/python
