@@ -155,8 +155,8 @@ rpm:
 
 # A stock Debian 12 root (debootstrap, minbase, plus make and git to clone
 # and run the README's commands), made once and kept: test/e2e/test_debian12.py
-# runs in copy-on-write overlays of it.  Its apt and pip downloads are kept
-# beside it too, so that later runs fetch nothing again.
+# runs in copy-on-write overlays of it.  Its apt downloads are kept beside it
+# too, so that later runs fetch no Debian package again.
 DEBIAN12_DIR    ?= $(BUILD)/debian12
 DEBIAN12_MIRROR ?= http://deb.debian.org/debian
 APT_EXTRA_DEPS  += debootstrap
@@ -164,7 +164,7 @@ APT_EXTRA_DEPS  += debootstrap
 .PHONY: debian12-root
 debian12-root: $(DEBIAN12_DIR)/.stamp
 $(DEBIAN12_DIR)/.stamp:
-	rm -rf $(DEBIAN12_DIR) && mkdir -p $(DEBIAN12_DIR)/archives/partial $(DEBIAN12_DIR)/pip-cache
+	rm -rf $(DEBIAN12_DIR) && mkdir -p $(DEBIAN12_DIR)/archives/partial
 	debootstrap --variant=minbase --include=make,git,ca-certificates \
 		--cache-dir=$(abspath $(DEBIAN12_DIR))/archives \
 		bookworm $(DEBIAN12_DIR)/root $(DEBIAN12_MIRROR) >$(DEBIAN12_DIR)/debootstrap.log 2>&1 \

@@ -11,7 +11,7 @@ upper layer is a tmpfs, in a private mount and PID namespace (``unshare``),
 made the root there with ``pivot_root`` and entered with ``nsenter``.  The
 network namespace is the machine's: apt may download, where a test allows
 it.  Directories and files of the machine can be bound into the copy first
-(apt's and pip's download caches, kept under build/; the machine's trusted
+(apt's download cache, kept under build/; the machine's trusted
 certificates, for a network whose HTTPS proxy has its own authority).
 
 The overlay becomes the root of the mount namespace (``pivot_root``, not

@@ -5,12 +5,13 @@ Theory of operation
 This machine is not a stock Debian 12: its python3 has everything the tests
 need, so it cannot show that a new user's first commands work.  ``make
 debian12-root`` makes a stock one once, with debootstrap (minbase, plus make
-and git to clone and run make), and keeps it under build/, with apt's and
-pip's download caches beside it.  Each test works in a copy-on-write overlay
+and git to clone and run make), and keeps it under build/, with apt's
+download cache beside it (pip downloads the test tools again each time:
+about 60 MB).  Each test works in a copy-on-write overlay
 of it (overlay.py) holding the tracked files of this tree, as a clone has
 them.  The overlay shares the machine's network namespace so that apt and pip
-can fetch what the commands install, as they would on the user's machine
-(once: the caches keep it); the tests themselves send nothing outside.
+can fetch what the commands install, as they would on the user's machine;
+the tests themselves send nothing outside.
 
 - ``make demo`` must work (without NumPy: nothing installs it system-wide)
   and print no traceback; then ``make check`` must
@@ -73,7 +74,6 @@ def stock_overlay(root: Path, workdir: Path) -> Overlay:
     # trusts (as a user behind such a proxy would have configured).
     overlay = Overlay(workdir, lower=root, binds={
         DEBIAN12_DIR / "archives": "/var/cache/apt/archives",
-        DEBIAN12_DIR / "pip-cache": "/root/.cache/pip",
         CA_BUNDLE: str(CA_BUNDLE),
         **({SHARED: str(Path(SOURCE).parent / "shared")} if SHARED else {})})
     files = run(["git", "-C", str(ROOT), "ls-files", "-z"]).stdout.split("\0")
