@@ -74,7 +74,7 @@ def stock_overlay(root: Path, workdir: Path) -> Overlay:
     # trusts (as a user behind such a proxy would have configured).
     overlay = Overlay(workdir, lower=root, binds={
         DEBIAN12_DIR / "archives": "/var/cache/apt/archives",
-        CA_BUNDLE: str(CA_BUNDLE),
+        **({CA_BUNDLE: str(CA_BUNDLE)} if CA_BUNDLE.exists() else {}),
         **({SHARED: str(Path(SOURCE).parent / "shared")} if SHARED else {})})
     files = run(["git", "-C", str(ROOT), "ls-files", "-z"]).stdout.split("\0")
     overlay.put(ROOT, [f for f in files if f and (ROOT / f).exists()], SOURCE)
