@@ -20,12 +20,12 @@
 #
 # The Debian package and Debian's own `passt`
 # -------------------------------------------
-# passt-py installs its programs as passt-py, pasta-py and qrap-py, its
-# profiles as /etc/apparmor.d/usr.bin.passt-py and usr.bin.pasta-py (where
-# Debian's passt puts usr.bin.passt; the profiles are named passt-py and
-# pasta-py, so loading one never replaces Debian's), and registers them as
-# alternatives for /usr/bin/passt, pasta and qrap.  Beside Debian's passt,
-# whose files are real files at those paths, the alternatives stay
+# passt-py installs its programs as passt-py, pasta-py, pesto-py and qrap-py,
+# its profiles as /etc/apparmor.d/usr.bin.passt-py and usr.bin.pasta-py
+# (where Debian's passt puts usr.bin.passt; the profiles are named passt-py
+# and pasta-py, so loading one never replaces Debian's), and registers them
+# as alternatives for /usr/bin/passt, pasta, pesto and qrap.  Beside Debian's
+# passt, whose files are real files at those paths, the alternatives stay
 # registered but unlinked: both are installed, for comparison.  Without it,
 # `passt` is ours.  It Provides passt (= 0.0~git20260716): the command line
 # is that release's.
@@ -54,7 +54,8 @@ CHECK_PREREQS  += profiles
 # alone would come too late for it: name the prerequisite directly as well.
 check: profiles
 
-MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1 $(BUILD)/man/qrap.1
+MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1 $(BUILD)/man/pesto.1 \
+	$(BUILD)/man/qrap.1
 APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta
 SELINUX_SOURCES   := $(wildcard selinux/*.te selinux/*.if selinux/*.fc)
 SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp
@@ -62,7 +63,7 @@ DEB_DIR           ?= $(BUILD)/deb
 RPM_DIR           ?= $(BUILD)/rpm
 PACKAGE_VERSION    = $(shell $(SYSTEM_PYTHON) -c 'import passt; print(passt.__version__)')
 
-.PHONY: man profiles apparmor selinux deb rpm source-copy
+.PHONY: man profiles apparmor selinux deb rpm
 
 all: man
 
@@ -72,7 +73,7 @@ man: $(MAN_PAGES)
 $(BUILD)/man/qrap.1: doc/man/qrap.1
 	install -D -m 644 $< $@
 
-$(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py)
+$(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py passt/pesto.py)
 	$(SYSTEM_PYTHON) tools/genman.py $* $@
 
 # `make check` installs the tools first (deps); `make install` only needs them.

@@ -15,3 +15,9 @@ $(UPSTREAM_2026)/pasta: | $(BUILD)/.deps-stamp
 	$(UPSTREAM_2026_SHARED)/tools/build-upstream.sh $(abspath $(UPSTREAM_2026))
 
 deps: $(UPSTREAM_2026)/pasta
+
+# pesto comes with the same build: test/e2e/test_pesto.py drives ours with it.
+$(UPSTREAM_2026)/pesto: | $(UPSTREAM_2026)/pasta
+	test -x $@ || $(UPSTREAM_2026_SHARED)/tools/build-upstream.sh $(abspath $(UPSTREAM_2026))
+
+deps: $(UPSTREAM_2026)/pesto

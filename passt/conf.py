@@ -36,7 +36,7 @@ Nothing here does I/O but reading the user and group databases for
 
 The option set is upstream 2026_07_16's (``test/unit/test_conf_2026.py``
 compares it with that build's ``--help``).  Options whose feature this
-program does not have yet (``-c``; in vhost-user mode, those of live
+program does not have yet (in vhost-user mode, those of live
 migration) are parsed like the
 others and refused at the end with one line naming what is missing
 (``NOT_IMPLEMENTED``); the vhost-user-only options (``--repair-path``,
@@ -195,7 +195,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(None, "runas", "UID|UID:GID", BOTH, "Run as given UID and GID",
          "numeric, or login and group names",
          "default: drop to user \"nobody\" if started as root"),
-    _opt("c", "conf-path", "PATH", BOTH, "Configuration socket path", _NOT_YET),
+    _opt("c", "conf-path", "PATH", BOTH, "Configuration socket path"),
     _opt("h", "help", None, BOTH, "Display this help message and exit"),
     _opt(None, "version", None, BOTH, "Show version and exit"),
     _opt("s", "socket", "PATH", PASST, "UNIX domain socket path",
@@ -408,7 +408,7 @@ class Conf:
     pcap: str | None = None
     stats: int | None = None            # --stats DELAY (seconds)
     chroot_fallback: bool = False
-    conf_path: str | None = None        # -c: refused until the control socket exists
+    conf_path: str | None = None        # -c: pesto's socket (control_server)
     # passt: the QEMU side
     socket: str | None = None
     fd: int | None = None
@@ -678,9 +678,7 @@ def _address(text: str) -> tuple[IPAddress, int | None]:
 
 # What a given option needs that this program does not have yet (issue named).
 # The option is parsed, then refused at the end with this one line.
-NOT_IMPLEMENTED = {
-    "conf-path": "--conf-path: the configuration socket (pesto) is not implemented yet",
-}
+NOT_IMPLEMENTED: dict[str, str] = {}
 # ... and in vhost-user mode, the options of live migration (passt-repair).
 MIGRATION_NOT_IMPLEMENTED = "live migration (passt-repair) is not implemented yet"
 # Options of vhost-user mode, refused without it in upstream's words.

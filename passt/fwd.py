@@ -387,6 +387,7 @@ class AutoScanner:
         self.families = families
         self.interval = interval
         self.failed: set[Listen] = set()
+        self.owned: set[Listen] = set()
         names = [_PROC_FILES[(r.proto, f)] for r in self.rules for f in families]
         if any(r.follow_tcp for r in self.rules):
             names += [_PROC_FILES[(TCP, f)] for f in families]
@@ -436,20 +437,33 @@ class AutoScanner:
             self.apply(rule, self.wanted(rule, self.fwd.own_inodes()))
 
     def apply(self, rule: AutoRule, wanted: set[int]) -> None:
+        """Open and close listeners of ``rule`` to match ``wanted``; only those the
+        scanner opened are its own (``control_server`` may open others)."""
         fwd = self.fwd
-        to_open, to_close = scan_diff(fwd.ports(rule.proto, rule.origin), wanted)
-        for listen in [lst for lst in fwd.listeners
-                       if lst.proto == rule.proto and lst.origin == rule.origin
-                       and lst.port in to_close]:
+        mine = [lst for lst in self.owned if lst.proto == rule.proto and lst.origin == rule.origin]
+        to_open, to_close = scan_diff({lst.port for lst in mine}, wanted)
+        for listen in [lst for lst in mine if lst.port in to_close]:
             fwd.close_listener(listen)
+            self.owned.discard(listen)
         for port in sorted(to_open):
-            listens = listens_for(rule.proto, rule.origin, port, rule.addr, rule.ifname,
-                                  self.families)
-            for listen, err in fwd.open_all((lst, port) for lst in listens):
+            listens = [lst for lst in listens_for(rule.proto, rule.origin, port, rule.addr,
+                                                  rule.ifname, self.families)
+                       if lst not in fwd.listeners]
+            failures = fwd.open_all((lst, port) for lst in listens)
+            self.owned.update(lst for lst in listens if lst in fwd.listeners)
+            for listen, err in failures:
                 if listen not in self.failed:
                     self.failed.add(listen)
                     log.warn("auto forwarding: cannot bind %s port %d (%s): %s",
                                 listen.proto.upper(), port, listen.origin, err.strerror)
+
+    def drop(self, proto: str, origin: str) -> set[Listen]:
+        """Stop following ``proto`` on ``origin``; its listeners, still open, are
+        handed to the caller (who closes what it does not want)."""
+        self.rules = [r for r in self.rules if (r.proto, r.origin) != (proto, origin)]
+        given = {lst for lst in self.owned if (lst.proto, lst.origin) == (proto, origin)}
+        self.owned -= given
+        return given
 
     def close(self) -> None:
         if self._timer is not None:

@@ -6,7 +6,7 @@ Both programs go through the same stages; only the tap side differs.
 
 1. *Host discovery* (``hostnet.discover``): what the guest will be told,
    read while we still see the host's network namespace.
-2. *Files named on the command line* (PID file, pcap) are opened now: once
+2. *Files named on the command line* (PID file, pcap, ``-c``'s socket) are opened now: once
    isolated we could not open them any more, and an unwritable path must be
    refused before anything starts.
 3. *Daemonizing* forks before any thread exists (pasta's namespace helper is
@@ -44,6 +44,7 @@ from typing import Any
 from . import (
     arp,
     checksum,
+    control_server,
     daemon,
     dhcp,
     dhcpv6,
@@ -74,6 +75,7 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     TapError,
     NetnsError,
     QemuError,
+    control_server.ControlError,
     OSError,
 )
 
@@ -130,6 +132,7 @@ class Runtime:
         self.net: NetInfo = hostnet.discover(conf)
         self.pidfile = PidFile.open(conf.pid) if conf.pid else None
         self.pcap = Pcap.open(conf.pcap) if conf.pcap else None
+        self.control = control_server.bind(conf.conf_path) if conf.conf_path else None
         self.loop = EventLoop()
         self.ctx = Ctx(
             conf=conf, net=self.net, loop=self.loop, flows=FlowTable(max_flows()), pcap=self.pcap
@@ -160,6 +163,9 @@ class Runtime:
         start = getattr(fwd, "start", None)
         if start is not None:
             start(self.ctx)
+        if self.control is not None:  # -c: pesto's socket, serving the tables just opened
+            self._cleanups.append(control_server.setup(self.ctx, self.control,
+                                                       self.conf.conf_path).close)
         self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
 
     def _detach(self) -> None:

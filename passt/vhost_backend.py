@@ -39,7 +39,12 @@ guest took ``VIRTIO_NET_F_GUEST_CSUM``: our checksums are right), publishes
 the used entries and signals once per batch.  A frame the guest has no
 buffers for now waits in a bounded queue (``PENDING_MAX`` bytes, counted
 as sent, as the stream back end does); beyond it frames are dropped, and
-TCP retransmits.  Chains taken that a frame did not need are kept for the
+TCP retransmits.  While frames wait, the guest is *nudged*: its receive
+queue interrupt is signalled again (at most every ``NUDGE_INTERVAL``) if
+it has interrupts on.  A guest with a full receive ring and interrupts on
+is asleep while it should be emptying the ring: an interrupt it missed
+(see ``virtqueue.full_barrier``) would otherwise stall every flow to it
+for good; a spare one costs it an empty poll.  Chains taken that a frame did not need are kept for the
 next one.
 
 When QEMU stops a queue (``GET_VRING_BASE``), we stop using it and answer
@@ -55,6 +60,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import NoReturn
@@ -89,6 +95,7 @@ RECV_BUFFER = 16 << 20
 PENDING_MAX = 4 << 20
 MESSAGES_PER_WAKEUP = 64
 RX_CHAIN_MAX = 1 << 20  # no receive chain of a sane guest is larger
+NUDGE_INTERVAL = 0.01  # seconds between repeated interrupts while frames wait
 _EVENTFD_ONE = (1).to_bytes(8, "little")
 _FD_SIZE = array.array("i").itemsize
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
@@ -132,6 +139,7 @@ class VhostUserBackend:
         self._spare: deque[tuple[int, list[memoryview]]] = deque()  # receive chains taken
         self._pending: deque[bytes] = deque()  # frames waiting for receive buffers
         self._pending_bytes = 0
+        self._nudged = 0.0  # when we last signalled a guest that had frames waiting
         self._session = Session(self)
 
     def fileno(self) -> int:
@@ -159,7 +167,10 @@ class VhostUserBackend:
         if self._pending:
             self._flush()
         written = 0 if self._pending else self._write_frames(frames)
-        return written + self._enqueue(frames, written)
+        taken = written + self._enqueue(frames, written)
+        if self._pending:
+            self._nudge()
+        return taken
 
     def close(self) -> None:
         self.reset()
@@ -345,6 +356,15 @@ class VhostUserBackend:
                 pass  # the counter is full: the guest has an interrupt coming anyway
 
     # -- us → guest -----------------------------------------------------------------
+
+    def _nudge(self) -> None:
+        """Frames wait for receive buffers: interrupt the guest again if it takes them."""
+        now = time.monotonic()
+        if now - self._nudged < NUDGE_INTERVAL or not self._queues[RX].wants_interrupt():
+            return
+        self._nudged = now
+        self._stats["vhost_user.rx_nudge"] += 1
+        self._signal(RX)
 
     def _write_frames(self, frames: Sequence[Buffer]) -> int:
         queue = self._queues[RX]

@@ -5,7 +5,8 @@ Theory of operation
 ``--help`` and the manual pages describe the same options, so they are made
 from the same source: ``passt.conf.OPTIONS``, the table the command-line parser
 and ``conf.help_text()`` are built from.  A page is a hand-written roff
-template (``doc/man/passt.1.in``, ``doc/man/pasta.1.in``) with three kinds of
+template (``doc/man/passt.1.in``, ``doc/man/pasta.1.in``; ``pesto.1.in`` with
+``passt.pesto.OPTIONS``) with three kinds of
 placeholders, each alone on its line or inline:
 
 - ``@OPTIONS@`` (a line): replaced by one ``.TP`` entry per option of the
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "doc" / "man"
-MODES = ("passt", "pasta")
+MODES = ("passt", "pasta", "pesto")
 
 _INCLUDE = re.compile(r"^@INCLUDE ([\w.-]+)@$")
 _HELP_OPTIONS = re.compile(r"\s*((?:--?[A-Za-z0-9][\w-]*)(?:,\s*--?[A-Za-z0-9][\w-]*)*)")
@@ -168,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import passt
-    from passt import conf
+    from passt import conf, pesto
 
-    page = render(args.mode, conf.OPTIONS, passt.__version__, args.source)
+    options = pesto.OPTIONS if args.mode == "pesto" else conf.OPTIONS
+    page = render(args.mode, options, passt.__version__, args.source)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(page)
     return 0

@@ -11,7 +11,7 @@ the Python package itself).  An install is a *plan*,
 a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
-- ``bin/passt``, ``bin/pasta``: small launcher scripts for the interpreter
+- ``bin/passt``, ``bin/pasta``, ``bin/pesto``: small launcher scripts for the interpreter
   that has NumPy and pyroute2 (``--python``); they put ``--sitedir`` on
   ``sys.path`` when the interpreter would not look there by itself, and run
   in isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
@@ -19,16 +19,16 @@ before anything is written:
   ``bin/qrap``, the QEMU wrapper (``contrib/qrap``, standard library only),
   with its first line pointing at the same interpreter;
 - the ``passt`` package, into ``SITEDIR/passt``;
-- ``share/man/man1/passt.1``, ``pasta.1`` from ``make man``;
+- ``share/man/man1/passt.1``, ``pasta.1``, ``pesto.1`` from ``make man``;
 - AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for both
   profiles, ``abstractions/passt-py`` and ``tunables/passt-py``.  The tunables
   carry the paths of the launchers, interpreter and package, and are
   rewritten for this install; outside ``/usr`` the profiles are renamed after
   their path too, so that they never replace Debian's ``passt`` profile;
-- ``--suffix -py`` (the Debian package) names the programs, manual pages and
-  profiles ``passt-py``, ``pasta-py``, ``qrap-py``, so that they sit beside
-  a distribution's ``passt``; ``--no-python-package`` leaves the package to
-  the Python build tool that installed it (pybuild);
+- ``--suffix -py`` (the packages) names the programs, manual pages and
+  profiles ``passt-py``, ``pasta-py``, ``pesto-py``, ``qrap-py``, so that
+  they sit beside a distribution's ``passt``; ``--no-python-package`` leaves
+  the package to the Python build tool that installed it (pybuild);
 - SELinux: compiled modules in ``share/selinux/packages/``, interfaces in
   ``share/selinux/devel/include/contrib/`` (where the refpolicy devel
   Makefile finds them), ``.te`` and ``.fc`` in ``share/passt-py/selinux/``.
@@ -120,6 +120,9 @@ def program_items(layout: Layout) -> list[Item]:
                            f"from passt.cli import {function}", f"{function}()", default_path),
                   0o755)
              for program, function in PROGRAMS.items()]
+    items.append(Item(f"{layout.prefix}/bin/pesto{layout.suffix}",
+                      launcher(layout.python, layout.sitedir, "from passt.pesto import main",
+                               "main()", default_path), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap{layout.suffix}",

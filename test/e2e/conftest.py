@@ -111,16 +111,19 @@ def peek_mode(request: pytest.FixtureRequest) -> PeekMode:
     return getattr(request, "param", PEEK_OFF)
 
 
-def _stage_fixture(name: str, label: str, deploy: Callable[..., Deployment]):
+def _stage_fixture(name: str, label: str, deploy: Callable[..., Deployment],
+                   impl_name: str | None = None):
     """Module-scoped fixture ``name``: a ``Stage`` of ``deploy``'s deployments
-    (``deploy(impl, workdir, env=...)``), in the module's ``peek_mode``."""
+    (``deploy(impl, workdir, env=...)``), in the module's ``peek_mode``, of
+    the implementation ``impl_name`` (default: the one ``PASST_IMPL`` chose)."""
 
     @pytest.fixture(scope="module", name=name)
     def stage(
         request: pytest.FixtureRequest, chosen_impl: impl.Impl,
         tmp_path_factory: pytest.TempPathFactory, peek_mode: PeekMode,
     ) -> Iterator[Stage]:
-        held = Stage(lambda: deploy(chosen_impl, str(tmp_path_factory.mktemp(label)),
+        used = impl.named(impl_name) if impl_name else chosen_impl
+        held = Stage(lambda: deploy(used, str(tmp_path_factory.mktemp(label)),
                                     env=peek_mode.env))
         yield held
         held.close()
@@ -133,12 +136,16 @@ passt_stage = _stage_fixture("passt_stage", "passt", deploy_passt)
 passt_vu_stage = _stage_fixture(
     "passt_vu_stage", "passt-vu", functools.partial(deploy_passt, backend="vhost-user")
 )
+passt_u26vu_stage = _stage_fixture(  # test_passt_vhost_user_upstream.py
+    "passt_u26vu_stage", "passt-u26vu", functools.partial(deploy_passt, backend="vhost-user"),
+    impl_name="upstream2026",
+)
 pasta_stage = _stage_fixture("pasta_stage", "pasta", deploy_pasta)
 pasta_l2_stage = _stage_fixture("pasta_l2_stage", "pasta-l2",
                                 functools.partial(deploy_pasta, config_net=False))
 
 
-def _use(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:
+def use_stage(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:
     """``stage``'s deployment for one test, cleaned up after it."""
     deployment = stage.get()
     request.node.e2e_deployment = deployment
@@ -151,16 +158,16 @@ def _use(request: pytest.FixtureRequest, stage: Stage) -> Iterator[Deployment]:
 @pytest.fixture
 def passt_env(request: pytest.FixtureRequest, passt_stage: Stage) -> Iterator[Deployment]:
     """passt with a booted, configured guest (shared by the module)."""
-    yield from _use(request, passt_stage)
+    yield from use_stage(request, passt_stage)
 
 
 @pytest.fixture
 def pasta_env(request: pytest.FixtureRequest, pasta_stage: Stage) -> Iterator[Deployment]:
     """pasta with --config-net and the matrix's forwarded ports (shared)."""
-    yield from _use(request, pasta_stage)
+    yield from use_stage(request, pasta_stage)
 
 
 @pytest.fixture
 def pasta_l2_env(request: pytest.FixtureRequest, pasta_l2_stage: Stage) -> Iterator[Deployment]:
     """pasta without --config-net; the namespace configured by DHCP/SLAAC (shared)."""
-    yield from _use(request, pasta_l2_stage)
+    yield from use_stage(request, pasta_l2_stage)

@@ -84,7 +84,11 @@ _IMPLS: dict[str, Callable[[], Impl]] = {
 
 def current() -> Impl:
     """The implementation selected by ``PASST_IMPL`` (default ``ours``)."""
-    name = os.environ.get("PASST_IMPL", "ours")
+    return named(os.environ.get("PASST_IMPL", "ours"))
+
+
+def named(name: str) -> Impl:
+    """The implementation called ``name`` (``ours``, ``upstream2026``...)."""
     try:
         return _IMPLS[name]()
     except KeyError:

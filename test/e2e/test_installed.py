@@ -84,6 +84,7 @@ def test_make_install_into_destdir_and_uninstall_leaves_it_empty(built, tmp_path
     make("install", DESTDIR=str(destdir), PREFIX="/usr/local")
     files = installed_files(destdir)
     for expected in ("/usr/local/bin/passt", "/usr/local/bin/pasta", "/usr/local/bin/qrap",
+                     "/usr/local/bin/pesto", "/usr/local/share/man/man1/pesto.1",
                      "/usr/local/lib/passt-py/passt/cli.py",
                      "/usr/local/lib/passt-py/passt/__pycache__/cli.cpython-311.pyc",
                      "/usr/local/share/man/man1/passt.1", "/usr/local/share/man/man1/pasta.1",
@@ -182,7 +183,7 @@ def test_rpmbuild_builds_the_programs_and_the_selinux_subpackage():
     (program,) = RPM_DIR.glob(f"RPMS/{machine}/passt-py-[0-9]*.rpm")
     (selinux,) = RPM_DIR.glob("RPMS/noarch/passt-py-selinux-*.rpm")
     files = run(["rpm", "-qlp", str(program)]).stdout.split()
-    for name in SUFFIXED + ("qrap-py",):
+    for name in SUFFIXED + ("qrap-py", "pesto-py"):
         assert f"/usr/bin/{name}" in files
     assert not any(f.startswith("/etc/apparmor.d") for f in files), "AppArmor on Fedora"
     provides = run(["rpm", "-qp", "--provides", str(program)]).stdout

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .conftest import use_stage
 from .deploy import Deployment, Stage
 from .test_passt import passt_tests
 
@@ -23,12 +24,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def passt_env(request: pytest.FixtureRequest, passt_vu_stage: Stage) -> Iterator[Deployment]:
     """passt --vhost-user with a booted, configured guest (shared by the module)."""
-    deployment = passt_vu_stage.get()
-    request.node.e2e_deployment = deployment
-    try:
-        yield deployment
-    finally:
-        deployment.after_test()
+    yield from use_stage(request, passt_vu_stage)
 
 
 globals().update(passt_tests("vhost-user"))

@@ -52,6 +52,7 @@ SAMPLES = {
     "log-size": ("65536", "log_size", 65536),
     "runas": ("1000:100", "runas", (1000, 100)),
     "socket": ("/tmp/passt.sock", "socket", "/tmp/passt.sock"),
+    "conf-path": ("/tmp/ctl.sock", "conf_path", "/tmp/ctl.sock"),
     "ns-ifname": ("eth9", "ns_ifname", "eth9"),
     "fd": ("5", "fd", 5),
     "pcap": ("/tmp/x.pcap", "pcap", "/tmp/x.pcap"),
@@ -113,7 +114,7 @@ SAMPLES = {
 }
 # Options that never make a Conf: they print and exit, or are refused until
 # what they need exists (test_not_implemented_options_are_refused_in_one_line).
-NOT_PARSED_INTO_CONF = {"help", "version", "print-capabilities", "conf-path",
+NOT_PARSED_INTO_CONF = {"help", "version", "print-capabilities",
                         "migrate-exit", "migrate-no-linger"}
 IMPLIED = {"trace": ("debug",), "fd": ("one_off",),
            "stats": ("foreground",), "no-copy-routes": ("config_net",),
@@ -770,7 +771,6 @@ def test_splice_only_implies_loopback_forwarding_and_no_icmp_nor_dns():
     ("passt", ["--migrate-no-linger"], "--migrate-no-linger is for vhost-user mode only"),
     ("passt", ["--vhost-user", "--repair-path", "/tmp/r"], conf.MIGRATION_NOT_IMPLEMENTED),
     ("passt", ["--vhost-user", "--migrate-exit"], conf.MIGRATION_NOT_IMPLEMENTED),
-    ("pasta", ["-c", "/tmp/ctl"], conf.NOT_IMPLEMENTED["conf-path"]),
     ("pasta", ["--fqdn", "a" * 254], "Invalid FQDN"),
     ("passt", ["--socket-path", "/tmp/a", "-s", "/tmp/b"], "Multiple --socket options given"),
 ])

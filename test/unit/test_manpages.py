@@ -171,3 +171,18 @@ def test_real_pages_carry_every_option_of_their_mode_in_the_table(tmp_path):
         for mode in opt.modes:
             for name in genman.option_names(opt):
                 assert name in genman.page_option_names(pages[mode]), f"{name} missing from {mode}(1)"
+
+
+def test_pesto_page_lists_every_option_its_help_lists(tmp_path):
+    from passt import pesto
+
+    out = tmp_path / "pesto.1"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "genman.py"), "pesto", str(out)],
+                   check=True, timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    text, warnings = groff(out.read_text())
+    assert warnings == "" and man_warnings(out) == ""
+    listed = genman.help_option_names(pesto.help_text())
+    assert len(listed) == 2 * len(pesto.OPTIONS) - 1       # every short and long name
+    assert not listed - genman.page_option_names(text)
+    for section in ("NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "SEE ALSO"):
+        assert re.search(rf"^{section}$", text, re.M)

@@ -21,6 +21,7 @@ import pytest
 from passt import vhost_user as vu
 from passt.vhost_backend import NET_HDR, BadMessage, VhostUserBackend
 from passt.vhost_user import RX, TX, Message, ProtocolError, Request, Session
+from passt.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
 
 from .vhost_fixtures import GPA, NUM, SIZE, UVA, FakeGuest, guest_fixture  # noqa: F401
 
@@ -214,3 +215,19 @@ class NotADevice:
 
         return reached
 
+
+
+def test_waiting_frames_nudge_a_guest_that_takes_interrupts(pair, guest: FakeGuest) -> None:
+    front, backend, stats = pair
+    fds = start_device(front, backend, guest)
+    assert backend.send_frames([frame_of(100, 1)]) == 1  # no buffers: waits, guest nudged
+    assert called(fds["call0"]) and stats["vhost_user.rx_nudge"] == 1
+    assert backend.send_frames([frame_of(100, 2)]) == 1  # within the interval: no second one
+    assert not called(fds["call0"])
+    backend._nudged -= 1.0  # the interval has passed
+    guest.mem[guest.avail_offset(RX)] = VRING_AVAIL_F_NO_INTERRUPT  # the guest is polling
+    assert backend.send_frames([frame_of(100, 3)]) == 1
+    assert not called(fds["call0"]) and stats["vhost_user.rx_nudge"] == 1
+    guest.mem[guest.avail_offset(RX)] = 0
+    assert backend.send_frames([frame_of(100, 4)]) == 1
+    assert called(fds["call0"]) and stats["vhost_user.rx_nudge"] == 2
