@@ -44,6 +44,9 @@ def numpy_be16(data: bytes) -> int:
     return cs.csum_fold(total)
 
 
+cs.load_numpy()  # _sum_numpy is only bound once NumPy is loaded
+
+
 def int_from_bytes(data: bytes) -> int:
     return cs.csum_fold(cs._sum_small(data, len(data)))
 

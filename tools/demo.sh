@@ -18,16 +18,21 @@ trap 'kill "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
 echo "Hello from the host's loopback, served to a pasta namespace." >"$dir/index.html"
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$dir" "$PORT" >/dev/null 2>&1 &
 server=$!
-for _ in $(seq 50); do
+# Wait until the server listens: a refused connection is the expected
+# answer until then, not an error to print.
+for _ in $(seq 100); do
 	"$PYTHON" - "$PORT" <<'PY' && break
 import socket, sys
-socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+except OSError:
+    sys.exit(1)
 PY
 	sleep 0.1
 done
 
-PASTA=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/pasta
-"$PASTA" --config-net -T "$PORT" -t none -u none -U none -- \
+# pasta from this tree (PYTHONPATH, set by the Makefile), as its launcher runs it.
+"$PYTHON" -c 'from passt.cli import main_pasta; main_pasta()' --config-net -T "$PORT" -t none -u none -U none -- \
 	"$PYTHON" - "$PORT" <<'PY'
 import socket, subprocess, sys, urllib.request
 

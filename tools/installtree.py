@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-``make install`` and ``make deb`` put the same files in the same places, so
-both call this script; only the directories differ (``--prefix``,
-``--sitedir``, ``--destdir``) and what a package manager does for us (a
-manifest, byte-compiling, compressed manual pages).  An install is a *plan*,
+``make install``, the Debian package (debian/rules) and the RPM
+(contrib/fedora/passt-py.spec) put the same files in the same places, so all
+call this script; only the directories differ (``--prefix``, ``--sitedir``,
+``--destdir``), the names (``--suffix``) and what a package manager does for
+us (a manifest, byte-compiling, compressed manual pages; pybuild installs
+the Python package itself).  An install is a *plan*,
 a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
@@ -23,6 +25,10 @@ before anything is written:
   carry the paths of the launchers, interpreter and package, and are
   rewritten for this install; outside ``/usr`` the profiles are renamed after
   their path too, so that they never replace Debian's ``passt`` profile;
+- ``--suffix -py`` (the packages) names the programs, manual pages and
+  profiles ``passt-py``, ``pasta-py``, ``pesto-py``, ``qrap-py``, so that
+  they sit beside a distribution's ``passt``; ``--no-python-package`` leaves
+  the package to the Python build tool that installed it (pybuild);
 - SELinux: compiled modules in ``share/selinux/packages/``, interfaces in
   ``share/selinux/devel/include/contrib/`` (where the refpolicy devel
   Makefile finds them), ``.te`` and ``.fc`` in ``share/passt-py/selinux/``.
@@ -70,6 +76,8 @@ class Layout:
     selinux_dir: Path
     sysconfdir: str = "/etc"
     gzip_man: bool = False
+    suffix: str = ""  # program names: passt-py beside a distribution's passt
+    with_package: bool = True  # False: a Python build tool installed it (pybuild)
 
     def under_destdir(self, path: str) -> Path:
         return self.destdir / path.lstrip("/")
@@ -107,22 +115,24 @@ def launcher(python: str, sitedir: str, import_line: str, call: str,
 
 def program_items(layout: Layout) -> list[Item]:
     default_path, _ = interpreter_facts(layout.python)
-    items = [Item(f"{layout.prefix}/bin/{program}",
+    items = [Item(f"{layout.prefix}/bin/{program}{layout.suffix}",
                   launcher(layout.python, layout.sitedir,
                            f"from passt.cli import {function}", f"{function}()", default_path),
                   0o755)
              for program, function in PROGRAMS.items()]
-    items.append(Item(f"{layout.prefix}/bin/pesto",
+    items.append(Item(f"{layout.prefix}/bin/pesto{layout.suffix}",
                       launcher(layout.python, layout.sitedir, "from passt.pesto import main",
                                "main()", default_path), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
-        items.append(Item(f"{layout.prefix}/bin/qrap",
+        items.append(Item(f"{layout.prefix}/bin/qrap{layout.suffix}",
                           f"#!{layout.python} -I\n".encode() + body, 0o755))
     return items
 
 
 def package_items(layout: Layout) -> list[Item]:
+    if not layout.with_package:
+        return []
     package = ROOT / "passt"
     return [Item(f"{layout.sitedir}/passt/{source.relative_to(package).as_posix()}",
                  source.read_bytes(), 0o644)
@@ -133,7 +143,7 @@ def man_items(layout: Layout) -> list[Item]:
     items = []
     for page in sorted(layout.man_dir.glob("*.1")):
         content = page.read_bytes()
-        name = page.name
+        name = f"{page.stem}{layout.suffix}.1"
         if layout.gzip_man:
             content, name = gzip.compress(content, 9, mtime=0), name + ".gz"
         items.append(Item(f"{layout.prefix}/share/man/man1/{name}", content, 0o644))
@@ -173,11 +183,13 @@ def apparmor_items(layout: Layout) -> list[Item]:
                   (source / "abstractions" / "passt-py").read_bytes(), 0o644),
              Item(f"{etc}/tunables/passt-py", tunables(layout), 0o644)]
     for program in PROGRAMS:
-        installed_at = dotted(f"{layout.prefix}/bin/{program}")
+        name = f"{program}{layout.suffix}"
+        installed_at = dotted(f"{layout.prefix}/bin/{name}")
         text = (source / f"usr.bin.{program}").read_text()
-        if layout.prefix != "/usr":
-            text = text.replace(f"profile {program} ", f"profile {installed_at} ")
-            text = text.replace(f"<local/usr.bin.{program}>", f"<local/{installed_at}>")
+        text = text.replace(f"@{{passt_bindir}}/{program}", f"@{{passt_bindir}}/{name}")
+        profile = name if layout.prefix == "/usr" else installed_at
+        text = text.replace(f"profile {program} ", f"profile {profile} ")
+        text = text.replace(f"<local/usr.bin.{program}>", f"<local/{installed_at}>")
         items.append(Item(f"{etc}/{installed_at}", text.encode(), 0o644))
     return items
 
@@ -339,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sysconfdir", default="/etc")
     parser.add_argument("--man-dir", type=Path, default=ROOT / "build" / "man")
     parser.add_argument("--selinux-dir", type=Path, default=ROOT / "build" / "selinux")
+    parser.add_argument("--suffix", default="",
+                        help="appended to the names of programs, manual pages and profiles")
+    parser.add_argument("--no-python-package", action="store_true",
+                        help="install all but the passt package (a Python build tool did)")
     parser.add_argument("--package", action="store_true",
                         help="for a package build: no manifest, no byte-compiling "
                         "(the package manager does both), compressed manual pages")
@@ -352,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"removed {name}")
             return 0
         layout = Layout(destdir, prefix, sitedir, args.python, args.man_dir, args.selinux_dir,
-                        args.sysconfdir, gzip_man=args.package)
+                        args.sysconfdir, gzip_man=args.package, suffix=args.suffix,
+                        with_package=not args.no_python_package)
         if args.action == "list":
             print("\n".join(item.path for item in plan(layout)))
             return 0

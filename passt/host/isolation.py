@@ -69,9 +69,10 @@ module a later code path imports lazily is imported here first
 (``LATE_IMPORTS``); the rest of the package was imported at start-up.
 
 Failures are fatal (``IsolationError``, one line), as upstream: a program
-that was asked to run isolated must not carry on without it.  The one
-exception is an architecture without a system call table (``seccomp``
-knows x86_64 only): a warning, since nothing can be done about it there.
+that was asked to run isolated must not carry on without it.  That holds
+for an architecture without a system call table too (``seccomp`` knows
+x86_64 and aarch64): the program refuses to start, naming
+``PASST_NO_SECCOMP=1``, with which it runs unfiltered after a warning.
 
 Observable result (``/proc/PID/status``): ``Uid`` not 0 when started as
 root without ``--runas 0``, ``CapEff`` 0 (or ``0x400`` for pasta with
@@ -113,6 +114,8 @@ SYS_PIVOT_ROOT = 155
 
 EMPTY_ROOT_CANDIDATES = ("/tmp", "/run", "/mnt", "/var/tmp")
 NOBODY = "nobody"
+# Set to 1 to run on an architecture seccomp.py has no table for, unfiltered.
+NO_SECCOMP_VARIABLE = "PASST_NO_SECCOMP"
 NOBODY_ID = 65534
 
 # Who we were when the process started: pasta may since have joined a user
@@ -402,7 +405,10 @@ def apply(p: Plan, runner: Any = None) -> None:
     try:
         size = seccomp.install(p.syscalls, only={"ioctl": (1, IOCTLS)})
     except seccomp.SeccompUnsupported as e:
-        log.warn("No seccomp filter: %s", e.strerror)
+        if os.environ.get(NO_SECCOMP_VARIABLE) != "1":
+            raise IsolationError(0, f"{e.strerror}: refusing to start without one; "
+                                    f"{NO_SECCOMP_VARIABLE}=1 runs without the filter") from None
+        log.warn("No seccomp filter (%s=1): %s", NO_SECCOMP_VARIABLE, e.strerror)
         return
     except seccomp.SeccompError as e:
         raise IsolationError(e.errno, e.strerror) from None

@@ -42,8 +42,15 @@ helper thread too) and fails, naming the thread, if one of them cannot take
 it.  Installing needs ``no_new_privs`` (or ``CAP_SYS_ADMIN``), which the
 caller sets.
 
-Only x86_64 has a table here: elsewhere ``install`` raises
-``SeccompUnsupported`` and the caller decides (``isolation`` warns).
+**Architectures.**  The numbers differ per architecture: x86_64 has its
+own table (asm/unistd_64.h), aarch64 the generic one (asm-generic/unistd.h),
+which lacks the old calls (``open``, ``poll``, ``epoll_wait``...) that its C
+library replaces with their ``*at``/``p*`` forms.  A name in a list that only
+x86_64 has is therefore skipped on aarch64; any other unknown name is an
+error.  On every other architecture ``install`` raises
+``SeccompUnsupported``, and the caller refuses to start unless told to run
+without a filter (``isolation``: ``PASST_NO_SECCOMP=1``): never a silently
+empty filter.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import os
 import platform
 import struct
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 # Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
 BPF_LD_W_ABS = 0x20  # A = *(u32 *)(data + k)
@@ -73,8 +81,8 @@ OFFSET_ARGS = 16
 X32_SYSCALL_BIT = 0x40000000
 LEAF_SIZE = 4  # numbers tested linearly at the bottom of the search tree
 
-AUDIT_ARCH_X86_64 = 0xC000003E
-SYS_SECCOMP_X86_64 = 317
+AUDIT_ARCH_X86_64 = 0xC000003E  # EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+AUDIT_ARCH_AARCH64 = 0xC00000B7  # EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
 
 # x86_64 system call numbers (asm/unistd_64.h) of every call a list may name.
 _X86_64 = """
@@ -113,6 +121,40 @@ close_range 436 openat2 437 pidfd_getfd 438 faccessat2 439 process_madvise 440
 epoll_pwait2 441 mount_setattr 442 rseq 334
 """
 
+# aarch64 numbers (asm-generic/unistd.h, 64-bit: __NR3264_* as __NR_*).
+_AARCH64 = """
+read 63 write 64 close 57 fstat 80 lseek 62 mmap 222 mprotect 226 munmap 215
+brk 214 rt_sigaction 134 rt_sigprocmask 135 rt_sigreturn 139 ioctl 29 pread64 67
+pwrite64 68 readv 65 writev 66 sched_yield 124 mremap 216 madvise 233 dup 23
+nanosleep 101 getitimer 102 getpid 172 sendfile 71 socket 198 connect 203
+accept 202 sendto 206 recvfrom 207 sendmsg 211 recvmsg 212 shutdown 210 bind 200
+listen 201 getsockname 204 getpeername 205 socketpair 199 setsockopt 208
+getsockopt 209 clone 220 execve 221 exit 93 wait4 260 kill 129 uname 160
+fcntl 25 flock 32 fsync 82 fdatasync 83 truncate 45 ftruncate 46 getcwd 17
+chdir 49 fchdir 50 fchmod 52 fchown 55 umask 166 gettimeofday 169 getrlimit 163
+getrusage 165 sysinfo 179 ptrace 117 getuid 174 getgid 176 setuid 146 setgid 144
+geteuid 175 getegid 177 setpgid 154 getppid 173 setsid 157 setgroups 159
+getpgid 155 capget 90 capset 91 rt_sigpending 136 rt_sigtimedwait 137
+sigaltstack 132 personality 92 prctl 167 setrlimit 164 chroot 51 sync 81
+mount 40 umount2 39 pivot_root 41 reboot 142 init_module 105 delete_module 106
+gettid 178 tkill 130 futex 98 sched_getaffinity 123 getdents64 61
+set_tid_address 96 restart_syscall 128 timer_create 107 timer_settime 110
+timer_delete 111 clock_gettime 113 clock_getres 114 clock_nanosleep 115
+exit_group 94 epoll_ctl 21 tgkill 131 openat 56 mkdirat 34 newfstatat 79
+unlinkat 35 renameat 38 pselect6 72 ppoll 73 unshare 97 set_robust_list 99
+get_robust_list 100 splice 76 tee 77 sync_file_range 84 vmsplice 75
+epoll_pwait 22 timerfd_create 85 fallocate 47 timerfd_settime 86
+timerfd_gettime 87 accept4 242 signalfd4 74 eventfd2 19 epoll_create1 20 dup3 24
+pipe2 59 inotify_init1 26 preadv 69 pwritev 70 rt_tgsigqueueinfo 240
+recvmmsg 243 prlimit64 261 sendmmsg 269 setns 268 getcpu 168
+process_vm_readv 270 kcmp 272 sched_getattr 275 renameat2 276 seccomp 277
+getrandom 278 memfd_create 279 bpf 280 execveat 281 userfaultfd 282
+membarrier 283 mlock2 284 copy_file_range 285 preadv2 286 pwritev2 287
+pkey_mprotect 288 statx 291 io_uring_setup 425 pidfd_send_signal 424
+pidfd_open 434 clone3 435 close_range 436 openat2 437 pidfd_getfd 438
+faccessat2 439 process_madvise 440 epoll_pwait2 441 mount_setattr 442 rseq 293
+"""
+
 
 class SeccompError(OSError):
     """The kernel refused the filter."""
@@ -128,11 +170,32 @@ def _table(text: str) -> dict[str, int]:
 
 
 SYSCALLS_X86_64: Mapping[str, int] = _table(_X86_64)
+SYSCALLS_AARCH64: Mapping[str, int] = _table(_AARCH64)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture's audit value and system call table."""
+
+    name: str
+    audit: int
+    table: Mapping[str, int]
+
+
+ARCHES: Mapping[str, Arch] = {
+    "x86_64": Arch("x86_64", AUDIT_ARCH_X86_64, SYSCALLS_X86_64),
+    "aarch64": Arch("aarch64", AUDIT_ARCH_AARCH64, SYSCALLS_AARCH64),
+}
 
 
 def syscall_numbers(names: Iterable[str], table: Mapping[str, int] = SYSCALLS_X86_64) -> list[int]:
-    """Sorted, distinct numbers of ``names``; an unknown name is a ``KeyError``."""
-    return sorted({table[name] for name in names})
+    """Sorted, distinct numbers of ``names`` in ``table``.
+
+    A name only x86_64 has (a call the generic table replaced) is skipped;
+    any other name missing from ``table`` is a ``KeyError``.
+    """
+    return sorted({table[name] for name in names
+                   if name in table or name not in SYSCALLS_X86_64})
 
 
 # -- the assembler -------------------------------------------------------------
@@ -241,11 +304,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def native_arch() -> int:
-    """Our audit architecture; ``SeccompUnsupported`` where we have no table."""
-    if platform.machine() != "x86_64" or struct.calcsize("P") != 8:
-        raise SeccompUnsupported(0, f"no system call table for {platform.machine()}")
-    return AUDIT_ARCH_X86_64
+def native_arch(machine: str | None = None) -> Arch:
+    """Our architecture (or ``machine``'s); ``SeccompUnsupported`` where we have no table."""
+    machine = machine or platform.machine()
+    arch = ARCHES.get(machine)
+    if arch is None or struct.calcsize("P") != 8:
+        raise SeccompUnsupported(0, f"no seccomp system call table for {machine} "
+                                    f"(only for {', '.join(ARCHES)})")
+    return arch
 
 
 def install(names: Iterable[str], only: Mapping[str, tuple[int, Iterable[int]]] | None = None,
@@ -254,16 +320,16 @@ def install(names: Iterable[str], only: Mapping[str, tuple[int, Iterable[int]]] 
 
     The calling thread must have ``no_new_privs`` set.  Raises
     ``SeccompError`` if the kernel refuses (or a thread can't be synced),
-    ``SeccompUnsupported`` off x86_64.
+    ``SeccompUnsupported`` on an architecture without a table.
     """
     arch = native_arch()
-    restricted = {SYSCALLS_X86_64[name]: spec for name, spec in (only or {}).items()}
-    program = assemble(syscall_numbers(names), arch, restricted)
+    restricted = {arch.table[name]: spec for name, spec in (only or {}).items()}
+    program = assemble(syscall_numbers(names, arch.table), arch.audit, restricted)
     if len(program) > 4096:  # BPF_MAXINSNS
         raise SeccompError(0, f"filter of {len(program)} instructions is too long")
     insns = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
     prog = _SockFprog(len(program), insns)
-    ret = _libc.syscall(SYS_SECCOMP_X86_64, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
+    ret = _libc.syscall(arch.table["seccomp"], SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
                         ctypes.byref(prog))
     if ret < 0:
         code = ctypes.get_errno()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,7 +88,10 @@ def guest_command() -> str:
 
 def vng_argv(vmlinuz: str) -> list[str]:
     """virtme-ng booting ``vmlinuz`` under TCG on the host's read-only root."""
-    vng = os.path.join(os.path.dirname(sys.executable), "vng")
+    # pip's vng script: beside the interpreter, or beside the base interpreter
+    # of a virtual environment (make deps) that found virtme-ng installed there.
+    scripts = (os.path.dirname(sys.executable), os.path.join(sys.base_prefix, "bin"))
+    vng = shutil.which("vng", path=os.pathsep.join(scripts)) or "vng"
     return [
         vng, "--run", vmlinuz, "--disable-kvm", "--force-9p", "--verbose",
         "--cpus", "2", "--memory", "2G", "--exec", guest_command(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import pytest
 from hypothesis import given
@@ -48,9 +49,25 @@ def test_random_buffers_match_reference(data: bytes) -> None:
 
 @given(st.binary(min_size=cs.NUMPY_THRESHOLD, max_size=3 * cs.NUMPY_THRESHOLD))
 def test_numpy_and_integer_paths_agree(data: bytes) -> None:
+    assert cs.load_numpy(), "NumPy is a test dependency"
     n = len(data)
     assert cs.csum_fold(cs._sum_numpy(data, n)) == cs.csum_fold(cs._sum_small(data, n))
     assert cs.checksum(data) == reference_checksum(data)
+
+
+@pytest.fixture
+def without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy not installed, as with the Debian package's Recommends left out."""
+    monkeypatch.setitem(sys.modules, "numpy", None)  # makes `import numpy` fail
+    monkeypatch.setattr(cs, "_sum_large", cs._first_large)  # restored afterwards
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+def test_without_numpy_large_sums_fall_back_to_pure_python(without_numpy, size: int) -> None:
+    data = bytes((i * 13 + 1) & 0xFF for i in range(size))
+    assert cs.checksum(data) == reference_checksum(data)
+    assert cs.load_numpy() is False
+    assert cs._sum_large is cs._sum_small
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])

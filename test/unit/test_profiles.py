@@ -282,6 +282,37 @@ def test_apparmor_grants_what_the_program_reads_to_run(apparmor_profiles, progra
     assert profile.grants("/usr/bin/python3.11", "m"), "interpreter not mappable"
 
 
+# Shared objects the programs map (see /proc/PID/maps of a running pasta with
+# NumPy loaded), and shared objects they must not: any other .so.
+MAPPED = (
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "/usr/lib/aarch64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libffi.so.8.1.2",
+    "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13",
+    "/usr/lib/x86_64-linux-gnu/blas/libblas.so.3.11.0",
+    "/usr/lib/x86_64-linux-gnu/libgfortran.so.5.0.0",
+    "/usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so",
+    "/usr/lib/python3/dist-packages/numpy/core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so",
+    "/usr/lib/python3/dist-packages/numpy/random/_pcg64.cpython-311-x86_64-linux-gnu.so",
+)
+NOT_MAPPED = (
+    "/usr/lib/python3/dist-packages/yaml/_yaml.cpython-311-x86_64-linux-gnu.so",
+    "/usr/local/lib/python3.11/dist-packages/evil.cpython-311-x86_64-linux-gnu.so",
+    "/usr/lib/x86_64-linux-gnu/libevil.so.1", "/usr/lib/x86_64-linux-gnu/sane/libsane.so.1",
+    "/usr/lib/libreoffice/program/libmergedlo.so", "/tmp/evil.so",
+    "/home/alice/.local/lib/python3.11/site-packages/evil.cpython-311-x86_64-linux-gnu.so",
+    "/usr/lib/python3/dist-packages/passt/evil.so",
+)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_apparmor_maps_only_the_shared_objects_the_program_loads(apparmor_profiles, program):
+    profile = apparmor_profiles[program]
+    refused = [path for path in MAPPED if not profile.grants(path, "m")]
+    assert not refused, f"{program} may not map: {refused}"
+    granted = {path: profile.allowing(path) for path in NOT_MAPPED if profile.grants(path, "m")}
+    assert not granted, f"{program} may map: {granted}"
+
+
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_apparmor_never_grants_untouchable_paths(apparmor_profiles, program):
     profile = apparmor_profiles[program]

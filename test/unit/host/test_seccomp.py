@@ -140,3 +140,54 @@ def test_the_installed_filter_refuses_execve_and_more(mode: str) -> None:
     assert outcomes["getpid"] == "ok"
     assert outcomes["socketpair"] == "EPERM"  # not on the list: nobody needs it once running
     assert outcomes["pipe"] == ("ok" if mode == "pasta" else "EPERM")  # splice pipe pool
+
+
+# -- architectures ----------------------------------------------------------------
+
+GENERIC_HEADER = "/usr/include/asm-generic/unistd.h"
+
+
+def test_aarch64_numbers_are_the_generic_tables() -> None:
+    with open(GENERIC_HEADER) as f:
+        text = f.read()
+    kernel = {m[2]: int(m[3]) for m in re.finditer(r"#define __NR(3264)?_(\w+) (\d+)", text)}
+    kernel["newfstatat"] = kernel["fstatat"]  # __NR3264_fstatat is newfstatat on 64-bit
+    assert {name: kernel.get(name) for name in seccomp.SYSCALLS_AARCH64} == dict(
+        seccomp.SYSCALLS_AARCH64)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_every_listed_call_has_a_number_or_an_aarch64_replacement(machine: str) -> None:
+    arch = seccomp.native_arch(machine)
+    for names in (isolation.PASST_SYSCALLS, isolation.PASTA_SYSCALLS):
+        numbers = seccomp.syscall_numbers(names, arch.table)
+        assert len(numbers) >= len(set(names)) - 2, machine
+        program = assemble(numbers, arch.audit)
+        assert run(program, arch.table["read"], arch.audit) == SECCOMP_RET_ALLOW
+        assert run(program, arch.table["execve"], arch.audit) == EPERM
+        foreign = next(a.audit for a in seccomp.ARCHES.values() if a is not arch)
+        assert run(program, arch.table["read"], foreign) == SECCOMP_RET_KILL_PROCESS
+
+
+def test_an_unknown_name_is_an_error_on_every_architecture() -> None:
+    with pytest.raises(KeyError):
+        seccomp.syscall_numbers(["no_such_call"], seccomp.SYSCALLS_AARCH64)
+
+
+def test_other_architectures_are_refused_with_the_way_out_named(monkeypatch) -> None:
+    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    with pytest.raises(seccomp.SeccompUnsupported, match="riscv64"):
+        seccomp.native_arch()
+    monkeypatch.delenv(isolation.NO_SECCOMP_VARIABLE, raising=False)
+    with pytest.raises(isolation.IsolationError, match="PASST_NO_SECCOMP=1"):
+        isolation.apply(_unfiltered_plan(monkeypatch))
+    monkeypatch.setenv(isolation.NO_SECCOMP_VARIABLE, "1")
+    isolation.apply(_unfiltered_plan(monkeypatch))  # warns, returns
+
+
+def _unfiltered_plan(monkeypatch) -> isolation.Plan:
+    """A plan whose isolation steps do nothing, so only the seccomp step runs."""
+    monkeypatch.setattr(isolation, "_check_threads", lambda runner: None)
+    monkeypatch.setattr(isolation, "_isolate_with_runner", lambda p, runner: None)
+    monkeypatch.setattr(isolation, "LATE_IMPORTS", ())
+    return isolation.Plan("passt", (0, 0), False, 0, 0, isolation.PASST_SYSCALLS)
