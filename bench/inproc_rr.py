@@ -46,7 +46,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from passt import tcp  # noqa: E402
+from passt.tcp import tap as tcp  # noqa: E402
 from passt.backends.dispatch import Dispatcher, SourceFilter  # noqa: E402
 from passt.backends.tap import TunTap  # noqa: E402
 from passt.context import Ctx  # noqa: E402

@@ -46,7 +46,7 @@ TIMEOUT = 20.0
 # pasta, with the tun device's path as first argument ("" for the default).
 LAUNCHER = (
     "import sys\n"
-    "from passt import tap\n"
+    "from passt.backends import tap\n"
     "tap.TUN_DEVICE = sys.argv.pop(1) or tap.TUN_DEVICE\n"
     "from passt.cli import main_pasta\n"
     "main_pasta()\n"
