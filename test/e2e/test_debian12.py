@@ -52,7 +52,7 @@ APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
            "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
 # What `make check` runs in the stock root, and the apt packages those need
 # (the profile tools: `make check` parses the profiles first).
-STOCK_TESTS = "test/unit/test_checksum.py test/unit/test_seccomp.py test/unit/test_conf.py"
+STOCK_TESTS = "test/unit/test_checksum.py test/unit/host/test_seccomp.py test/unit/test_conf.py"
 # and the C tool chain `make deps` builds upstream's 2026 release with.
 STOCK_APT = "apparmor selinux-policy-dev checkpolicy semodule-utils m4 gcc make libc6-dev"
 # shared/ (upstream's reference tarball) lies beside the checkout, as in CI
