@@ -45,9 +45,11 @@ buffer while we load), so the guest sleeps with work in its ring and no
 interrupt coming: a receive queue that stays full for good, a TCP flow
 that stalls (upstream's ``vring_can_notify`` has its ``smp_mb`` for the
 same reason).  ``wants_interrupt()`` reads the flag again, for the back
-end's nudge when it has frames and no buffers.  ``rewind(n)``
-gives back the last chains popped but not pushed (a frame that did not
-fit in the buffers offered).  Every loop here is bounded by the ring size.
+end's nudge when it has frames and no buffers.  The indices and flags
+are read and written as whole 16-bit words (``_words``), never a byte at
+a time as ``struct`` would: the guest reads them while we write.
+``rewind(n)`` gives back the last chains popped but not pushed (a frame
+that did not fit in the buffers offered).  Every loop here is bounded by the ring size.
 """
 
 from __future__ import annotations
@@ -69,9 +71,21 @@ DESC_SIZE = 16
 LOG_LIMIT = 10  # warnings per kind of refusal; further ones at debug level
 
 _desc = struct.Struct("<QIHH")
-_u16 = struct.Struct("<H")
 _used_elem = struct.Struct("<II")
 _FENCE = threading.Lock()
+
+
+def _words(view: memoryview) -> memoryview:
+    """``view`` as 16-bit words in the machine's byte order (virtio's: little-endian).
+
+    A word read or written through it is one 16-bit load or store, which the
+    guest, running on another CPU, sees whole.  ``struct`` would move it a byte
+    at a time: a guest reading the used index between our two bytes sees an
+    index that went back, or far ahead, reads used entries it already took
+    and marks the queue broken ("id N is not a head!"): its network is gone
+    until it reboots.
+    """
+    return view.cast("H")
 
 
 def full_barrier() -> None:
@@ -169,8 +183,9 @@ class SplitQueue:
         self._published = 0
         self._mem: GuestMemory | None = None
         self._desc: memoryview | None = None
-        self._avail: memoryview | None = None
-        self._used: memoryview | None = None
+        self._avail: memoryview | None = None  # 16-bit words: flags, idx, ring[num]
+        self._used: memoryview | None = None  # bytes: the (id, len) elements
+        self._used16: memoryview | None = None  # the same, 16-bit words: flags, idx
         self._jumped = False
 
     @property
@@ -187,23 +202,22 @@ class SplitQueue:
                  mem.uva(used, 4 + 8 * num + 2))
         if any(v is None for v in views):
             return f"queue {self.index}: ring outside the memory table"
+        desc_view, avail_view, used_view = views
+        assert desc_view is not None and avail_view is not None and used_view is not None
         self._mem = mem
-        self._desc, self._avail, self._used = views
-        self.used_idx = self._published = self._read16(views[2], 2)  # type: ignore[arg-type]
+        self._desc, self._used = desc_view, used_view
+        self._avail = _words(avail_view)
+        self._used16 = _words(used_view)
+        self.used_idx = self._published = self._used16[1]
         return None
 
     def detach(self) -> None:
         """Forget the rings (memory table replaced, ring stopped)."""
-        for view in (self._desc, self._avail, self._used):
+        for view in (self._avail, self._used16, self._desc, self._used):
             if view is not None:
                 view.release()
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used16 = None
         self._mem = None
-
-    @staticmethod
-    def _read16(view: memoryview, offset: int) -> int:
-        value: int = _u16.unpack_from(view, offset)[0]
-        return value
 
     # -- taking chains -----------------------------------------------------
 
@@ -212,7 +226,7 @@ class SplitQueue:
         avail = self._avail
         if avail is None:
             return 0
-        pending = (self._read16(avail, 2) - self.last_avail) & 0xFFFF
+        pending = (avail[1] - self.last_avail) & 0xFFFF
         if pending > self.num:
             if not self._jumped:
                 self.refusals.refuse("avail_jump", "queue %d: available index jumped %d "
@@ -233,8 +247,7 @@ class SplitQueue:
             if not self.available():
                 return None
             assert self._avail is not None
-            slot = 4 + 2 * (self.last_avail % self.num)
-            head = self._read16(self._avail, slot)
+            head: int = self._avail[2 + self.last_avail % self.num]
             self.last_avail = (self.last_avail + 1) & 0xFFFF
             if head >= self.num:
                 self.refusals.refuse("bad_head", "queue %d: chain head %d outside a ring of %d",
@@ -297,10 +310,10 @@ class SplitQueue:
 
     def publish(self) -> bool:
         """Make pushed entries visible; whether the guest wants an interrupt for them."""
-        used, avail = self._used, self._avail
-        if used is None or avail is None or self.used_idx == self._published:
+        used16 = self._used16
+        if used16 is None or self.used_idx == self._published:
             return False
-        _u16.pack_into(used, 2, self.used_idx)
+        used16[1] = self.used_idx  # one 16-bit store: see the module docstring
         self._published = self.used_idx
         full_barrier()  # the index out before the flag is read: see the module docstring
         return self.wants_interrupt()
@@ -308,4 +321,4 @@ class SplitQueue:
     def wants_interrupt(self) -> bool:
         """Whether the guest has interrupts on for this queue (``NO_INTERRUPT`` clear)."""
         avail = self._avail
-        return avail is not None and not self._read16(avail, 0) & VRING_AVAIL_F_NO_INTERRUPT
+        return avail is not None and not avail[0] & VRING_AVAIL_F_NO_INTERRUPT

@@ -7,8 +7,13 @@ and the available ring themselves, as a (mis)behaving guest would.
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
+import time
 from collections import Counter
 from collections.abc import Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 
 import pytest
 
@@ -188,3 +193,41 @@ def test_refusal_log_is_bounded(guest: FakeGuest, queue: SplitQueue, stats: Coun
         assert take(queue) is None
     assert stats["vhost_user.bad_addr"] == 30
     assert len(refusal_lines(capsys)) == 10  # LOG_LIMIT; the rest at debug level
+
+
+def _watch_used_index(fd: int, offset: int, seen: Queue[set[int]], stop: Event) -> None:
+    """In another process, as the guest's CPU: every value the used index takes."""
+    with mmap.mmap(fd, SIZE) as mem:
+        words = memoryview(mem)[offset:offset + 4].cast("H")
+        values = set()
+        while not stop.is_set():
+            for _ in range(10_000):
+                values.add(words[1])
+        words.release()
+    seen.put(values)
+
+
+def test_the_used_index_changes_in_one_store(guest: FakeGuest, queue: SplitQueue) -> None:
+    """Across a byte boundary (0x00ff <-> 0x0100) a guest reading concurrently
+    sees one index or the other, never half of each (0x0000, 0x01ff): a torn
+    index makes a Linux guest break the queue for good."""
+    queue.used_idx = 0x00FF
+    queue.publish()
+    ctx = multiprocessing.get_context("fork")
+    seen: Queue[set[int]] = ctx.Queue()
+    stop = ctx.Event()
+    watcher = ctx.Process(target=_watch_used_index,
+                          args=(guest.fd, guest.used_offset(1), seen, stop))
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            for index in (0x00FF, 0x0100) * 1000:
+                queue.used_idx = index
+                queue.publish()
+    finally:
+        stop.set()
+        values = seen.get(timeout=10)
+        watcher.join(10)
+    assert values <= {0x00FF, 0x0100}, [hex(v) for v in sorted(values - {0x00FF, 0x0100})[:10]]
+
