@@ -24,7 +24,11 @@ on: passed to the device, or closed.
 
 What we offer: ``VIRTIO_F_VERSION_1``, ``VIRTIO_NET_F_MRG_RXBUF`` (so that a
 64 KiB frame can span the guest's receive buffers), ``VIRTIO_NET_F_GUEST_CSUM``
-(our frames carry valid checksums: the guest may skip checking them) and
+(our frames carry valid checksums: the guest may skip checking them),
+``VIRTIO_NET_F_CSUM`` (the guest may leave its TCP and UDP checksums
+partial, the pseudo-header sum only: we end every TCP connection and send
+UDP payloads through sockets, so no handler reads those checksums, and a
+TCG guest no longer sums every byte it sends) and
 ``VHOST_USER_F_PROTOCOL_FEATURES``, with the protocol feature ``REPLY_ACK``.
 A net device has two queues: 0 receives (we write), 1 transmits (we read).
 """
@@ -54,13 +58,14 @@ QUEUES = 2
 RX, TX = 0, 1
 MEM_REGIONS_MAX = 8
 
+VIRTIO_NET_F_CSUM = 0
 VIRTIO_NET_F_GUEST_CSUM = 1
 VIRTIO_NET_F_MRG_RXBUF = 15
 VHOST_USER_F_PROTOCOL_FEATURES = 30
 VIRTIO_F_VERSION_1 = 32
 PROTOCOL_F_REPLY_ACK = 3
 
-FEATURES = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF
+FEATURES = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_CSUM
             | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VHOST_USER_F_PROTOCOL_FEATURES)
 PROTOCOL_FEATURES = 1 << PROTOCOL_F_REPLY_ACK
 

@@ -231,3 +231,17 @@ def test_waiting_frames_nudge_a_guest_that_takes_interrupts(pair, guest: FakeGue
     guest.mem[guest.avail_offset(RX)] = 0
     assert backend.send_frames([frame_of(100, 4)]) == 1
     assert called(fds["call0"]) and stats["vhost_user.rx_nudge"] == 2
+
+
+def test_guest_frames_with_partial_checksums_are_taken_as_they_are(pair, guest: FakeGuest
+                                                                   ) -> None:
+    """VIRTIO_NET_F_CSUM: the guest may leave its TCP/UDP checksum to us
+    (NEEDS_CSUM in the header); nothing here reads it, the frame goes on."""
+    assert vu.FEATURES & 1 << vu.VIRTIO_NET_F_CSUM
+    front, backend, _ = pair
+    fds = start_device(front, backend, guest)
+    header = NET_HDR.pack(1, 0, 0, 0, 34, 16, 0)  # NEEDS_CSUM, csum_start, csum_offset
+    frame = frame_of(200, 9)
+    guest.offer(TX, guest.chain(TX, 0, [(guest.buffer(header + frame), len(header) + len(frame))]))
+    os.eventfd_write(fds["kick1"], 1)
+    assert [bytes(f) for f in backend.recv_frames()] == [frame]
