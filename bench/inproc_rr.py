@@ -46,7 +46,6 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from passt.tcp import tap as tcp  # noqa: E402
 from passt.backends.dispatch import Dispatcher, SourceFilter  # noqa: E402
 from passt.backends.tap import TunTap  # noqa: E402
 from passt.context import Ctx  # noqa: E402
@@ -61,6 +60,7 @@ from passt.packet import (  # noqa: E402
     parse_tcp,
     tcp_options,
 )  # fmt: skip
+from passt.tcp import tap as tcp  # noqa: E402
 from passt.tcp.core import seq_lt  # noqa: E402
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
