@@ -44,8 +44,8 @@ queue interrupt is signalled again (at most every ``NUDGE_INTERVAL``) if
 it has interrupts on.  A guest with a full receive ring and interrupts on
 is asleep while it should be emptying the ring: an interrupt it missed
 (see ``virtqueue.full_barrier``) would otherwise stall every flow to it
-for good; a spare one costs it an empty poll.  Chains taken that a frame did not need are kept for the
-next one.
+for good; a spare one costs it an empty poll.  Chains taken that a frame
+did not need are kept for the next one.
 
 When QEMU stops a queue (``GET_VRING_BASE``), we stop using it and answer
 the index of the next chain we would have taken.  Everything the session

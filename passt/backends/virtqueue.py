@@ -49,7 +49,8 @@ end's nudge when it has frames and no buffers.  The indices and flags
 are read and written as whole 16-bit words (``_words``), never a byte at
 a time as ``struct`` would: the guest reads them while we write.
 ``rewind(n)`` gives back the last chains popped but not pushed (a frame
-that did not fit in the buffers offered).  Every loop here is bounded by the ring size.
+that did not fit in the buffers offered).  Every loop here is bounded by
+the ring size.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def _words(view: memoryview) -> memoryview:
 
     A word read or written through it is one 16-bit load or store, which the
     guest, running on another CPU, sees whole.  ``struct`` would move it a byte
-    at a time: a guest reading the used index between our two bytes sees an
-    index that went back, or far ahead, reads used entries it already took
+    at a time, low byte first: a guest reading the used index between our
+    two bytes sees it 255 entries back, reads used entries it already took
     and marks the queue broken ("id N is not a head!"): its network is gone
     until it reboots.
     """
@@ -95,8 +96,8 @@ def full_barrier() -> None:
     with an atomic compare-and-swap, which on x86_64 is ``lock cmpxchg``, a
     full barrier; taken and given back here in about 70 ns (nobody else
     ever holds this lock).  On weaker architectures (arm64) the acquire
-    and release it does are not one, and the back end's nudge is what
-    recovers from a missed interrupt there.
+    and release it does are not one: there the back end's nudge recovers a
+    missed receive interrupt, and nothing yet a missed transmit one.
     """
     _FENCE.acquire()
     _FENCE.release()
