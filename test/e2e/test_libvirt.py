@@ -39,6 +39,7 @@ expects it in the lease, and inbound IPv4 servers bind it.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
@@ -473,6 +474,9 @@ def test_libvirt_starts_passt_with_its_argv(cell: Cell, libvirt: LibvirtEnv) -> 
         assert "vhost-user" in netdev, netdev
     else:
         assert "stream" in netdev and libvirt.option("--socket") in netdev, netdev
+    rx_filter = json.loads(libvirt.libvirtd.virsh(
+        "qemu-monitor-command", DOMAIN, '{"execute": "query-rx-filter"}').stdout)["return"]
+    assert [f["main-mac"] for f in rx_filter] == [GUEST_MAC], rx_filter
 
 
 def _values(argv: list[str], option: str) -> list[str]:
