@@ -118,7 +118,10 @@ SHARED_MEMORY = """
 def domain_xml(passt_dir: str, interface: str = "user") -> str:
     kernel, initrd = (os.path.abspath(p) for p in image_paths())
     vhost_user = interface == "vhostuser"
-    emulator = qemu_command("vhost-user" if vhost_user else "stream")[0]
+    # Resolved: libvirt caches capabilities by the emulator's path, in the
+    # build directory, which a git worktree reaches through a link.
+    command = qemu_command("vhost-user" if vhost_user else "stream")[0]
+    emulator = os.path.realpath(shutil.which(command) or command)
     ranges = {
         "tcp": (FORWARDED.iperf, FORWARDED.stream),
         "udp": (FORWARDED.iperf, FORWARDED.dgram),
@@ -145,7 +148,7 @@ def domain_xml(passt_dir: str, interface: str = "user") -> str:
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>{shutil.which(emulator) or emulator}</emulator>
+    <emulator>{emulator}</emulator>
     <interface type='{interface}'>
       <backend type='passt' logFile='{passt_dir}/passt.log'/>
       <mac address='{GUEST_MAC}'/>
