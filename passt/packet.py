@@ -142,6 +142,10 @@ _unpack_ts = _TS.unpack_from
 _unpack_ts_word = _TS_WORD.unpack_from
 # Named tuples built without the Python-level __new__ they generate: per-frame saving.
 _new = tuple.__new__
+# The named tuples' memoryview fields are annotated through this alias: mypyc
+# (make mypyc) evaluates a named tuple's annotations by their name among the
+# module's globals, where the builtin memoryview is not.
+View = memoryview
 
 _IPV4_DF = 0x4000
 _IPV4_FRAG_MASK = 0x3FFF  # MF flag and fragment offset
@@ -159,7 +163,7 @@ class ParseError(ValueError):
 class Packet(NamedTuple):
     """A parsed frame: Ethernet and IP fields, and where the L4 message is."""
 
-    frame: memoryview
+    frame: View
     eth_dst: bytes
     eth_src: bytes
     ethertype: int
@@ -171,7 +175,7 @@ class Packet(NamedTuple):
     fragment: bool
     l3_offset: int
     l4_offset: int
-    l4: memoryview  # L4 header and payload, trimmed to the IP length
+    l4: View  # L4 header and payload, trimmed to the IP length
 
 
 class TcpSegment(NamedTuple):
@@ -186,13 +190,13 @@ class TcpSegment(NamedTuple):
     sack_ok: bool
     ts_val: int | None
     ts_ecr: int | None
-    payload: memoryview
+    payload: View
 
 
 class UdpDatagram(NamedTuple):
     sport: int
     dport: int
-    payload: memoryview  # trimmed to the UDP length
+    payload: View  # trimmed to the UDP length
 
 
 class IcmpMessage(NamedTuple):
@@ -202,7 +206,7 @@ class IcmpMessage(NamedTuple):
     code: int
     ident: int
     seq: int
-    body: memoryview
+    body: View
 
 
 class ArpMessage(NamedTuple):
