@@ -25,7 +25,9 @@ so differences below about 15 % are out of its reach there.
 
 Usage (as root): ``abtest.py [--base REV] [--only KEY,...] [--rounds N]
 [--time S]``; the defaults compare ``HEAD`` with the working tree on the
-round trips and the connection rate through the tap.
+round trips and the connection rate through the tap.  ``--mypyc DIR``
+compares the working tree with itself instead: pure Python (A) against the
+mypyc build of its hot modules in DIR (B, ``PASST_MYPYC``; ``make mypyc``).
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ class Version:
 
     name: str
     tree: str
+    mypyc: str | None = None  # PASST_MYPYC for this version's programs
     samples: dict[str, list[Sample]] = field(default_factory=dict)
 
     def _first_on_path(self) -> str:
-        return f"import sys; sys.path.insert(0, {self.tree!r})"
+        env = "" if self.mypyc is None else f"import os; os.environ['PASST_MYPYC'] = {self.mypyc!r}; "
+        return env + f"import sys; sys.path.insert(0, {self.tree!r})"
 
     def impl(self) -> harness.Impl:
         """Our programs, importing ``passt`` from this version's tree."""
@@ -71,6 +75,13 @@ class Version:
             capture_output=True, text=True, check=True).stdout.strip()
         if not found.startswith(os.path.join(self.tree, "")):
             raise SystemExit(f"abtest: {self.name} imports passt from {found}, not {self.tree}")
+        if self.mypyc is not None:
+            core = subprocess.run(
+                [sys.executable, "-c", f"{self._first_on_path()}; import passt.tcp.core as m; "
+                                       "print(m.__file__)"],
+                capture_output=True, text=True, check=True).stdout.strip()
+            if not core.endswith(".so"):
+                raise SystemExit(f"abtest: no mypyc build for this tree in {self.mypyc}")
 
 
 def worktree(rev: str) -> Version:
@@ -145,6 +156,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="HEAD", help="the commit to compare with (A)")
     ap.add_argument("--only", default=DEFAULT_CELLS, help="cells (sidebyside.py keys)")
+    ap.add_argument("--mypyc", metavar="DIR",
+                    help="A: the working tree in pure Python, B: with the mypyc build in DIR")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--time", type=float, default=Settings.seconds,
                     help="seconds per measurement")
@@ -156,7 +169,11 @@ def main() -> int:
         print(f"abtest: not a pasta cell of sidebyside.py: {', '.join(sorted(unknown))}",
               file=sys.stderr)
         return 1
-    a, b = worktree(args.base), Version("working tree", harness.ROOT)
+    if args.mypyc:
+        a = Version("pure Python", harness.ROOT)
+        b = Version("mypyc", harness.ROOT, os.path.abspath(args.mypyc))
+    else:
+        a, b = worktree(args.base), Version("working tree", harness.ROOT)
     bench = Settled(Settings(seconds=args.time))
     workdir = os.path.join(WORKTREES, "work")
     try:
@@ -168,7 +185,8 @@ def main() -> int:
                 measure_round(version, cells, bench, workdir)
         report(a, b, cells)
     finally:
-        remove_worktree(a)
+        if a.tree != harness.ROOT:
+            remove_worktree(a)
     return 0
 
 
