@@ -184,7 +184,7 @@ def run_pasta(conf: Any) -> int:
         rt._cleanups.append(ns.teardown)
         rt.start_handlers(ns.runner.call)
         assert rt.dispatcher is not None
-        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
+        rt.dispatcher.attach(TunTap(ns.tap_fd, owns_fd=False))
         readiness.ready()
         ns.start_command()
         checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
@@ -256,10 +256,3 @@ def stop_on_signals(loop: EventLoop) -> None:
 def _stop(loop: EventLoop, signum: int) -> None:
     log.info("%s received, exiting", signal.Signals(signum).name)
     loop.stop(0)
-
-
-class _NonClosingTunTap(TunTap):
-    """pasta's tap: the namespace owns the descriptor and closes it at tear-down."""
-
-    def close(self) -> None:
-        pass

@@ -61,11 +61,18 @@ def open_tap(name: str = "") -> tuple[int, str]:
 
 
 class TunTap:
-    """pasta's backend: a tap descriptor, one frame per read or write."""
+    """pasta's backend: a tap descriptor, one frame per read or write.
 
-    def __init__(self, fd: int, batch: int = RECV_BATCH, frame_max: int = FRAME_MAX) -> None:
+    With ``owns_fd`` false, ``close`` leaves the descriptor open: pasta's
+    namespace owns it and closes it at tear-down.
+    """
+
+    def __init__(
+        self, fd: int, batch: int = RECV_BATCH, frame_max: int = FRAME_MAX, owns_fd: bool = True
+    ) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
+        self._owns_fd = owns_fd
         buffers = [bytearray(frame_max) for _ in range(batch)]
         self._slots = [([buf], memoryview(buf)) for buf in buffers]
 
@@ -103,6 +110,6 @@ class TunTap:
         return sent
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd >= 0 and self._owns_fd:
             os.close(self._fd)
-            self._fd = -1
+        self._fd = -1

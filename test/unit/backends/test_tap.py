@@ -57,6 +57,22 @@ def test_tuntap_writes_one_frame_each_and_drops_when_full(seqpacket):
     assert 0 < sent < len(big)
 
 
+def test_tuntap_closes_only_a_descriptor_it_owns(seqpacket):
+    ours, _ = seqpacket
+    fd = os.dup(ours.fileno())
+    try:
+        tap = TunTap(fd, owns_fd=False)  # pasta's: the namespace closes it
+        tap.close()
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+    owned = TunTap(os.dup(ours.fileno()))
+    dup = owned.fileno()
+    owned.close()
+    with pytest.raises(OSError):
+        os.fstat(dup)
+
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
