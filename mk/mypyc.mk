@@ -6,6 +6,8 @@
 #   make mypyc         build it (about a minute; cached by source hash)
 #   make check-mypyc   build it, then check that the compiled modules load and
 #                      pass the TCP core's unit tests (part of `make check`)
+#   make bench-ab AB_ARGS='--mypyc build/mypyc --only tcp_rr_tap,tcp_crr_tap'
+#                      pure Python against the build, alternately
 #
 # mypyc comes with mypy (the lint extra); it needs a C compiler and the
 # Python headers, and setuptools to drive the compiler.
