@@ -778,8 +778,8 @@ def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
     for pkt in pkts:
         try:
             seg = parse_tcp(pkt.l4)
-        except ParseError as e:
-            ctx.stats["drop." + e.reason] += 1
+        except ParseError as bad:
+            ctx.stats["drop." + bad.reason] += 1
             continue
         # IP frames only come here: their addresses are set.
         k = cast(TapKey, ("tcp", pkt.src, seg.sport, pkt.dst, seg.dport))

@@ -337,8 +337,8 @@ class UdpState:
         if flow is None:
             try:
                 flow = self._open_outbound(key)
-            except Refused as e:
-                ctx.stats[e.reason] += len(pkts)
+            except Refused as refused:
+                ctx.stats[refused.reason] += len(pkts)
                 return
         flow.last = ctx.loop.now()  # type: ignore[union-attr]
         sock, dest, stats = flow.sock, flow.dest, ctx.stats
@@ -346,8 +346,8 @@ class UdpState:
         for pkt in pkts:
             try:
                 payload = parse_udp(pkt.l4).payload
-            except ParseError as e:
-                stats["drop." + e.reason] += 1
+            except ParseError as bad:
+                stats["drop." + bad.reason] += 1
                 continue
             try:
                 if dest is None:

@@ -8,6 +8,7 @@ cannot inherit from a compiled one, and that fails at import).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import pkgutil
@@ -80,6 +81,32 @@ def test_a_build_that_does_not_load_is_left_alone(tmp_path, monkeypatch, capsys)
     assert sys.meta_path == before
     assert "does not load" in capsys.readouterr().err
     assert "abc__mypyc" not in sys.modules
+
+
+def except_names_of_two_types(source: str) -> list[str]:
+    """Functions that bind one ``except ... as NAME`` to different exception types."""
+    found = []
+    for function in ast.walk(ast.parse(source)):
+        if isinstance(function, ast.FunctionDef):
+            types: dict[str, set[str]] = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.ExceptHandler) and node.name and node.type:
+                    types.setdefault(node.name, set()).add(ast.unparse(node.type))
+            found += [f"{function.name}: {name}" for name, t in types.items() if len(t) > 1]
+    return found
+
+
+def test_the_guard_sees_an_except_name_reused_for_another_type():
+    source = "def f():\n try: g()\n except A as e: pass\n try: g()\n except B as e: pass\n"
+    assert except_names_of_two_types(source) == ["f: e"]
+
+
+@pytest.mark.parametrize("module", compiled.HOT)
+def test_no_hot_function_reuses_an_except_name_for_another_type(module):
+    # mypyc types the name by its first binding: the second handler would raise
+    # TypeError ("A object expected; got B") instead of handling its exception.
+    path = Path(passt.__file__).parent.parent.joinpath(*module.split(".")).with_suffix(".py")
+    assert except_names_of_two_types(path.read_text()) == []
 
 
 compiled_only = pytest.mark.skipif(
