@@ -71,7 +71,7 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Protocol, Union
 
-from passt import log
+from passt import buffers, log
 from passt.backends.vhost_backend import VhostUserBackend
 from passt.fsref import FileRef
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
@@ -148,8 +148,7 @@ class QemuStream:
         self._fd = sock.fileno()
         self._loop = loop
         self._stats = stats
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._buf = self._view = buffers.zeroed(buffer_size)
         self._tail_start = 0  # an incomplete frame kept from the last read
         self._tail_len = 0
         self._queue: deque[Buffer] = deque()  # prefixes and frames still to send

@@ -22,7 +22,7 @@ import os
 import struct
 from collections.abc import Sequence
 
-from passt import log
+from passt import buffers, log
 from passt.backends.base import Buffer
 
 TUN_DEVICE = "/dev/net/tun"
@@ -66,8 +66,7 @@ class TunTap:
     def __init__(self, fd: int, batch: int = RECV_BATCH, frame_max: int = FRAME_MAX) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
-        buffers = [bytearray(frame_max) for _ in range(batch)]
-        self._slots = [([buf], memoryview(buf)) for buf in buffers]
+        self._slots = [([view], view) for view in buffers.pool(batch, frame_max)]
 
     def fileno(self) -> int:
         return self._fd

@@ -83,6 +83,7 @@ from passt.backends.vhost_user import (
     parse_header,
 )
 from passt.backends.virtqueue import GuestMemory, Refusals, Region, SplitQueue
+from passt.buffers import zeroed
 
 Buffer = bytes | bytearray | memoryview
 
@@ -134,8 +135,7 @@ class VhostUserBackend:
         self._hdr_len = NET_HDR.size
         self._mergeable = True
         self._hdr_flags = 0
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._buf = self._view = zeroed(buffer_size)
         self._spare: deque[tuple[int, list[memoryview]]] = deque()  # receive chains taken
         self._pending: deque[bytes] = deque()  # frames waiting for receive buffers
         self._pending_bytes = 0
@@ -434,7 +434,7 @@ class VhostUserBackend:
             self._pending_bytes -= len(pending.popleft())
 
 
-def _gather(buffers: list[memoryview], skip: int, buf: bytearray, pos: int) -> int:
+def _gather(buffers: list[memoryview], skip: int, buf: memoryview, pos: int) -> int:
     """Copy ``buffers`` without their first ``skip`` bytes to ``buf[pos:]``; the end."""
     for b in buffers:
         size = len(b)

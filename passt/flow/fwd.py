@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from passt import log
+from passt import buffers, log
 from passt import loop as ev
 from passt.flow.table import SockAddr
 from passt.ports import PortFwd
@@ -259,8 +259,7 @@ class Forwarder:
         self.handlers = Handlers()
         self.listeners: dict[Listen, Listener] = {}
         self.stats: Counter[str] = Counter()
-        self.dgram_buf = bytearray(DATAGRAM_MAX)
-        self.dgram_view = memoryview(self.dgram_buf)
+        self.dgram_buf = self.dgram_view = buffers.zeroed(DATAGRAM_MAX)
         self.udp_splice: Any = None
         self.scanner: AutoScanner | None = None
         self.splice_inbound = True      # --no-splice: host loopback through the tap

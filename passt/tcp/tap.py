@@ -171,7 +171,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from passt import log
+from passt import buffers, log
 from passt.checksum import Buffer
 from passt.flow.nat import AddressMapping, outbound_addresses, packed
 from passt.flow.table import FlowTableFull, SockAddr, TapKey
@@ -264,7 +264,7 @@ class TcpState:
         self.hold_budget = HoldBudget()
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
         pool = 2 * FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES  # one peek's at least
-        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(pool)]
+        self.pool = buffers.pool(pool, FRAME_MAX)
         self.pool_next = 0  # pool buffers from here on are free until the next send
         self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
         self.out: list[Buffer] = []  # frames of the event being handled

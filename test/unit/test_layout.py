@@ -125,7 +125,7 @@ def test_the_graph_sees_relative_and_type_only_imports() -> None:
 # and those below.  The longest matching prefix decides.
 LAYERS = {
     "passt": 0, "passt.log": 0, "passt.loop": 0, "passt.packet": 0, "passt.checksum": 0,
-    "passt.pcap": 0, "passt.fsref": 0, "passt.conf": 0, "passt.ports": 0,
+    "passt.pcap": 0, "passt.fsref": 0, "passt.conf": 0, "passt.ports": 0, "passt.buffers": 0,
     "passt.backends": 1,
     "passt.host": 2,
     "passt.flow": 3,
