@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import resource
 import signal
+import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -42,37 +43,33 @@ from types import ModuleType
 from typing import Any
 
 from passt import checksum, log
-from passt.backends import qemu
 from passt.backends.dispatch import Dispatcher, SourceFilter
-from passt.backends.qemu import QemuError
-from passt.backends.tap import TapError, TunTap
+from passt.backends.tap import TunTap
 from passt.context import Ctx
-from passt.control_socket import server as control_server
+from passt.errors import StartupError
 from passt.flow import fwd, icmp
 from passt.flow.table import FlowTable
-from passt.host import daemon, hostnet, isolation, netns
-from passt.host.daemon import DaemonError, PidFile, Readiness
-from passt.host.hostnet import HostNetError, NetInfo
-from passt.host.netns import NetnsError
+from passt.host import daemon, hostnet, isolation
+from passt.host.daemon import PidFile, Readiness
+from passt.host.hostnet import NetInfo
 from passt.l2 import arp, dhcp, dhcpv6, ndp
 from passt.loop import EventLoop
-from passt.pcap import Pcap, PcapError
+from passt.pcap import Pcap
 from passt.tcp import splice as tcp_splice
 from passt.tcp import tap as tcp
 from passt.udp import splice as udp_splice
 from passt.udp import tap as udp
 
+# What only some runs need is imported by the function that needs it, at
+# start-up (before isolation, after which nothing can be imported), and
+# nowhere else: pasta never uses QEMU's socket or vhost-user, passt never a
+# namespace, and the control socket exists only with -c.  Together about a
+# quarter of our import time.  test/unit/test_layout.py allows these imports
+# in functions, and only these, only here.
+LAZY_MODULES = ("passt.backends.qemu", "passt.control_socket.server", "passt.host.netns")
+
 # Exceptions whose message is the one line a user sees before exit status 1.
-STARTUP_ERRORS: tuple[type[Exception], ...] = (
-    HostNetError,
-    DaemonError,
-    PcapError,
-    TapError,
-    NetnsError,
-    QemuError,
-    control_server.ControlError,
-    OSError,
-)
+STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, OSError)
 
 # Flows per descriptor budget: every flow owns at most two descriptors (a
 # spliced connection: two sockets; pipes come from a pool), and some are
@@ -114,7 +111,7 @@ class Runtime:
         self.net: NetInfo = hostnet.discover(conf)
         self.pidfile = PidFile.open(conf.pid) if conf.pid else None
         self.pcap = Pcap.open(conf.pcap) if conf.pcap else None
-        self.control = control_server.bind(conf.conf_path) if conf.conf_path else None
+        self.control = _bind_control(conf.conf_path) if conf.conf_path else None
         self.loop = EventLoop()
         self.ctx = Ctx(
             conf=conf, net=self.net, loop=self.loop, flows=FlowTable(max_flows()), pcap=self.pcap
@@ -144,6 +141,7 @@ class Runtime:
                 self._cleanups.append(functools.partial(close, self.ctx))
         fwd.start(self.ctx)
         if self.control is not None:  # -c: pesto's socket, serving the tables just opened
+            from passt.control_socket import server as control_server
             self._cleanups.append(control_server.setup(self.ctx, self.control,
                                                        self.conf.conf_path).close)
         self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
@@ -174,7 +172,13 @@ class Runtime:
         self.loop.close()
 
 
+def _bind_control(path: str) -> socket.socket:
+    from passt.control_socket import server as control_server
+    return control_server.bind(path)
+
+
 def run_pasta(conf: Any) -> int:
+    from passt.host import netns
     rt = Runtime(conf)
     readiness = rt.daemonize(netns.daemonizes(conf))
     try:
@@ -197,6 +201,7 @@ def run_pasta(conf: Any) -> int:
 def run_passt(conf: Any) -> int:
     """passt: ``qemu.listen(conf)`` gives a listener with ``start(loop, on_client)``,
     ``resume()`` (accept the next client) and ``close()``; a client is a ``TapBackend``."""
+    from passt.backends import qemu
     rt = Runtime(conf)
     listener = qemu.listen(conf)
     rt._cleanups.append(listener.close)

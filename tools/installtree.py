@@ -12,10 +12,12 @@ a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
 - ``bin/passt``, ``bin/pasta``, ``bin/pesto``: small launcher scripts for the interpreter
-  that has NumPy and pyroute2 (``--python``); they put ``--sitedir`` on
-  ``sys.path`` when the interpreter would not look there by itself, and run
-  in isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
-  libvirt and container engines may start them with privileges.
+  that has NumPy (``--python``); they run in isolated mode (``-I``: no
+  ``PYTHONPATH``, no user site directory), since libvirt and container
+  engines may start them with privileges, and without the ``site`` module
+  (``-S``: its ``.pth`` files cost a good part of start-up), so they put the
+  interpreter's site directories, found at installation, and ``--sitedir``
+  on ``sys.path`` themselves.
   ``bin/qrap``, the QEMU wrapper (``contrib/qrap``, standard library only),
   with its first line pointing at the same interpreter;
 - the ``passt`` package, into ``SITEDIR/passt``;
@@ -93,11 +95,11 @@ class Item:
 # -- what gets installed ----------------------------------------------------
 
 
-def interpreter_facts(python: str) -> tuple[list[str], str]:
-    """``sys.path`` in isolated mode and ``sys.base_prefix`` of an interpreter."""
+def interpreter_facts(python: str, *flags: str) -> tuple[list[str], str]:
+    """``sys.path`` in isolated mode (and ``flags``) and ``sys.base_prefix`` of an interpreter."""
     code = "import json, sys; print(json.dumps([sys.path, sys.base_prefix]))"
     try:
-        out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+        out = subprocess.run([python, "-I", *flags, "-c", code], capture_output=True, text=True,
                              check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise InstallError(f"cannot run the interpreter {python}: {e}") from None
@@ -105,24 +107,35 @@ def interpreter_facts(python: str) -> tuple[list[str], str]:
     return path, base_prefix
 
 
+def site_dirs(python: str) -> list[str]:
+    """The directories the ``site`` module adds to the interpreter's path, in order."""
+    with_site, _ = interpreter_facts(python)
+    without, _ = interpreter_facts(python, "-S")
+    return [p for p in with_site if p not in without]
+
+
 def launcher(python: str, sitedir: str, import_line: str, call: str,
-             default_path: list[str]) -> bytes:
-    path_line = "" if sitedir in default_path else f"sys.path.insert(0, {sitedir!r})\n"
-    return (f"#!{python} -I\n"
+             site_path: list[str]) -> bytes:
+    """``-I``: no ``PYTHONPATH``, no user site; ``-S``: no ``site`` module, whose
+    ``.pth`` files take a good part of start-up: its directories are written in."""
+    path_line = f"sys.path += {site_path!r}\n"
+    if sitedir not in site_path:
+        path_line += f"sys.path.insert(0, {sitedir!r})\n"
+    return (f"#!{python} -IS\n"
             f'"""Launcher installed by passt-py: runs the program in {sitedir}/passt."""\n'
             f"import sys\n{path_line}{import_line}\n{call}\n").encode()
 
 
 def program_items(layout: Layout) -> list[Item]:
-    default_path, _ = interpreter_facts(layout.python)
+    site_path = site_dirs(layout.python)
     items = [Item(f"{layout.prefix}/bin/{program}{layout.suffix}",
                   launcher(layout.python, layout.sitedir,
-                           f"from passt.cli import {function}", f"{function}()", default_path),
+                           f"from passt.cli import {function}", f"{function}()", site_path),
                   0o755)
              for program, function in PROGRAMS.items()]
     items.append(Item(f"{layout.prefix}/bin/pesto{layout.suffix}",
                       launcher(layout.python, layout.sitedir, "from passt.pesto import main",
-                               "main()", default_path), 0o755))
+                               "main()", site_path), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap{layout.suffix}",

@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Protocol, Union
 
 from passt import buffers, log
 from passt.backends.vhost_backend import VhostUserBackend
+from passt.errors import StartupError
 from passt.fsref import FileRef
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
 
@@ -107,7 +108,7 @@ _prefixes: dict[int, bytes] = {}
 Client = Union["QemuStream", VhostUserBackend]
 
 
-class QemuError(Exception):
+class QemuError(StartupError):
     """The QEMU socket can't be set up; one-line message."""
 
 

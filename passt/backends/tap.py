@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from passt import buffers, log
 from passt.backends.base import Buffer
+from passt.errors import StartupError
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -34,7 +35,7 @@ FRAME_MAX = 65535 + 14  # largest MTU a tap takes, plus the Ethernet header
 RECV_BATCH = 64
 
 
-class TapError(Exception):
+class TapError(StartupError):
     """The tap device can't be created; one-line message."""
 
 

@@ -60,6 +60,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any, NamedTuple
 
 from passt import log
+from passt.errors import StartupError
 from passt.host import rtnl
 
 DEFAULT_MTU = 65520
@@ -76,7 +77,7 @@ RT_SCOPE_LINK = rtnl.RT_SCOPE_LINK
 IPAddress = IPv4Address | IPv6Address
 
 
-class HostNetError(Exception):
+class HostNetError(StartupError):
     """The host offers nothing usable; the message is one line for the user."""
 
 

@@ -106,6 +106,7 @@ from typing import Any, TypeVar
 
 from passt import log
 from passt.backends import tap
+from passt.errors import StartupError
 from passt.host import rtnl
 from passt.host.hostnet import IPAddress, NetInfo
 from passt.loop import IN, EventLoop
@@ -130,7 +131,7 @@ CHILD_TERM_TIMEOUT = 2.0   # between SIGTERM and SIGKILL at teardown
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class NetnsError(Exception):
+class NetnsError(StartupError):
     """A namespace problem the user can fix; the message is one line."""
 
 

@@ -246,7 +246,7 @@ def test_deb_installs_beside_debians_passt(machine):
 @pytest.mark.parametrize("program", SUFFIXED)
 def test_installed_program_runs_isolated_with_debians_python(machine, program):
     launcher = machine.run(["head", "-n", "1", f"/usr/bin/{program}"]).stdout
-    assert launcher == "#!/usr/bin/python3 -I\n", launcher
+    assert launcher == "#!/usr/bin/python3 -IS\n", launcher
     result = machine.run([f"/usr/bin/{program}", "--version"], timeout=60)
     assert result.returncode == 0, tail(result)
     assert result.stdout.startswith(program.removesuffix("-py") + " ") and \
