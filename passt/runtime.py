@@ -33,6 +33,7 @@ prints it and exits 1 (``STARTUP_ERRORS``).
 from __future__ import annotations
 
 import functools
+import gc
 import resource
 import signal
 import socket
@@ -151,6 +152,7 @@ class Runtime:
             self.dispatcher.detach()
 
     def run_loop(self) -> int:
+        settle_gc()
         if self.conf.stats is not None:
             show_stats(self.loop, self.ctx.stats, self.conf.stats)
         status = self.loop.run()
@@ -229,6 +231,14 @@ def run_passt(conf: Any) -> int:
         return rt.run_loop()
     finally:
         rt.close()
+
+
+def settle_gc() -> None:
+    """Start-up is over: what it made lives until exit, so the cyclic collector
+    need not walk it again (``gc.freeze``); the launchers kept the collector
+    off during start-up (``gc.disable``), it runs again from now on."""
+    gc.freeze()
+    gc.enable()
 
 
 STATS_MIN_INTERVAL = 1.0     # --stats 0: still at most once a second

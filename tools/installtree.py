@@ -117,12 +117,16 @@ def site_dirs(python: str) -> list[str]:
 def launcher(python: str, sitedir: str, import_line: str, call: str,
              site_path: list[str]) -> bytes:
     """``-I``: no ``PYTHONPATH``, no user site; ``-S``: no ``site`` module, whose
-    ``.pth`` files take a good part of start-up: its directories are written in."""
+    ``.pth`` files take a good part of start-up: its directories are written in.
+    The cyclic garbage collector waits until start-up is over (a tenth of the
+    import time went to collections that found nothing to free)."""
     path_line = f"sys.path += {site_path!r}\n"
     if sitedir not in site_path:
         path_line += f"sys.path.insert(0, {sitedir!r})\n"
     return (f"#!{python} -IS\n"
             f'"""Launcher installed by passt-py: runs the program in {sitedir}/passt."""\n'
+            "import gc\n"
+            "gc.disable()  # during start-up; frozen and on again once ready (passt/runtime.py)\n"
             f"import sys\n{path_line}{import_line}\n{call}\n").encode()
 
 

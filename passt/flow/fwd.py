@@ -400,6 +400,7 @@ class AutoScanner:
         if need_host:
             self.proc_fds[HOST] = open_proc_net(names)
         self._timer: ev.Timer | None = None
+        self._read: dict[tuple[str, str], str] = {}  # during a scan: the tables read
 
     def start(self) -> None:
         """Scan now, then every ``interval`` seconds."""
@@ -415,9 +416,12 @@ class AutoScanner:
         state = TCP_LISTEN if proto == TCP else UDP_UNCONNECTED
         ports: set[int] = set()
         for family in self.families:
-            fd = self.proc_fds[side].get(_PROC_FILES[(proto, family)])
+            name = _PROC_FILES[(proto, family)]
+            fd = self.proc_fds[side].get(name)
             if fd is not None:
-                ports |= bound_ports(read_proc_file(fd), state, ours)
+                if (side, name) not in self._read:
+                    self._read[side, name] = read_proc_file(fd)
+                ports |= bound_ports(self._read[side, name], state, ours)
         return ports
 
     def wanted(self, rule: AutoRule, ours: set[int]) -> set[int]:
@@ -430,11 +434,17 @@ class AutoScanner:
     def scan(self) -> None:
         """One pass over every rule: open what appeared, close what went away.
 
-        Our own sockets are listed afresh for each rule: the previous rule may
-        just have opened listeners that the next one's tables will show.
+        Each table is read once per pass (the kernel walks its whole socket
+        hash for every read of ``/proc/net/tcp``: milliseconds, however few
+        sockets there are), although the rules ask for TCP's twice.  Our own
+        sockets are listed afresh for each rule: the previous rule may just
+        have opened listeners, which a table read before them does not show
+        and one read after would, but they are ours and left out either way.
         """
+        self._read.clear()
         for rule in self.rules:
             self.apply(rule, self.wanted(rule, self.fwd.own_inodes()))
+        self._read.clear()
 
     def apply(self, rule: AutoRule, wanted: set[int]) -> None:
         """Open and close listeners of ``rule`` to match ``wanted``; only those the
