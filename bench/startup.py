@@ -101,7 +101,8 @@ def launcher(python: str) -> Callable[[str], list[str]]:
     extra = [p for p in eval(site) if p not in eval(nosite)]  # noqa: S307 - our own JSON
     subprocess.run([python, "-m", "compileall", "-q", os.path.join(ROOT, "passt")], check=True)
     return lambda program: [python, "-IS", "-c",
-                            f"import sys; sys.path += {extra!r}; sys.path.insert(0, {ROOT!r}); "
+                            f"import gc; gc.disable(); import sys; sys.path += {extra!r}; "
+                            f"sys.path.insert(0, {ROOT!r}); "
                             f"from passt.cli import main_{program}; main_{program}()"]
 
 

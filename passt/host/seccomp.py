@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -304,9 +303,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+def uname_machine() -> str:
+    """``platform.machine()``, without importing ``platform`` (its regular expressions
+    are compiled at import: milliseconds of start-up)."""
+    return os.uname().machine
+
+
 def native_arch(machine: str | None = None) -> Arch:
     """Our architecture (or ``machine``'s); ``SeccompUnsupported`` where we have no table."""
-    machine = machine or platform.machine()
+    machine = machine or uname_machine()
     arch = ARCHES.get(machine)
     if arch is None or struct.calcsize("P") != 8:
         raise SeccompUnsupported(0, f"no seccomp system call table for {machine} "
