@@ -242,7 +242,7 @@ def memory_run(subject: Subject, world: World) -> dict[str, float]:
                 server, _ = listener.accept()
                 server.settimeout(TIMEOUT)
                 served.append(server)
-            for client, server in zip(clients, served):
+            for client, server in zip(clients, served, strict=True):
                 client.sendall(payload)
                 got = bytearray()
                 while len(got) < PAYLOAD:
