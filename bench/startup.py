@@ -29,7 +29,9 @@ The cells, each ``--runs`` times, ours and upstream alternately:
   and ``VmHWM`` after 200 parallel TCP connections from the namespace to
   the remote one, each carrying 64 KiB both ways through the tap.
 
-Run as root: ``build/venv/bin/python bench/startup.py [--runs 9]``.
+Run as root: ``build/venv/bin/python bench/startup.py [--runs 9]``;
+``--baseline TREE`` adds another checkout (say, a worktree of an older
+commit), run as its launchers ran it then (``python3 -I``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ def in_netns(path: str, fn: Callable[[], Any]) -> Any:
     if not result:
         raise RuntimeError(f"nothing done in {path}")
     return result[0]
+
+
+def baseline(python: str, tree: str) -> Callable[[str], list[str]]:
+    """Another checkout (``--baseline``), as launchers ran it before: ``python3 -I``."""
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(tree, "passt")], check=True)
+    return lambda program: [python, "-I", "-c", f"import sys; sys.path.insert(0, {tree!r}); "
+                            f"from passt.cli import main_{program}; main_{program}()"]
 
 
 def launcher(python: str) -> Callable[[str], list[str]]:
@@ -268,8 +277,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--python", default="/usr/bin/python3")
     parser.add_argument("--only", default=",".join(CELLS))
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also measure the checkout TREE, as its launchers ran it (-I)")
     args = parser.parse_args()
     subjects = [Subject("ours", launcher(args.python)), Subject("upstream", upstream)]
+    if args.baseline:
+        subjects.append(Subject("before", baseline(args.python, args.baseline)))
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     workdir = tempfile.mkdtemp(prefix="startup-")
     world = World("startup", workdir).create()
@@ -284,12 +297,14 @@ def main() -> int:
     finally:
         world.destroy()
         subprocess.run(["rm", "-rf", workdir], timeout=20)
-    print(f"{'cell':24} {'ours (median, min-max)':28} {'upstream 2026':28} ours/up")
+    names = [subject.name for subject in subjects]
+    print(f"{'cell':20} " + " ".join(f"{name + ' (median, min-max)':26}" for name in names)
+          + " ours/up")
     for (cell, key), by in results.items():
         med = {name: statistics.median(values) for name, values in by.items()}
         text = {name: f"{med[name]:.1f} ({min(v):.1f}-{max(v):.1f})" for name, v in by.items()}
-        print(f"{cell + ' ' + key:24} {text['ours']:28} {text['upstream']:28} "
-              f"{med['ours'] / med['upstream']:.2f}")
+        print(f"{cell + ' ' + key:20} " + " ".join(f"{text[name]:26}" for name in names)
+              + f" {med['ours'] / med['upstream']:.2f}")
     print(f"runs {args.runs}, python {args.python}, load {os.getloadavg()[0]:.2f}, "
           f"self maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
     return 0
