@@ -101,13 +101,14 @@ def baseline(python: str, tree: str) -> Callable[[str], list[str]]:
                             f"from passt.cli import main_{program}; main_{program}()"]
 
 
-def launcher(python: str) -> Callable[[str], list[str]]:
-    """Our programs' argv prefixes, as tools/installtree.py's launchers run them."""
+def launcher(python: str, numpy: bool = True) -> Callable[[str], list[str]]:
+    """Our programs' argv prefixes, as tools/installtree.py's launchers run them
+    (without the site directories if not ``numpy``: where it is not installed)."""
     site = subprocess.run([python, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
                           capture_output=True, text=True, check=True).stdout
     nosite = subprocess.run([python, "-IS", "-c", "import sys, json; print(json.dumps(sys.path))"],
                             capture_output=True, text=True, check=True).stdout
-    extra = [p for p in eval(site) if p not in eval(nosite)]  # noqa: S307 - our own JSON
+    extra = [p for p in eval(site) if p not in eval(nosite)] if numpy else []  # noqa: S307
     subprocess.run([python, "-m", "compileall", "-q", os.path.join(ROOT, "passt")], check=True)
     return lambda program: [python, "-IS", "-c",
                             f"import gc; gc.disable(); import sys; sys.path += {extra!r}; "
@@ -277,10 +278,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--python", default="/usr/bin/python3")
     parser.add_argument("--only", default=",".join(CELLS))
+    parser.add_argument("--without-numpy", action="store_true",
+                        help="also measure ours where NumPy is not installed")
     parser.add_argument("--baseline", metavar="TREE",
                         help="also measure the checkout TREE, as its launchers ran it (-I)")
     args = parser.parse_args()
     subjects = [Subject("ours", launcher(args.python)), Subject("upstream", upstream)]
+    if args.without_numpy:
+        subjects.append(Subject("no-numpy", launcher(args.python, numpy=False)))
     if args.baseline:
         subjects.append(Subject("before", baseline(args.python, args.baseline)))
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
