@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -84,23 +83,16 @@ def test_multipath_hops_are_decoded() -> None:
 
 
 @pytest.fixture
-def netns(request: pytest.FixtureRequest) -> Iterator[tuple[str, NsRunner]]:
-    if os.geteuid() != 0:
-        pytest.fail("needs root to build namespaces")
-    name = f"rtnl-{os.getpid()}-{request.node.name[5:15]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+def netns(scratch_netns) -> Iterator[tuple[str, NsRunner]]:  # noqa: ANN001 - conftest's
+    """``scratch_netns`` with a veth pair ``d0``/``d1`` in it, and a runner inside."""
+    name, fd = scratch_netns
+    subprocess.run(["ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+                   check=True, timeout=20)
+    runner = NsRunner(fd)
     try:
-        subprocess.run(["ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name",
-                        "d1"], check=True, timeout=20)
-        runner = NsRunner(fd)
-        try:
-            yield name, runner
-        finally:
-            runner.close()
+        yield name, runner
     finally:
-        os.close(fd)
-        subprocess.run(["ip", "netns", "del", name], timeout=20)
+        runner.close()
 
 
 def ip_json(name: str, *args: str) -> list[dict]:
