@@ -115,19 +115,21 @@ def site_dirs(python: str) -> list[str]:
 
 
 def launcher(python: str, sitedir: str, import_line: str, call: str,
-             site_path: list[str]) -> bytes:
+             site_path: list[str], daemon: bool = True) -> bytes:
     """``-I``: no ``PYTHONPATH``, no user site; ``-S``: no ``site`` module, whose
     ``.pth`` files take a good part of start-up: its directories are written in.
-    The cyclic garbage collector waits until start-up is over (a tenth of the
-    import time went to collections that found nothing to free)."""
+    For passt and pasta (``daemon``) the cyclic garbage collector waits until
+    start-up is over (a tenth of the import time went to collections that
+    found nothing to free)."""
     path_line = f"sys.path += {site_path!r}\n"
     if sitedir not in site_path:
         path_line += f"sys.path.insert(0, {sitedir!r})\n"
+    gc_line = ("import gc\n"
+               "gc.disable()  # during start-up; frozen and on again once ready (passt/runtime.py)\n"
+               if daemon else "")
     return (f"#!{python} -IS\n"
             f'"""Launcher installed by passt-py: runs the program in {sitedir}/passt."""\n'
-            "import gc\n"
-            "gc.disable()  # during start-up; frozen and on again once ready (passt/runtime.py)\n"
-            f"import sys\n{path_line}{import_line}\n{call}\n").encode()
+            f"{gc_line}import sys\n{path_line}{import_line}\n{call}\n").encode()
 
 
 def program_items(layout: Layout) -> list[Item]:
@@ -139,7 +141,7 @@ def program_items(layout: Layout) -> list[Item]:
              for program, function in PROGRAMS.items()]
     items.append(Item(f"{layout.prefix}/bin/pesto{layout.suffix}",
                       launcher(layout.python, layout.sitedir, "from passt.pesto import main",
-                               "main()", site_path), 0o755))
+                               "main()", site_path, daemon=False), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap{layout.suffix}",
