@@ -124,8 +124,9 @@ def numpy_core() -> Any:
     their real paths while the extension module is imported, then are taken
     out of ``sys.modules`` again: the extension and the few submodules it
     imports itself stay, and a later ``import numpy`` elsewhere runs the
-    package as usual and finds them there.  Raises ``ImportError`` where
-    NumPy is not installed.
+    package as usual and finds them there.  A NumPy whose core cannot be
+    loaded that way is imported whole.  Raises ``ImportError`` where NumPy
+    is not installed.
     """
     spec = importlib.util.find_spec("numpy")
     if spec is None or not spec.submodule_search_locations:
@@ -135,18 +136,23 @@ def numpy_core() -> Any:
     name = f"numpy.{core}._multiarray_umath"
     if "numpy" in sys.modules:  # the whole of it is here already
         return importlib.import_module(name)
-    stand_ins = {"numpy": base, f"numpy.{core}": os.path.join(base, core)}
-    for package, path in stand_ins.items():
+    before = set(sys.modules)
+    stand_ins = []
+    for package, path in (("numpy", base), (f"numpy.{core}", os.path.join(base, core))):
         module = types.ModuleType(package)
         module.__path__ = [path]
         sys.modules[package] = module
+        stand_ins.append(module)
     try:
         return importlib.import_module(name)
-    except Exception as e:  # noqa: BLE001 - whatever the core wanted that it did not find
-        raise ImportError(f"NumPy's core: {e}") from None
+    except Exception:  # noqa: BLE001 - a NumPy whose core wants more: the whole of it
+        for leftover in set(sys.modules) - before:
+            del sys.modules[leftover]
+        return importlib.import_module("numpy")
     finally:
-        for package in stand_ins:
-            del sys.modules[package]
+        for module in stand_ins:
+            if sys.modules.get(module.__name__) is module:
+                del sys.modules[module.__name__]
 
 
 def _first_large(data: Buffer, length: int) -> int:

@@ -134,3 +134,14 @@ def test_only_numpys_core_is_loaded_and_numpy_still_imports_afterwards() -> None
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, cwd=os.path.dirname(os.path.dirname(cs.__file__)))
     assert result.stdout == "ok\n", result.stderr
+
+
+def test_a_numpy_whose_core_cannot_be_loaded_alone_is_imported_whole() -> None:
+    code = ("import importlib, sys; from passt import checksum as cs; real = importlib.import_module; "
+            "importlib.import_module = lambda name: (_ for _ in ()).throw(RuntimeError('no')) "
+            "if name.endswith('_multiarray_umath') else real(name); "
+            "core = cs.numpy_core(); import numpy; assert core is numpy and sys.modules['numpy'] "
+            "is numpy; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=os.path.dirname(os.path.dirname(cs.__file__)))
+    assert result.stdout == "ok\n", result.stderr
