@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -170,3 +171,22 @@ def test_dumps_agree_with_pyroute2(netns) -> None:
             for a in addrs] == want_addrs
     assert [(r.family, r.dst_len, r.table, r.protocol, r.scope, r.type, text(r.dst),
              text(r.gateway), r.oif, r.priority) for r in routes] == want_routes
+
+
+def test_sock_diag_lists_the_listening_tcp_sockets_with_their_inodes(netns) -> None:
+    _name, runner = netns
+
+    def listeners() -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+        with rtnl.Rtnl() as nl:
+            nl.set_link(nl.link("lo").ifindex, up=True)
+        with socket.create_server(("127.0.0.1", 0)) as v4, \
+                socket.create_server(("::1", 0), family=socket.AF_INET6) as v6, \
+                socket.create_connection(v4.getsockname()[:2]), \
+                rtnl.Rtnl(rtnl.NETLINK_SOCK_DIAG) as diag:
+            mine = {(s.getsockname()[1], os.fstat(s.fileno()).st_ino) for s in (v4, v6)}
+            seen = set(diag.tcp_listeners(socket.AF_INET)) | set(diag.tcp_listeners(
+                socket.AF_INET6))
+            return mine, seen
+
+    mine, seen = runner.call(listeners)
+    assert seen == mine  # the connection is not a listener, and nothing else is here
