@@ -38,6 +38,8 @@ BENCH_ARGS     ?=
 AB_BASE        ?= HEAD
 AB_ARGS        ?=
 BENCH_PIP_DEPS := matplotlib py-spy
+# GNU time: the peak RSS of `pasta --config-net -- /bin/true` (bench/harness.py)
+APT_EXTRA_DEPS += time
 
 .PHONY: bench-deps bench-sidebyside bench-smoke bench-profile bench-ab bench-inproc
 
