@@ -45,7 +45,7 @@ from typing import Any
 
 from passt import checksum, log
 from passt.backends.dispatch import Dispatcher, SourceFilter
-from passt.backends.tap import TunTap
+from passt.backends.tap import PASTA_VNET_HDR, TunTap
 from passt.context import Ctx
 from passt.errors import StartupError
 from passt.flow import fwd, icmp
@@ -188,9 +188,11 @@ def run_pasta(conf: Any) -> int:
         stop_on_signals(rt.loop)
         rt.ctx.netns = ns
         rt._cleanups.append(ns.teardown)
+        rt.ctx.tcp_csum_partial = PASTA_VNET_HDR and rt.pcap is None
         rt.start_handlers(ns.runner.call)
         assert rt.dispatcher is not None
-        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
+        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd, vnet_hdr=PASTA_VNET_HDR,
+                                               tcp_csum_partial=rt.ctx.tcp_csum_partial))
         readiness.ready()
         ns.start_command()
         checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
