@@ -201,6 +201,7 @@ def run_passt(conf: Any) -> int:
     listener = qemu.listen(conf)
     rt._cleanups.append(listener.close)
     readiness = rt.daemonize(not conf.foreground)
+    migrated = False  # the guest went elsewhere: --one-off no longer applies (upstream's way)
     try:
         rt.start_handlers(None)
         dispatcher = rt.dispatcher
@@ -211,10 +212,23 @@ def run_passt(conf: Any) -> int:
 
         def on_hangup() -> None:
             dispatcher.detach()
-            if conf.one_off:
+            if conf.one_off and not migrated:
                 rt.loop.stop(0)
             else:
                 listener.resume()
+
+        def on_migrated() -> None:
+            nonlocal migrated
+            migrated = True
+            if conf.migrate_exit:
+                log.info("Migration complete, exiting")
+                rt.loop.stop(0)
+
+        if conf.vhost_user:  # imported here: the stream back end never needs it
+            from passt.migrate import device as migrate
+
+            listener.migration = migrate.setup(rt.ctx, conf, listener.path, on_migrated)
+            rt._cleanups.append(functools.partial(migrate.close, listener.migration))
 
         listener.start(rt.loop, on_client, rt.ctx.stats)
         stop_on_signals(rt.loop)

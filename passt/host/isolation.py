@@ -170,8 +170,9 @@ PASTA_SYSCALLS: tuple[str, ...] = tuple(
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
 # FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),
-# SIOCGIFINDEX (``socket.if_nametoindex``: scope of IPv6 link-local peers).
-IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933)
+# SIOCGIFINDEX (``socket.if_nametoindex``: scope of IPv6 link-local peers),
+# SIOCOUTQNSD (the unsent part of a send queue, dumped for a live migration).
+IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933, 0x894B)
 
 
 # -- what to do ------------------------------------------------------------------

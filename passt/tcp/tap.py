@@ -410,6 +410,47 @@ def _free(flow: TcpFlow, rst: bool) -> None:
         log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
 
 
+def forget(flow: TcpFlow) -> socket.socket:
+    """A connection migrated away: drop it without a word to the guest or the
+    socket's peer; the socket (in repair mode) is the caller's."""
+    ctx = flow.ctx
+    flow.freed = True
+    assert ctx.loop is not None
+    ctx.loop.remove(flow.fd)
+    if flow.timer is not None:
+        flow.timer.cancel()
+        flow.timer = None
+    flow.ack_waits = False
+    flow.deadline = None
+    if ctx.flows.remove(flow.key) is not None:
+        ctx.tcp.conns -= 1
+    ctx.stats["tcp.migrated_out"] += 1
+    return flow.sock
+
+
+def adopt(ctx: Ctx, core: TcpConn, sock: socket.socket, key: TapKey) -> TcpFlow | None:
+    """A connection migrated to us, its socket restored: carry on (None if refused)."""
+    state: TcpState = ctx.tcp
+    core.inflight_segments = state.inflight_segments
+    core.budget = state.hold_budget
+    flow = TcpFlow(ctx, core, sock, key)
+    if state.peek_off:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if not _register(ctx, flow, SOCK_EVENTS):
+        return None
+    ctx.stats["tcp.migrated_in"] += 1
+    if log.DEBUG:
+        log.debug("TCP: %r migrated in", flow)
+    _run(flow, core.resume())
+    _send_out(ctx)
+    return flow
+
+
+def flush_discards(flow: TcpFlow) -> None:
+    """Discard what the guest acknowledged, so the receive queue starts at ``snd_una``."""
+    _discard_acknowledged(flow)
+
+
 def _fault(flow: TcpFlow, error: Exception) -> None:
     """Handling this flow raised (a bug): reset it, and it alone, and go on."""
     ctx = flow.ctx
