@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 ``passt-repair PATH`` connects to the UNIX socket passt listens on for it
-(``--repair-path``; if ``PATH`` is a directory, it waits with inotify for a
-socket whose name ends in ``.repair`` to appear there), then loops: one
+(``--repair-path``; if ``PATH`` is a directory, it takes the socket there
+whose name ends in ``.repair``, waiting with inotify for one to appear),
+then loops: one
 message from passt is one command byte (``TCP_REPAIR``'s values: 1 on, 0
 off, -1 off without window probes) and up to 253 socket descriptors
 (``SCM_RIGHTS``); it sets the option on each, closes its copy, and echoes
@@ -48,7 +49,7 @@ SYSCALLS = tuple((
     "brk mmap munmap mremap madvise mprotect futex rt_sigaction rt_sigprocmask "
     "rt_sigreturn clock_gettime getrandom getpid close fcntl fstat newfstatat lseek ioctl "
     "read write exit exit_group socket connect setsockopt getsockopt sendto recvfrom "
-    "sendmsg recvmsg inotify_init1 inotify_add_watch stat statx"
+    "sendmsg recvmsg inotify_init1 inotify_add_watch stat statx openat getdents64"
 ).split())
 
 
@@ -76,6 +77,10 @@ def wait_for_socket(directory: str) -> str:
     """The path of the first ``*.repair`` entry created in ``directory``."""
     fd = _inotify(directory)
     try:
+        present = [entry.path for entry in os.scandir(directory)  # there before the watch
+                   if entry.name.endswith(SUFFIX) and stat.S_ISSOCK(entry.stat().st_mode)]
+        if present:
+            return present[0]
         while True:
             data = os.read(fd, 4096)
             pos = 0

@@ -266,7 +266,7 @@ def restore_socket(sock: socket.socket, host: wire.FlowSide, t: wire.TcpSocketRe
     """A socket in repair mode, made into the source's connection; out of repair mode."""
     sock.bind(_address(host.oaddr, host.oport))
     if t.tcpi_options & TCPI_OPT_TIMESTAMPS:
-        sock.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp)
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, _u32.pack(t.timestamp))
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
     sock.setsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, _u32.pack(t.seq_snd))
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
