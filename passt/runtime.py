@@ -56,6 +56,7 @@ from passt.host.hostnet import HostNetError, NetInfo
 from passt.host.netns import NetnsError
 from passt.l2 import arp, dhcp, dhcpv6, ndp
 from passt.loop import EventLoop
+from passt.migrate import device as migrate
 from passt.pcap import Pcap, PcapError
 from passt.tcp import splice as tcp_splice
 from passt.tcp import tap as tcp
@@ -224,9 +225,7 @@ def run_passt(conf: Any) -> int:
                 log.info("Migration complete, exiting")
                 rt.loop.stop(0)
 
-        if conf.vhost_user:  # imported here: the stream back end never needs it
-            from passt.migrate import device as migrate
-
+        if conf.vhost_user:
             listener.migration = migrate.setup(rt.ctx, conf, listener.path, on_migrated)
             rt._cleanups.append(functools.partial(migrate.close, listener.migration))
 
