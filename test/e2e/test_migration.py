@@ -1,0 +1,221 @@
+"""Live migration of a guest between two QEMU 10 instances, each with its own passt.
+
+Theory of operation: one world (world.py), and in its host namespace two
+passts with ``--vhost-user`` (the source with ``--migrate-exit
+--migrate-no-linger``, as upstream's own migration tests run it: both are on
+one host, so the source must let go of its sockets for the target to bind
+the same addresses), each with its ``passt-repair``, and two QEMU 10
+instances under TCG with the guest's RAM in a shared memfd
+(``MEMORY_MIB``): the source boots the guest, the target waits for it
+(``-incoming``).  The guest opens, toward a peer program in the remote
+namespace (migration_peer.py), an upload and a download of 12 MiB each
+at a bounded pace (SHA-256 checked at the end), a ticker it echoes
+(the downtime figure: the longest time no byte moved), an idle
+interactive connection (one line before, one after) and a UDP flow (same
+source port before and after).  Once the transfers are under way, QMP
+``migrate`` moves the guest; then every connection must finish or answer
+on the target, and the source passt must have exited with status 0.
+
+Cells: ours on both sides, and upstream 2026's passt and passt-repair on
+one side with ours on the other, both ways: the device state format is
+upstream's (doc/migration.md), so a guest can move between the two.
+Figures (downtime seen by the ticker, QEMU's own downtime, the time the
+migration took) are printed and recorded as the test's properties.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from . import l2
+from .daemon import Daemon
+from .deploy import build_guest_image
+from .guest import Guest
+from .impl import UPSTREAM_2026, Impl, named
+from .shell import Shell
+from .world import V4, World
+
+pytestmark = pytest.mark.e2e
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "migration_peer.py")
+sys.path.insert(0, HERE)
+import migration_peer  # noqa: E402  (the peer's ports and sizes, one definition)
+
+MEMORY_MIB = 256  # the image needs little, and TCG copies every byte of it
+MIGRATE_TIMEOUT = 180.0
+TRANSFER_TIMEOUT = 240.0
+
+
+@dataclass
+class Side:
+    """One passt (with its passt-repair) and the QEMU it serves."""
+
+    passt: Daemon
+    repair: Daemon
+    guest: Guest
+
+
+def _repair_argv(impl: Impl, path: str) -> list[str]:
+    if impl.name == "upstream2026":
+        return [os.path.join(os.path.abspath(UPSTREAM_2026), "passt-repair"), path]
+    return [sys.executable, "-m", "passt.repair_helper", path]
+
+
+def _start_side(world: World, impl: Impl, workdir: str, source: bool) -> Side:
+    os.makedirs(workdir, exist_ok=True)
+    sock = os.path.join(workdir, "passt.sock")
+    options = ["-s", sock, "-1", "--vhost-user", "-t", "none", "-u", "none"]
+    if source:
+        options += ["--migrate-exit", "--migrate-no-linger"]
+    passt = Daemon(impl.argv("passt", options), world.host_ns, os.path.join(workdir, "passt.log"))
+    passt.start(lambda: os.path.exists(sock) and os.path.exists(sock + ".repair"))
+    repair = Daemon(_repair_argv(impl, sock + ".repair"), world.host_ns,
+                    os.path.join(workdir, "passt-repair.log"))
+    repair.start(lambda: True)
+    return Side(passt, repair, Guest(sock, workdir, "vhost-user", MEMORY_MIB))
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[World, Side, Side]]:
+    source_impl, target_impl = request.param
+    workdir = str(tmp_path)
+    build_guest_image()
+    world = World("mig", workdir).create()
+    sides: list[Side] = []
+    try:
+        sides.append(_start_side(world, named(source_impl), os.path.join(workdir, "src"), True))
+        sides.append(_start_side(world, named(target_impl), os.path.join(workdir, "tgt"), False))
+        yield world, sides[0], sides[1]
+    finally:
+        for side in sides:
+            for stop in (side.guest.shutdown, side.passt.stop, side.repair.stop):
+                try:
+                    stop()
+                except Exception as e:  # noqa: BLE001 - teardown goes on
+                    print(f"teardown: {e!r}")
+        for side in sides:  # shown if the test failed
+            print(side.passt.describe())
+            print(side.repair.describe())
+            print(side.guest.console()[-2000:])
+        world.destroy()
+
+
+def _wait_file(path: str, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{os.path.basename(path)} not reported in {timeout} s")
+        time.sleep(0.2)
+    with open(path) as f:
+        result: dict[str, object] = json.load(f)
+    return result
+
+
+def _udp(shell: Shell, text: str) -> str:
+    return shell.check(f"echo {text} | socat -t 5 - UDP4:{V4.remote}:"
+                       f"{migration_peer.PORTS['udp']},sourceport=40003", timeout=30)
+
+
+def _migrate(source: Guest, target: Guest, uri: str) -> dict[str, object]:
+    """QMP ``migrate``, waited for; QEMU's figures."""
+    began = time.monotonic()
+    source.qmp_command("migrate", uri=uri)
+    deadline = began + MIGRATE_TIMEOUT
+    while True:
+        info: dict[str, object] = source.qmp_command("query-migrate")
+        if info.get("status") == "completed":
+            break
+        if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise AssertionError(f"migration did not complete: {info}")
+        time.sleep(0.1)
+    while target.qmp_command("query-status")["status"] != "running":
+        if time.monotonic() > deadline:
+            raise AssertionError("target did not start running")
+        time.sleep(0.1)
+    info["wall_seconds"] = time.monotonic() - began
+    return info
+
+
+CELLS = [("ours", "ours"), ("upstream2026", "ours"), ("ours", "upstream2026")]
+
+
+@pytest.mark.parametrize("stack", CELLS, indirect=True, ids=["ours-ours", "u26-ours", "ours-u26"])
+def test_connections_survive_migration(stack, record_property) -> None:
+    world, src, tgt = stack
+    remote = world.remote
+    remote.check(f"mkdir -p {remote.workdir}")
+    peer_dir = remote.workdir
+    remote.start(f"{sys.executable} {PEER} {peer_dir}", remote.path("peer.log"))
+    _wait_file_exists(os.path.join(peer_dir, "ready"))
+
+    guest = src.guest.boot().shell
+    tgt.guest.listen_incoming(f"unix:{os.path.join(world.workdir, 'migration.sock')}")
+    guest.check(f"cp /usr/share/udhcpc/default.script {guest.path(l2.UDHCPC_SCRIPT)}")
+    l2.configure(guest)
+    size_mib = migration_peer.SIZE >> 20
+    guest.check(f"dd if=/dev/urandom of={guest.path('up.bin')} bs=1M count={size_mib} "
+                "2>/dev/null", timeout=120)
+    fifo = guest.path("idle.in")
+    guest.check(f"mkfifo {fifo}")
+    ports = migration_peer.PORTS
+    up = guest.start(f"socat -u OPEN:{guest.path('up.bin')} TCP4:{V4.remote}:{ports['sink']}",
+                     guest.path("up.log"))
+    down = guest.start(f"socat -u TCP4:{V4.remote}:{ports['source']} "
+                       f"CREATE:{guest.path('down.bin')}", guest.path("down.log"))
+    guest.start(f"socat TCP4:{V4.remote}:{ports['ticker']} EXEC:cat", guest.path("tick.log"))
+    guest.start(f"sh -c 'exec sleep 900 > {fifo}'", "/dev/null")
+    guest.start(f"sh -c 'exec socat TCP4:{V4.remote}:{ports['echo']} - < {fifo}'",
+                guest.path("idle.out"))
+    guest.check(f"echo before > {fifo}")
+    guest.wait_until(f"grep -q before {guest.path('idle.out')}", 30)
+    assert "udp-before" in _udp(guest, "udp-before")
+    time.sleep(2)  # the transfers are under way
+
+    info = _migrate(src.guest, tgt.guest,
+                    f"unix:{os.path.join(world.workdir, 'migration.sock')}")
+    shell = tgt.guest.take_over(src.guest)
+
+    assert shell.run(f"wait {up}", TRANSFER_TIMEOUT)[0] == 0
+    assert shell.run(f"wait {down}", TRANSFER_TIMEOUT)[0] == 0
+    sink = _wait_file(os.path.join(peer_dir, "sink.json"), 30)
+    sent = _wait_file(os.path.join(peer_dir, "source.json"), 30)
+    assert sink["sha256"] == _sha256(shell, shell.path("up.bin"))
+    assert sent["sha256"] == _sha256(shell, shell.path("down.bin"))
+    shell.check(f"echo after > {fifo}")
+    shell.wait_until(f"grep -q after {shell.path('idle.out')}", 30)
+    assert "udp-after" in _udp(shell, "udp-after")
+    with open(os.path.join(peer_dir, "stop"), "w"):
+        pass
+    ticker = _wait_file(os.path.join(peer_dir, "ticker.json"), 30)
+
+    assert src.passt.proc is not None
+    assert src.passt.proc.wait(30) == 0, src.passt.describe()
+    figures = {
+        "downtime_ms": round(float(ticker["max_gap"]) * 1000),  # type: ignore[arg-type]
+        "upload_gap_ms": round(float(sink["max_gap"]) * 1000),  # type: ignore[arg-type]
+        "qemu_downtime_ms": info.get("downtime"),
+        "migration_s": round(float(info["wall_seconds"]), 1),  # type: ignore[arg-type]
+    }
+    for name, value in figures.items():
+        record_property(name, value)
+    print(f"migration {src.passt.argv[0]} -> {tgt.passt.argv[0]}: {figures}")
+
+
+def _wait_file_exists(path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.1)
+
+
+def _sha256(shell: Shell, path: str) -> str:
+    return shell.check(f"sha256sum {path}", timeout=120).split()[0]
