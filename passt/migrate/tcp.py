@@ -220,7 +220,11 @@ def dump(ctx: Ctx, repair: RepairChannel, no_linger: bool,
     repair.set([f.fd for f in flows], REPAIR_ON)
     out = []
     for flow in flows:
-        record = flow_record(flow)
+        try:
+            record = flow_record(flow)
+        except OSError as e:  # not connected any more: nothing to migrate
+            log.warn("TCP: %r: not migrated: %s", flow, e.strerror or e)
+            continue
         try:
             state = dump_socket(flow.sock)
         except OSError as e:
@@ -302,10 +306,10 @@ def restore(ctx: Ctx, repair: RepairChannel,
         raise RepairError(0, "no passt-repair helper: can't restore TCP connections")
     socks = []
     for rec, _ in flows:
-        sock = socket.socket(_family(rec.side(wire.PIF_HOST)),
-                             socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        family = _family(rec.side(wire.PIF_HOST))
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tcp_tap.prepare_socket(ctx.tcp, sock, family, outbound=False)  # buffers before queues
         socks.append(sock)
     repair.set([s.fileno() for s in socks], REPAIR_ON)
     restored = 0

@@ -429,13 +429,12 @@ def forget(flow: TcpFlow) -> socket.socket:
 
 
 def adopt(ctx: Ctx, core: TcpConn, sock: socket.socket, key: TapKey) -> TcpFlow | None:
-    """A connection migrated to us, its socket restored: carry on (None if refused)."""
+    """A connection migrated to us, its socket restored (and given ``prepare_socket``'s
+    options before its queues were filled): carry on (None if refused)."""
     state: TcpState = ctx.tcp
     core.inflight_segments = state.inflight_segments
     core.budget = state.hold_budget
     flow = TcpFlow(ctx, core, sock, key)
-    if state.peek_off:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     if not _register(ctx, flow, SOCK_EVENTS):
         return None
     ctx.stats["tcp.migrated_in"] += 1
@@ -940,7 +939,7 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: TapKey) -> TcpFlow | None:
     core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     try:
-        _prepare_socket(state, sock, family, outbound=True)
+        prepare_socket(state, sock, family, outbound=True)
         address: SockAddr = (target, syn.dport)
         if family == socket.AF_INET6:
             address = (target, syn.dport, 0, _scope_id(state, target))
@@ -1000,7 +999,7 @@ def _scope_id(state: TcpState, target: str) -> int:
         return 0
 
 
-def _prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
+def prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
     """Options every connection socket gets (and outbound binding)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if state.big_sndbuf:
@@ -1038,7 +1037,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: SockAddr, local: SockAddr, ta
         return
     key = ("tcp", guest, target_port, remote, peer[1])
     try:  # (the socket comes non-blocking: setblocking() is an ioctl seccomp refuses)
-        _prepare_socket(state, sock, sock.family, outbound=False)
+        prepare_socket(state, sock, sock.family, outbound=False)
     except OSError:
         reset_and_close(sock)
         return

@@ -80,9 +80,11 @@ def netdev_argv(backend: str, socket_path: str, memory_mib: int = MEMORY_MIB) ->
 
 
 def qemu_argv(socket_path: str, qmp_path: str, backend: str = "stream",
-              memory_mib: int = MEMORY_MIB, incoming: str | None = None) -> list[str]:
+              memory_mib: int = MEMORY_MIB, incoming: str | None = None,
+              device_options: str = "") -> list[str]:
     """QEMU's options; with ``incoming``, a migration target that runs the guest
-    as soon as its state has come (instead of starting paused, ``-S``)."""
+    as soon as its state has come (instead of starting paused, ``-S``);
+    ``device_options`` are added to the virtio-net device's (``,csum=off``)."""
     kernel, initrd = image_paths()
     start = ["-incoming", incoming] if incoming else ["-S"]
     return [
@@ -93,7 +95,7 @@ def qemu_argv(socket_path: str, qmp_path: str, backend: str = "stream",
         "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
         "-qmp", f"unix:{qmp_path},server=on,wait=off",
         *netdev_argv(backend, socket_path, memory_mib),
-        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
+        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}{device_options}",
     ]
 
 
@@ -110,10 +112,11 @@ class Guest:
     """One QEMU process, its console shell and its QMP connection."""
 
     def __init__(self, socket_path: str, workdir: str, backend: str = "stream",
-                 memory_mib: int = MEMORY_MIB) -> None:
+                 memory_mib: int = MEMORY_MIB, device_options: str = "") -> None:
         self.socket_path = socket_path
         self.backend = backend
         self.memory_mib = memory_mib
+        self.device_options = device_options
         self.qmp_path = os.path.join(workdir, "qmp.sock")
         self.console_log = os.path.join(workdir, "console.log")
         self.child: pexpect.spawn | None = None
@@ -123,7 +126,8 @@ class Guest:
 
     def _spawn(self, incoming: str | None = None) -> None:
         qemu, *options = qemu_command(self.backend)
-        argv = qemu_argv(self.socket_path, self.qmp_path, self.backend, self.memory_mib, incoming)
+        argv = qemu_argv(self.socket_path, self.qmp_path, self.backend, self.memory_mib, incoming,
+                         self.device_options)
         self.child = pexpect.spawn(qemu, [*options, *argv], encoding="utf-8",
                                    codec_errors="replace", timeout=BOOT_TIMEOUT)
         self.child.logfile_read = open(self.console_log, "a")

@@ -16,7 +16,9 @@ and thread:
   echoed back;
 * ``udp``: every datagram echoed back.
 
-Results go to ``WORKDIR/<service>.json`` when a service's connection ends
+``WORKDIR/<service>.started`` appears once ``STARTED`` bytes have moved
+through the sink or the source; results go to ``WORKDIR/<service>.json``
+when a service's connection ends
 (the ticker's when ``WORKDIR/stop`` appears).  Everything is bounded: the
 whole process exits after ``DEADLINE`` seconds.
 """
@@ -33,8 +35,9 @@ import threading
 import time
 
 PORTS = {"sink": 7001, "echo": 7002, "udp": 7003, "source": 7004, "ticker": 7005}
-SIZE = 12 << 20
-PACE = 32 << 10
+SIZE = 16 << 20
+PACE = 16 << 10
+STARTED = 1 << 20  # bytes moved when <service>.started appears
 TICK = 0.01
 DEADLINE = 400.0
 
@@ -44,6 +47,11 @@ def _report(workdir: str, name: str, result: dict[str, object]) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(result, f)
     os.rename(path + ".tmp", path)
+
+
+def _started(workdir: str, name: str) -> None:
+    with open(os.path.join(workdir, f"{name}.started"), "w"):
+        pass
 
 
 def _accept(port: int, rcvbuf: int = 0) -> socket.socket:
@@ -70,6 +78,8 @@ def sink(workdir: str) -> None:
             gaps = max(gaps, now - last)
         last = now
         digest.update(data)
+        if size < STARTED <= size + len(data):
+            _started(workdir, "sink")
         size += len(data)
         time.sleep(TICK)
     _report(workdir, "sink", {"sha256": digest.hexdigest(), "bytes": size, "max_gap": gaps})
@@ -85,6 +95,8 @@ def source(workdir: str) -> None:
     data = memoryview(stream())
     for start in range(0, SIZE, PACE):
         conn.sendall(data[start:start + PACE])
+        if start == STARTED:
+            _started(workdir, "source")
         time.sleep(TICK)
     conn.shutdown(socket.SHUT_WR)
     conn.recv(1)  # the guest closes once it has it all

@@ -8,7 +8,7 @@ the same addresses), each with its ``passt-repair``, and two QEMU 10
 instances under TCG with the guest's RAM in a shared memfd
 (``MEMORY_MIB``): the source boots the guest, the target waits for it
 (``-incoming``).  The guest opens, toward a peer program in the remote
-namespace (migration_peer.py), an upload and a download of 12 MiB each
+namespace (migration_peer.py), an upload and a download of 16 MiB each
 at a bounded pace (SHA-256 checked at the end), a ticker it echoes
 (the downtime figure: the longest time no byte moved), an idle
 interactive connection (one line before, one after) and a UDP flow (same
@@ -16,15 +16,34 @@ source port before and after).  Once the transfers are under way, QMP
 ``migrate`` moves the guest; then every connection must finish or answer
 on the target, and the source passt must have exited with status 0.
 
+Both passts share the host namespace, so between the source closing its
+sockets (in repair mode: silently) and the target restoring them, a
+segment from the peer (a window update, data) finds no socket and the
+host's kernel answers it with a reset, which ends the connection for the
+peer: a race of a few tens of milliseconds that a migration between two
+hosts does not have (there the source keeps its sockets, in repair mode,
+until the network has moved, upstream's default without
+``--migrate-no-linger``).  So the test moves the network too: QEMU pauses
+before the switch-over (capability ``pause-before-switchover``, the guest
+stopped), the host's neighbour entry for the gateway is pointed at a
+MAC nobody has (``_network_away``), the migration goes on, and once the
+target runs the entry is resolved afresh.  Segments of that moment are
+lost, as in a real migration, and retransmitted.
+
 Cells: ours on both sides, and upstream 2026's passt and passt-repair on
 one side with ours on the other, both ways: the device state format is
-upstream's (doc/migration.md), so a guest can move between the two.
+upstream's (doc/migration.md), so a guest can move between the two.  The
+virtio features the guest negotiated must be offered on the target too
+(QEMU checks): ours offers ``VIRTIO_NET_F_CSUM``, upstream does not, so the
+mixed cells give the device ``csum=off``, as an administrator mixing the
+two would.
 Figures (downtime seen by the ticker, QEMU's own downtime, the time the
 migration took) are printed and recorded as the test's properties.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -69,7 +88,8 @@ def _repair_argv(impl: Impl, path: str) -> list[str]:
     return [sys.executable, "-m", "passt.repair_helper", path]
 
 
-def _start_side(world: World, impl: Impl, workdir: str, source: bool) -> Side:
+def _start_side(world: World, impl: Impl, workdir: str, source: bool,
+                device_options: str) -> Side:
     os.makedirs(workdir, exist_ok=True)
     sock = os.path.join(workdir, "passt.sock")
     options = ["-s", sock, "-1", "--vhost-user", "-t", "none", "-u", "none"]
@@ -80,7 +100,7 @@ def _start_side(world: World, impl: Impl, workdir: str, source: bool) -> Side:
     repair = Daemon(_repair_argv(impl, sock + ".repair"), world.host_ns,
                     os.path.join(workdir, "passt-repair.log"))
     repair.start(lambda: True)
-    return Side(passt, repair, Guest(sock, workdir, "vhost-user", MEMORY_MIB))
+    return Side(passt, repair, Guest(sock, workdir, "vhost-user", MEMORY_MIB, device_options))
 
 
 @pytest.fixture
@@ -91,8 +111,11 @@ def stack(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[World, Sid
     world = World("mig", workdir).create()
     sides: list[Side] = []
     try:
-        sides.append(_start_side(world, named(source_impl), os.path.join(workdir, "src"), True))
-        sides.append(_start_side(world, named(target_impl), os.path.join(workdir, "tgt"), False))
+        device = "" if source_impl == target_impl else ",csum=off"
+        sides.append(_start_side(world, named(source_impl), os.path.join(workdir, "src"), True,
+                                 device))
+        sides.append(_start_side(world, named(target_impl), os.path.join(workdir, "tgt"), False,
+                                 device))
         yield world, sides[0], sides[1]
     finally:
         for side in sides:
@@ -124,22 +147,44 @@ def _udp(shell: Shell, text: str) -> str:
                        f"{migration_peer.PORTS['udp']},sourceport=40003", timeout=30)
 
 
-def _migrate(source: Guest, target: Guest, uri: str) -> dict[str, object]:
-    """QMP ``migrate``, waited for; QEMU's figures."""
-    began = time.monotonic()
-    source.qmp_command("migrate", uri=uri)
-    deadline = began + MIGRATE_TIMEOUT
+NOWHERE = "02:00:00:00:00:01"
+
+
+@contextlib.contextmanager
+def _network_away(host: Shell) -> Iterator[None]:
+    """The host's frames to the gateway go nowhere (see the module docstring)."""
+    host.check(f"ip neigh replace {V4.gateway} lladdr {NOWHERE} dev ext0 nud permanent")
+    try:
+        yield
+    finally:
+        host.check(f"ip neigh del {V4.gateway} dev ext0")
+
+
+def _wait_migration(source: Guest, states: tuple[str, ...], deadline: float) -> dict[str, object]:
     while True:
         info: dict[str, object] = source.qmp_command("query-migrate")
-        if info.get("status") == "completed":
-            break
+        if info.get("status") in states:
+            return info
         if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
             raise AssertionError(f"migration did not complete: {info}")
-        time.sleep(0.1)
-    while target.qmp_command("query-status")["status"] != "running":
-        if time.monotonic() > deadline:
-            raise AssertionError("target did not start running")
-        time.sleep(0.1)
+        time.sleep(0.01)
+
+
+def _migrate(source: Guest, target: Guest, uri: str, host: Shell) -> dict[str, object]:
+    """QMP ``migrate``, with the network moved at the switch-over; QEMU's figures."""
+    began = time.monotonic()
+    deadline = began + MIGRATE_TIMEOUT
+    source.qmp_command("migrate-set-capabilities", capabilities=[
+        {"capability": "pause-before-switchover", "state": True}])
+    source.qmp_command("migrate", uri=uri)
+    _wait_migration(source, ("pre-switchover",), deadline)
+    with _network_away(host):
+        source.qmp_command("migrate-continue", state="pre-switchover")
+        info = _wait_migration(source, ("completed",), deadline)
+        while target.qmp_command("query-status")["status"] != "running":
+            if time.monotonic() > deadline:
+                raise AssertionError("target did not start running")
+            time.sleep(0.01)
     info["wall_seconds"] = time.monotonic() - began
     return info
 
@@ -166,22 +211,25 @@ def test_connections_survive_migration(stack, record_property) -> None:
     fifo = guest.path("idle.in")
     guest.check(f"mkfifo {fifo}")
     ports = migration_peer.PORTS
-    up = guest.start(f"socat -u OPEN:{guest.path('up.bin')} TCP4:{V4.remote}:{ports['sink']}",
-                     guest.path("up.log"))
-    down = guest.start(f"socat -u TCP4:{V4.remote}:{ports['source']} "
-                       f"CREATE:{guest.path('down.bin')}", guest.path("down.log"))
-    guest.start(f"socat TCP4:{V4.remote}:{ports['ticker']} EXEC:cat", guest.path("tick.log"))
     guest.start(f"sh -c 'exec sleep 900 > {fifo}'", "/dev/null")
     guest.start(f"sh -c 'exec socat TCP4:{V4.remote}:{ports['echo']} - < {fifo}'",
                 guest.path("idle.out"))
     guest.check(f"echo before > {fifo}")
     guest.wait_until(f"grep -q before {guest.path('idle.out')}", 30)
     assert "udp-before" in _udp(guest, "udp-before")
-    time.sleep(2)  # the transfers are under way
+    guest.start(f"socat TCP4:{V4.remote}:{ports['ticker']} EXEC:cat", guest.path("tick.log"))
+    up = guest.start(f"socat -u OPEN:{guest.path('up.bin')} TCP4:{V4.remote}:{ports['sink']}",
+                     guest.path("up.log"))
+    down = guest.start(f"socat -u TCP4:{V4.remote}:{ports['source']} "
+                       f"CREATE:{guest.path('down.bin')}", guest.path("down.log"))
+    for name in ("sink", "source"):  # the transfers are under way
+        _wait_file_exists(os.path.join(peer_dir, f"{name}.started"), 60)
 
-    info = _migrate(src.guest, tgt.guest,
-                    f"unix:{os.path.join(world.workdir, 'migration.sock')}")
+    info = _migrate(src.guest, tgt.guest, f"unix:{os.path.join(world.workdir, 'migration.sock')}",
+                    world.host)
     shell = tgt.guest.take_over(src.guest)
+    for name in ("sink.json", "source.json"):  # both were still moving at the switch
+        assert not os.path.exists(os.path.join(peer_dir, name)), f"{name}: over too soon"
 
     assert shell.run(f"wait {up}", TRANSFER_TIMEOUT)[0] == 0
     assert shell.run(f"wait {down}", TRANSFER_TIMEOUT)[0] == 0
