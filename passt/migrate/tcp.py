@@ -21,8 +21,11 @@ socket then leaves the event loop (``tcp.tap.forget``): closed in repair
 mode, which sends nothing, with ``--migrate-no-linger``, else kept open
 and silent (upstream's default, for a target on another host).
 
-*target* (``restore``): a socket per flow, ``SO_REUSEADDR``, into repair
-mode (all at once), then per flow: bind to the source's local address and
+*target* (``restore``): a socket per flow, ``SO_REUSEADDR``, our usual
+buffer sizes, into repair mode (all at once), then per flow: send and
+receive buffers large enough for the queues (a queue the socket's buffer
+can't hold is refused even in repair mode: upstream's target, which does
+not enlarge them, fails on a send queue of a few hundred KiB), bind to the source's local address and
 port, set the timestamp and both queues' sequences, ``connect()`` (no SYN in
 repair mode), refill the receive queue and the sent part of the send queue,
 set the options (MSS, window scales, SACK, timestamps), shut down the
@@ -265,9 +268,18 @@ def _fill_queue(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
+def _room(sock: socket.socket, option: int, need: int) -> None:
+    """A buffer that holds ``need`` bytes of queue (the kernel counts twice the
+    figure set, half of it for its own overhead), as far as the system allows."""
+    if sock.getsockopt(socket.SOL_SOCKET, option) // 2 < need:
+        sock.setsockopt(socket.SOL_SOCKET, option, need)
+
+
 def restore_socket(sock: socket.socket, host: wire.FlowSide, t: wire.TcpSocketRecord,
                    repair: RepairChannel) -> None:
     """A socket in repair mode, made into the source's connection; out of repair mode."""
+    _room(sock, socket.SO_SNDBUF, len(t.send_queue))
+    _room(sock, socket.SO_RCVBUF, len(t.recv_queue))
     sock.bind(_address(host.oaddr, host.oport))
     if t.tcpi_options & TCPI_OPT_TIMESTAMPS:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, _u32.pack(t.timestamp))

@@ -95,3 +95,40 @@ def test_unsent_data_goes_out_after_restore() -> None:
         with new:
             peer.settimeout(5)
             assert peer.recv(100) == b"queued"
+
+
+def test_megabytes_of_unsent_data_fit_a_default_socket() -> None:
+    """A send queue far beyond a new socket's default buffer (the peer's window
+    closed): restored whole, then delivered whole once the peer reads."""
+    listener, ours, peer = _pair()
+    with listener, peer:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        ours.setblocking(False)
+        data = os.urandom(3 << 20)
+        queued = 0
+        try:
+            while queued < len(data):
+                queued += ours.send(data[queued:])
+        except BlockingIOError:
+            pass
+        local, remote = ours.getsockname(), ours.getpeername()
+        repair = DirectRepair()
+        repair.set([ours.fileno()], 1)
+        state = mtcp.dump_socket(ours)
+        assert len(state.send_queue) > 1 << 20
+        ours.close()
+        side = wire.FlowSide(wire.inany(socket.inet_aton(local[0])),
+                             wire.inany(socket.inet_aton(remote[0])), local[1], remote[1])
+        new = socket.socket()
+        new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        new.setblocking(False)
+        repair.set([new.fileno()], 1)
+        mtcp.restore_socket(new, side, state, repair)  # type: ignore[arg-type]
+        with new:
+            peer.settimeout(10)
+            got = bytearray()
+            while len(got) < queued:
+                chunk = peer.recv(1 << 20)
+                assert chunk
+                got += chunk
+            assert bytes(got) == data[:queued]
