@@ -385,34 +385,8 @@ def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
     return True
 
 
-def _free(flow: TcpFlow, rst: bool) -> None:
-    """Forget a connection entirely: socket, loop registration, timer, flow entry."""
-    ctx = flow.ctx
-    state: TcpState = ctx.tcp
-    flow.freed = True
-    assert ctx.loop is not None
-    ctx.loop.remove(flow.fd)
-    if flow.timer is not None:
-        flow.timer.cancel()
-        flow.timer = None
-    flow.ack_waits = False
-    flow.deadline = None
-    sock = flow.sock
-    if rst:
-        reset_and_close(sock)
-    else:
-        _discard_acknowledged(flow)  # unread data would turn our FIN into a reset
-        sock.close()
-    if ctx.flows.remove(flow.key) is not None:
-        state.conns -= 1
-    ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
-    if log.DEBUG:
-        log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
-
-
-def forget(flow: TcpFlow) -> socket.socket:
-    """A connection migrated away: drop it without a word to the guest or the
-    socket's peer; the socket (in repair mode) is the caller's."""
+def _detach(flow: TcpFlow) -> None:
+    """Out of the loop and the flow table, its timer forgotten; the socket stays open."""
     ctx = flow.ctx
     flow.freed = True
     assert ctx.loop is not None
@@ -424,7 +398,27 @@ def forget(flow: TcpFlow) -> socket.socket:
     flow.deadline = None
     if ctx.flows.remove(flow.key) is not None:
         ctx.tcp.conns -= 1
-    ctx.stats["tcp.migrated_out"] += 1
+
+
+def _free(flow: TcpFlow, rst: bool) -> None:
+    """Forget a connection entirely: socket, loop registration, timer, flow entry."""
+    _detach(flow)
+    sock = flow.sock
+    if rst:
+        reset_and_close(sock)
+    else:
+        _discard_acknowledged(flow)  # unread data would turn our FIN into a reset
+        sock.close()
+    flow.ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
+    if log.DEBUG:
+        log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
+
+
+def forget(flow: TcpFlow) -> socket.socket:
+    """A connection migrated away: drop it without a word to the guest or the
+    socket's peer; the socket (in repair mode) is the caller's."""
+    _detach(flow)
+    flow.ctx.stats["tcp.migrated_out"] += 1
     return flow.sock
 
 

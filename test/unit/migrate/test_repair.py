@@ -4,6 +4,7 @@ filter, as passt would see it.  TCP_REPAIR needs CAP_NET_ADMIN: skipped without 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -19,8 +20,15 @@ from .test_tcp_repair import TCP_REPAIR, _can_repair
 HELPER = [sys.executable, "-m", "passt.repair_helper"]
 
 
-def _helper(path: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*HELPER, path], stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def _running(path: str) -> Iterator[subprocess.Popen[str]]:
+    """passt-repair on ``path``, killed at the end if still there."""
+    helper = subprocess.Popen([*HELPER, path], stderr=subprocess.PIPE, text=True)
+    try:
+        yield helper
+    finally:
+        helper.kill()
+        helper.wait()
 
 
 @pytest.fixture
@@ -34,8 +42,7 @@ def channel(tmp_path) -> Iterator[tuple[RepairChannel, str]]:
 @pytest.mark.skipif(not _can_repair(), reason="needs CAP_NET_ADMIN")
 def test_helper_sets_and_clears_repair_mode(channel) -> None:
     chan, path = channel
-    helper = _helper(path)
-    try:
+    with _running(path) as helper:
         assert chan.wait(10.0)
         socks = [socket.socket() for _ in range(3)]
         chan.set([s.fileno() for s in socks], REPAIR_ON)
@@ -44,35 +51,24 @@ def test_helper_sets_and_clears_repair_mode(channel) -> None:
         assert socks[0].getsockopt(socket.IPPROTO_TCP, TCP_REPAIR) == 0
         chan.close()
         assert helper.wait(10) == 0
-    finally:
-        helper.kill()
-        helper.wait()
 
 
 def test_helper_waits_in_a_directory(tmp_path) -> None:
-    helper = _helper(str(tmp_path))
-    try:
+    with _running(str(tmp_path)) as helper:
         chan = RepairChannel.listen(str(tmp_path / "x.socket.repair"))
         assert chan.wait(10.0)
         chan.close()
         assert helper.wait(10) == 0
-    finally:
-        helper.kill()
-        helper.wait()
 
 
 def test_unknown_command_ends_the_helper(channel) -> None:
     chan, path = channel
-    helper = _helper(path)
-    try:
+    with _running(path) as helper:
         assert chan.wait(10.0)
         with socket.socket() as s, pytest.raises(RepairError):
             chan.set([s.fileno()], 7)
         assert helper.wait(10) == 1
         assert "Unsupported command" in helper.stderr.read()
-    finally:
-        helper.kill()
-        helper.wait()
 
 
 @pytest.mark.parametrize("argv,status", [([], 2), (["/nonexistent/x.repair"], 1)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -47,27 +48,40 @@ def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
     return listener, ours, peer
 
 
+def _moved(ours: socket.socket, edit: Callable[[wire.TcpSocketRecord], None] | None = None,
+           ) -> socket.socket:
+    """``ours`` dumped in repair mode, closed (silently), restored on a new socket."""
+    local, remote = ours.getsockname(), ours.getpeername()
+    repair = DirectRepair()
+    repair.set([ours.fileno()], 1)
+    state = mtcp.dump_socket(ours)
+    ours.close()
+    if edit is not None:
+        edit(state)
+    side = wire.FlowSide(wire.inany(socket.inet_aton(local[0])),
+                         wire.inany(socket.inet_aton(remote[0])), local[1], remote[1])
+    new = socket.socket()
+    new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    new.setblocking(False)
+    repair.set([new.fileno()], 1)
+    mtcp.restore_socket(new, side, state, repair)  # type: ignore[arg-type]
+    new.setblocking(True)
+    new.settimeout(5)
+    return new
+
+
 def test_dump_close_restore_keeps_the_connection_and_its_queues() -> None:
     listener, ours, peer = _pair()
     with listener, peer:
         peer.sendall(b"unread by us")  # sits in our receive queue
         ours.sendall(b"sent before")
         assert peer.recv(100) == b"sent before"
-        local, remote = ours.getsockname(), ours.getpeername()
-        repair = DirectRepair()
-        repair.set([ours.fileno()], 1)
-        state = mtcp.dump_socket(ours)
-        assert state.recv_queue == b"unread by us"
-        assert state.tcpi_state == 1  # TCP_ESTABLISHED
-        ours.close()  # in repair mode: nothing goes to the peer
-        side = wire.FlowSide(wire.inany(socket.inet_aton(local[0])),
-                             wire.inany(socket.inet_aton(remote[0])), local[1], remote[1])
-        new = socket.socket()
-        new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        repair.set([new.fileno()], 1)
-        mtcp.restore_socket(new, side, state, repair)  # type: ignore[arg-type]
-        with new:
-            new.settimeout(5)
+
+        def check(state: wire.TcpSocketRecord) -> None:
+            assert state.recv_queue == b"unread by us"
+            assert state.tcpi_state == 1  # TCP_ESTABLISHED
+
+        with _moved(ours, check) as new:
             peer.settimeout(5)
             assert new.recv(100) == b"unread by us"
             new.sendall(b"after")
@@ -79,20 +93,11 @@ def test_dump_close_restore_keeps_the_connection_and_its_queues() -> None:
 def test_unsent_data_goes_out_after_restore() -> None:
     listener, ours, peer = _pair()
     with listener, peer:
-        local, remote = ours.getsockname(), ours.getpeername()
-        repair = DirectRepair()
-        repair.set([ours.fileno()], 1)
-        ours.setsockopt(socket.IPPROTO_TCP, mtcp.TCP_REPAIR_QUEUE, mtcp.TCP_SEND_QUEUE)
-        state = mtcp.dump_socket(ours)
-        ours.close()
-        state.send_queue, state.notsent = b"queued", 6  # as if the kernel had not sent it
-        side = wire.FlowSide(wire.inany(socket.inet_aton(local[0])),
-                             wire.inany(socket.inet_aton(remote[0])), local[1], remote[1])
-        new = socket.socket()
-        new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        repair.set([new.fileno()], 1)
-        mtcp.restore_socket(new, side, state, repair)  # type: ignore[arg-type]
-        with new:
+
+        def unsent(state: wire.TcpSocketRecord) -> None:
+            state.send_queue, state.notsent = b"queued", 6  # as if the kernel had not sent it
+
+        with _moved(ours, unsent):
             peer.settimeout(5)
             assert peer.recv(100) == b"queued"
 
@@ -111,20 +116,11 @@ def test_megabytes_of_unsent_data_fit_a_default_socket() -> None:
                 queued += ours.send(data[queued:])
         except BlockingIOError:
             pass
-        local, remote = ours.getsockname(), ours.getpeername()
-        repair = DirectRepair()
-        repair.set([ours.fileno()], 1)
-        state = mtcp.dump_socket(ours)
-        assert len(state.send_queue) > 1 << 20
-        ours.close()
-        side = wire.FlowSide(wire.inany(socket.inet_aton(local[0])),
-                             wire.inany(socket.inet_aton(remote[0])), local[1], remote[1])
-        new = socket.socket()
-        new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        new.setblocking(False)
-        repair.set([new.fileno()], 1)
-        mtcp.restore_socket(new, side, state, repair)  # type: ignore[arg-type]
-        with new:
+
+        def large(state: wire.TcpSocketRecord) -> None:
+            assert len(state.send_queue) > 1 << 20
+
+        with _moved(ours, large):
             peer.settimeout(10)
             got = bytearray()
             while len(got) < queued:
