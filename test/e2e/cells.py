@@ -19,8 +19,10 @@ directions:
 
 Servers bind the address their traffic must arrive at (the guest's own
 address for ``in``: the forwarded traffic must reach it, not some other
-address of the guest), except for ``in_host``, whose traffic may arrive
-through the tap or, for pasta, from the namespace's loopback.
+address of the guest; that is the host's, unless passt was given another
+with ``--address``, as libvirt does), except for ``in_host``, whose
+traffic may arrive through the tap or, for pasta, from the namespace's
+loopback.
 
 Each direction has its own ports where two services could otherwise meet
 in one namespace (passt and pasta listen on the forwarded ports in the
@@ -124,13 +126,16 @@ class Path:
     family: Family
 
 
-def path(cell: Cell, world: World, inner: Shell) -> Path:
-    """The ends of ``cell``, with ``inner`` the guest's or namespace's shell."""
+def path(cell: Cell, world: World, inner: Shell, address: str | None = None) -> Path:
+    """The ends of ``cell``, with ``inner`` the guest's or namespace's shell and
+    ``address`` its address of the cell's IP version where that is not the
+    host's (libvirt's ``--address``): the one forwarded traffic must reach."""
     f = cell.family
+    own = address or f.host
     ends = {
         "out": (inner, world.remote, f.remote, f.remote, REMOTE_PORTS),
         "out_host": (inner, world.host, f.gateway, f.loopback, HOST_SERVICES),
-        "in": (world.remote, inner, f.host, f.host, FORWARDED),
+        "in": (world.remote, inner, f.host, own, FORWARDED),
         "in_host": (world.host, inner, f.loopback, f.any, FORWARDED),
         "ns_to_host": (inner, world.host, f.loopback, f.loopback, NS_FORWARDED),
     }

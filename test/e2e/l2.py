@@ -150,14 +150,18 @@ def neighbour_lladdr(shell: Shell, address: str, version: int) -> str | None:
     return None
 
 
-def check(name: str, version: int, shell: Shell) -> str:
-    """Run L2 check ``name`` for IP ``version`` in ``shell``; a one-line account."""
-    return _CHECKS[(name, version)](shell)
+def check(name: str, version: int, shell: Shell, address: str | None = None) -> str:
+    """Run L2 check ``name`` for IP ``version`` in ``shell``; a one-line account.
+
+    ``address``: the one the guest or namespace must have been given for
+    ``version``, where that is not the host's (libvirt's ``--address``).
+    """
+    return _CHECKS[(name, version)](shell, address or FAMILIES[version].host)
 
 
-def _check_dhcp(shell: Shell) -> str:
+def _check_dhcp(shell: Shell, address: str) -> str:
     lease = read_lease(shell)
-    expected = {"ip": V4.host, "mask": str(V4.prefix), "router": V4.gateway,
+    expected = {"ip": address, "mask": str(V4.prefix), "router": V4.gateway,
                 "dns": RESOLVERS[4], "mtu": "65520"}
     got = {key: lease.get(key, "").strip() for key in expected}
     assert got == expected, f"DHCP lease {got}, expected {expected}"
@@ -165,25 +169,25 @@ def _check_dhcp(shell: Shell) -> str:
     return f"lease {got}"
 
 
-def _check_dhcpv6(shell: Shell) -> str:
+def _check_dhcpv6(shell: Shell, address: str) -> str:
     answer = dhcpv6_exchange(shell)
     assert answer.msg_type in (dhcpv6.REPLY, dhcpv6.ADVERTISE), f"message type {answer.msg_type}"
     assert answer.has_server_id, "no server identifier"
-    assert answer.addresses == [V6.host], f"offered {answer.addresses}, expected {V6.host}"
+    assert answer.addresses == [address], f"offered {answer.addresses}, expected {address}"
     assert RESOLVERS[6] in answer.dns, f"DNS servers {answer.dns}, expected {RESOLVERS[6]}"
     return f"offered {answer.addresses}, DNS {answer.dns}"
 
 
-def _check_slaac(shell: Shell) -> str:
-    address = ipaddress.IPv6Address(slaac_address(shell))
-    network = ipaddress.IPv6Network(f"{V6.host}/{V6.prefix}", strict=False)
-    assert address in network, f"SLAAC address {address} outside {network}"
+def _check_slaac(shell: Shell, address: str) -> str:
+    autoconfigured = ipaddress.IPv6Address(slaac_address(shell))
+    network = ipaddress.IPv6Network(f"{address}/{V6.prefix}", strict=False)
+    assert autoconfigured in network, f"SLAAC address {autoconfigured} outside {network}"
     router = default_router(shell, 6)
     assert router.startswith("fe80:"), f"default router {router} is not link-local"
-    return f"address {address}, router {router}"
+    return f"address {autoconfigured}, router {router}"
 
 
-def _check_neighbour4(shell: Shell) -> str:
+def _check_neighbour4(shell: Shell, address: str) -> str:
     arping(shell, V4.gateway)
     ping(shell, V4.gateway, 4)  # arping bypasses the kernel's table; this fills it
     lladdr = neighbour_lladdr(shell, V4.gateway, 4)
@@ -191,7 +195,7 @@ def _check_neighbour4(shell: Shell) -> str:
     return f"{V4.gateway} is at {lladdr}"
 
 
-def _check_neighbour6(shell: Shell) -> str:
+def _check_neighbour6(shell: Shell, address: str) -> str:
     resolved = []
     for address in (default_router(shell, 6), V6.gateway):
         ping(shell, address, 6)
@@ -201,16 +205,16 @@ def _check_neighbour6(shell: Shell) -> str:
     return "; ".join(resolved)
 
 
-def _ping_check(attribute: str, version: int) -> Callable[[Shell], str]:
-    def run(shell: Shell) -> str:
-        address = getattr(FAMILIES[version], attribute)
-        ping(shell, address, version)
-        return f"{address} answers"
+def _ping_check(attribute: str, version: int) -> Callable[[Shell, str], str]:
+    def run(shell: Shell, address: str) -> str:
+        target = getattr(FAMILIES[version], attribute)
+        ping(shell, target, version)
+        return f"{target} answers"
 
     return run
 
 
-_CHECKS: dict[tuple[str, int], Callable[[Shell], str]] = {
+_CHECKS: dict[tuple[str, int], Callable[[Shell, str], str]] = {
     ("dhcp", 4): _check_dhcp,
     ("dhcpv6", 6): _check_dhcpv6,
     ("slaac", 6): _check_slaac,

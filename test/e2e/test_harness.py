@@ -113,6 +113,14 @@ def test_direction_ends(name, client, server, target, bind, ports) -> None:
     )
 
 
+def test_a_given_guest_address_is_bound_by_inbound_servers_only() -> None:
+    given = "198.51.100.77"  # libvirt's --address
+    ends = {name: path(Cell("passt", name, "udp", 4), _World(), "inner", given)  # type: ignore[arg-type]
+            for name in ("in", "in_host", "out", "out_host")}
+    assert (ends["in"].target, ends["in"].bind) == (V4.host, given)
+    assert all(given not in (p.target, p.bind) for name, p in ends.items() if name != "in")
+
+
 def test_socat_addresses_bracket_ipv6_only() -> None:
     p6 = path(Cell("pasta", "out", "udp", 6), _World(), "inner")  # type: ignore[arg-type]
     p4 = path(Cell("pasta", "out", "udp", 4), _World(), "inner")  # type: ignore[arg-type]

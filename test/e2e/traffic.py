@@ -184,9 +184,10 @@ def data_check(p: Path, proto: str) -> None:
         datagram_echo(p)
 
 
-def run_cell(cell: Cell, world: World, inner: Shell) -> Throughput:
-    """All checks of one direction cell; the iperf3 throughput."""
-    p = path(cell, world, inner)
+def run_cell(cell: Cell, world: World, inner: Shell, address: str | None = None) -> Throughput:
+    """All checks of one direction cell; the iperf3 throughput.  ``address``:
+    the inner end's own, where it is not the host's (cells.path)."""
+    p = path(cell, world, inner, address)
     throughput = iperf3(p, cell.proto)
     data_check(p, cell.proto)
     return throughput
