@@ -123,10 +123,17 @@ def flow_record(flow: tcp_tap.TcpFlow) -> wire.TcpFlowRecord:
         tap_mss=core.mss, sndbuf=core.sndbuf & 0xFFFFFFFF,
         wnd_from_tap=min(core.snd_wnd >> core.ws_from_guest, 0xFFFF),
         wnd_to_tap=core.window_field(),
-        seq_to_tap=core.snd_max, seq_ack_from_tap=core.snd_una,
+        seq_to_tap=_resume_from(core), seq_ack_from_tap=core.snd_una,
         seq_from_tap=core.rcv_nxt, seq_ack_to_tap=core.rcv_acked,
         seq_init_from_tap=(core.rcv_nxt - 1) & tcp_core.SEQ_MASK,
     )
+
+
+def _resume_from(core: tcp_core.TcpConn) -> int:
+    """Where the target goes on sending to the guest: from the oldest byte it has
+    not acknowledged (frames on their way may be lost with the source; the guest
+    drops what it has twice), unless our FIN is out, whose sequence must stay."""
+    return core.snd_max if core.events & tcp_core.TAP_FIN_SENT else core.snd_una
 
 
 def restored_core(rec: wire.TcpFlowRecord, mss_limit: int) -> tcp_core.TcpConn:

@@ -506,8 +506,8 @@ class TcpConn:
         whatever was in flight (frames on their way to the guest may have been lost
         with the source), and arm the timer its state calls for."""
         self._progress()
-        acts = [self._ack()]
-        acts += self._go_back()
+        again = self._go_back()  # first: the ACK then carries snd_una, not what was lost
+        acts = [self._ack(), *again]
         self._settle_timer(acts)
         return acts
 
