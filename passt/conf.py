@@ -176,7 +176,6 @@ _AUTO_EXAMPLES = (
     "                    in the namespace",
 )
 
-_NOT_YET = "not implemented yet: refused with one line naming what is missing"
 
 OPTIONS: tuple[OptionSpec, ...] = (
     _opt("d", "debug", None, BOTH, "Be verbose"),
@@ -201,7 +200,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
          "default: probe free path starting from /tmp/passt_1.socket"),
     _opt(None, "socket-path", "PATH", PASST, "Same as --socket"),
     _opt(None, "vhost-user", None, PASST, "Enable vhost-user mode",
-         "UNIX domain socket is provided by -s option", _NOT_YET),
+         "UNIX domain socket is provided by -s option"),
     _opt(None, "print-capabilities", None, BOTH,
          "Print back-end capabilities in JSON format",
          "only meaningful for vhost-user mode"),
