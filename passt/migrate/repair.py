@@ -18,6 +18,7 @@ helper may connect at any time before a migration; when one starts, passt
 waits ``ACCEPT_TIMEOUT`` for it if it is not there yet, as upstream does.
 The channel is used only during a migration, which is a blocking
 interruption of the event loop anyway, so it is blocking and not watched.
+The socket file is removed at exit, as passt's own (``fsref``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import socket
 
 from passt import log
+from passt.fsref import FileRef
 
 REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP = 1, 0, -1
 SCM_MAX_FD = 253  # the kernel's limit of descriptors per message (include/net/scm.h)
@@ -46,8 +48,9 @@ def default_path(socket_path: str) -> str:
 class RepairChannel:
     """The listening socket for the helper, and the helper once connected."""
 
-    def __init__(self, listener: socket.socket | None) -> None:
+    def __init__(self, listener: socket.socket | None, bound: FileRef | None = None) -> None:
         self._listener = listener
+        self._bound = bound  # the socket file, removed at exit (after isolation too)
         self._helper: socket.socket | None = None
 
     @classmethod
@@ -64,12 +67,13 @@ class RepairChannel:
         try:
             sock.bind(path)
             sock.listen(1)
+            bound = FileRef(path)
         except OSError as e:
             sock.close()
             log.warn("passt-repair socket %s: %s, won't migrate TCP connections", path,
                      e.strerror)
             return cls(None)
-        return cls(sock)
+        return cls(sock, bound)
 
     @property
     def connected(self) -> bool:
@@ -121,3 +125,6 @@ class RepairChannel:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._bound is not None:
+            self._bound.remove()
+            self._bound = None

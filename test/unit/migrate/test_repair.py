@@ -89,3 +89,11 @@ def test_path_none_means_no_channel() -> None:
     chan = RepairChannel.listen("none")
     assert not chan.wait(0.01)
     assert not os.path.exists("none")
+
+
+def test_socket_file_removed_on_close(tmp_path) -> None:
+    path = tmp_path / "passt.socket.repair"
+    chan = RepairChannel.listen(str(path))
+    assert path.exists()
+    chan.close()
+    assert not path.exists()
