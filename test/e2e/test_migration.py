@@ -9,7 +9,8 @@ instances under TCG with the guest's RAM in a shared memfd
 (``MEMORY_MIB``): the source boots the guest, the target waits for it
 (``-incoming``).  The guest opens, toward a peer program in the remote
 namespace (migration_peer.py), an upload and a download of 16 MiB each
-at a bounded pace (SHA-256 checked at the end), a ticker it echoes
+at a bounded pace (SHA-256 checked at the end; the guest paces its upload,
+the peer its download), a ticker it echoes
 (the downtime figure: the longest time no byte moved), an idle
 interactive connection (one line before, one after) and a UDP flow (same
 source port before and after).  Once the transfers are under way, QMP
@@ -32,7 +33,8 @@ lost, as in a real migration, and retransmitted.
 
 Cells: ours on both sides, and upstream 2026's passt and passt-repair on
 one side with ours on the other, both ways: the device state format is
-upstream's (doc/migration.md), so a guest can move between the two.  The
+upstream's (doc/migration.md), so a guest can move between the two; and
+upstream on both sides, the reference for the figures.  The
 virtio features the guest negotiated must be offered on the target too
 (QEMU checks): ours offers ``VIRTIO_NET_F_CSUM``, upstream does not, so the
 mixed cells give the device ``csum=off``, as an administrator mixing the
