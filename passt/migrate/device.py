@@ -68,6 +68,9 @@ class Migration:
         except OSError as e:
             log.err("Migration failed: %s", e.strerror or e)
             return e.errno or errno.EIO
+        except Exception as e:  # noqa: BLE001 - a bug here must not end the guest's network
+            log.err("Migration failed: %r", e)
+            return errno.EIO
         finally:
             os.close(fd)
         log.info("Migration: %s %d TCP connections in %.1f ms", "restored" if load else "sent",
