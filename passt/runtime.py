@@ -45,7 +45,7 @@ from passt import checksum, log
 from passt.backends import qemu
 from passt.backends.dispatch import Dispatcher, SourceFilter
 from passt.backends.qemu import QemuError
-from passt.backends.tap import TapError, TunTap
+from passt.backends.tap import PASTA_VNET_HDR, TapError, TunTap
 from passt.context import Ctx
 from passt.control_socket import server as control_server
 from passt.flow import fwd, icmp
@@ -183,9 +183,11 @@ def run_pasta(conf: Any) -> int:
         stop_on_signals(rt.loop)
         rt.ctx.netns = ns
         rt._cleanups.append(ns.teardown)
+        rt.ctx.tcp_csum_partial = PASTA_VNET_HDR and rt.pcap is None
         rt.start_handlers(ns.runner.call)
         assert rt.dispatcher is not None
-        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd))
+        rt.dispatcher.attach(_NonClosingTunTap(ns.tap_fd, vnet_hdr=PASTA_VNET_HDR,
+                                               tcp_csum_partial=rt.ctx.tcp_csum_partial))
         readiness.ready()
         ns.start_command()
         checksum.load_numpy()  # after readiness (not on start-up's path), before isolation

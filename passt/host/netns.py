@@ -411,7 +411,7 @@ class TapSpec:
 def _open_tap(name: str) -> int:
     """``tap.open_tap`` in the calling thread's namespace, with our error."""
     try:
-        fd, _ = tap.open_tap(name)
+        fd, _ = tap.open_tap(name, vnet_hdr=tap.PASTA_VNET_HDR)
     except tap.TapError as e:
         taken = os.path.exists(tap.TUN_DEVICE) and _interface_exists(name)
         raise NetnsError(f"{e} (interface name in use)" if taken else str(e)) from None

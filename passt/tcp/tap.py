@@ -356,7 +356,8 @@ def _template(ctx: Ctx, key: TapKey) -> TcpFrameTemplate:
     _, guest_addr, guest_port, remote_addr, remote_port = key
     state: TcpState = ctx.tcp
     return TcpFrameTemplate(
-        ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port
+        ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port,
+        partial_csum=ctx.tcp_csum_partial,
     )
 
 
@@ -906,7 +907,8 @@ def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
     ctx.stats["tcp.rst_stray"] += 1
     flags, seq, ack = answer
     state: TcpState = ctx.tcp
-    tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport)
+    tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport,
+                           partial_csum=ctx.tcp_csum_partial)
     state.out.append(tpl.build(seq, ack, flags, 0))
 
 
