@@ -67,7 +67,8 @@ from passt.udp import tap as udp
 # namespace, and the control socket exists only with -c.  Together about a
 # quarter of our import time.  test/unit/test_layout.py allows these imports
 # in functions, and only these, only here.
-LAZY_MODULES = ("passt.backends.qemu", "passt.control_socket.server", "passt.host.netns")
+LAZY_MODULES = ("passt.backends.qemu", "passt.control_socket.server", "passt.host.netns",
+                "passt.migrate.device")
 
 # Exceptions whose message is the one line a user sees before exit status 1.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, OSError)
@@ -210,6 +211,7 @@ def run_passt(conf: Any) -> int:
     listener = qemu.listen(conf)
     rt._cleanups.append(listener.close)
     readiness = rt.daemonize(not conf.foreground)
+    migrated = False  # the guest went elsewhere: --one-off no longer applies (upstream's way)
     try:
         rt.start_handlers(None)
         dispatcher = rt.dispatcher
@@ -220,10 +222,22 @@ def run_passt(conf: Any) -> int:
 
         def on_hangup() -> None:
             dispatcher.detach()
-            if conf.one_off:
+            if conf.one_off and not migrated:
                 rt.loop.stop(0)
             else:
                 listener.resume()
+
+        def on_migrated() -> None:
+            nonlocal migrated
+            migrated = True
+            if conf.migrate_exit:
+                log.info("Migration complete, exiting")
+                rt.loop.stop(0)
+
+        if conf.vhost_user:
+            from passt.migrate import device as migrate
+            listener.migration = migrate.setup(rt.ctx, conf, listener.path, on_migrated)
+            rt._cleanups.append(functools.partial(migrate.close, listener.migration))
 
         listener.start(rt.loop, on_client, rt.ctx.stats)
         stop_on_signals(rt.loop)

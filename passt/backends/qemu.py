@@ -72,7 +72,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Protocol, Union
 
 from passt import buffers, log
-from passt.backends.vhost_backend import VhostUserBackend
+from passt.backends.vhost_backend import DeviceStateHandler, VhostUserBackend
 from passt.errors import StartupError
 from passt.fsref import FileRef
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
@@ -364,6 +364,7 @@ class QemuListener:
         self._on_client: Callable[[Client], None] | None = None
         self._stats: Counter[str] | None = None
         self.client: Client | None = None
+        self.migration: DeviceStateHandler | None = None  # given to vhost-user clients
 
     def start(
         self,
@@ -405,7 +406,7 @@ class QemuListener:
     def _serve(self, conn: socket.socket) -> None:
         assert self._on_client is not None
         if self._vhost_user:
-            self.client = VhostUserBackend(conn, self._stats)
+            self.client = VhostUserBackend(conn, self._stats, migration=self.migration)
         else:
             _enlarge_buffers(conn)
             self.client = QemuStream(conn, self._loop, self._stats)

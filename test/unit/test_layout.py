@@ -153,7 +153,8 @@ LAYERS = {
     "passt.l2": 5, "passt.flow.icmp": 5, "passt.tcp": 5, "passt.udp": 5,
     "passt.backends.dispatch": 5,
     "passt.control_socket.rules": 3, "passt.control_socket.wire": 3, "passt.control_socket.server": 5,
-    "passt.runtime": 6, "passt.cli": 6, "passt.__main__": 6, "passt.control": 6, "passt.pesto": 6,
+    "passt.migrate.wire": 0, "passt.migrate.repair": 2, "passt.migrate": 5,
+    "passt.runtime": 6, "passt.cli": 6, "passt.repair_helper": 6, "passt.__main__": 6, "passt.control": 6, "passt.pesto": 6,
 }
 
 
