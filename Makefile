@@ -11,8 +11,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # Python: Debian 12 refuses `pip install` into its own interpreter (PEP 668),
 # so the tests run in a virtual environment, $(VENV), made from the system's
-# python3 with --system-site-packages: Debian's python3-pyroute2 (the
-# package's dependency, from apt) serves it, and pip adds what Debian's
+# python3 with --system-site-packages: Debian's python3-pyroute2 (from apt;
+# the tests check passt/host/rtnl.py's decoding with it) serves it, and pip adds what Debian's
 # python3 lacks (the test tools; NumPy, unless python3-numpy is installed).
 # Our package is not installed into it: PYTHONPATH names this tree, so the
 # tests (and the programs they start with sys.executable) always run the

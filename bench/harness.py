@@ -21,15 +21,18 @@ loopback: the spliced path), ``-T``/``-U`` on ``NS_FORWARDED``.
 
 Subjects:
 
-- ``pasta`` ours and upstream: ``--config-net`` on the target namespace,
-  with the matrix's forwarding options, started as the e2e harness starts
-  them (``e2e.impl``: ``-f -e --runas 0``; ``e2e.daemon`` retries a start
-  that dies at once, which Debian's build sometimes does);
+- ``pasta`` ours, ``upstream`` (upstream's 2026_07_16 release, built into
+  ``build/upstream-2026``: the reference the ratios are taken against) and
+  ``upstream2023`` (Debian's 2023 package, kept for history):
+  ``--config-net`` on the target namespace, with the matrix's forwarding
+  options, started as the e2e harness starts them (``e2e.impl``: ``-f -e
+  --runas 0``; ``e2e.daemon`` retries a start that dies at once, which
+  Debian's build sometimes does);
 - ``slirp4netns``: ``--configure --mtu=65520 --disable-host-loopback
   --enable-ipv6`` on the same kind of namespace (10.0.2.0/24 inside, the
   outside reached through slirp's sockets in the host namespace); it has
   the tap path only;
-- ``passt`` ours and upstream: a QEMU TCG guest (``e2e.guest``) on passt's
+- ``passt`` ours, upstream (2026) and upstream2023: a QEMU TCG guest (``e2e.guest``) on passt's
   socket, configured by DHCP and SLAAC (``e2e.l2``) as a user's would be;
 - ``passt-vu``: the same over ``--vhost-user`` (QEMU 10, see mk/qemu10.mk),
   ours and upstream's 2026 release (``upstream``; Debian's has none), next
@@ -81,26 +84,32 @@ SLIRP_OPTIONS = ["--configure", "--mtu=65520", "--disable-host-loopback", "--ena
 SYSCTLS = ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=20000 65000"]
 POLL = 0.002
 # What each subject can be measured on: the tap path, the spliced path,
-# Python peers inside (round trips, connections), a guest, fresh start-ups.
+# Python peers inside (round trips, connections), a guest, fresh start-ups
+# (attaching to a namespace; "command": starting one with a command of its own).
 # "direct" is no program at all: the same traffic over the veth or the
 # loopback, the ceiling of what the machine and the tools measure.
 FEATURES = {
-    ("pasta", "ours"): frozenset({"tap", "splice", "peer", "startup"}),
-    ("pasta", "upstream"): frozenset({"tap", "splice", "peer", "startup"}),
+    ("pasta", "ours"): frozenset({"tap", "splice", "peer", "startup", "command"}),
+    ("pasta", "upstream"): frozenset({"tap", "splice", "peer", "startup", "command"}),
+    ("pasta", "upstream2023"): frozenset({"tap", "splice", "peer", "startup", "command"}),
     ("pasta", "slirp4netns"): frozenset({"tap", "peer", "startup"}),
     ("pasta", "direct"): frozenset({"tap", "splice", "peer"}),
     ("passt", "ours"): frozenset({"guest", "startup"}),
     ("passt", "upstream"): frozenset({"guest", "startup"}),
+    ("passt", "upstream2023"): frozenset({"guest", "startup"}),
     ("passt-vu", "ours"): frozenset({"guest"}),
     ("passt-vu", "upstream"): frozenset({"guest"}),
     ("passt-vu", "stream"): frozenset({"guest"}),
     # pasta as on kernels without TCP SO_PEEK_OFF (before 6.9: Debian 12...):
-    # ours told so by PASST_NO_PEEK_OFF=1; upstream's 2023 build never uses it.
+    # ours told so by PASST_NO_PEEK_OFF=1; upstream's 2023 build never uses it
+    # (its 2026 release does whenever the kernel has it, and cannot be told not to).
     ("pasta-fallback", "ours"): frozenset({"tap"}),
-    ("pasta-fallback", "upstream"): frozenset({"tap"}),
+    ("pasta-fallback", "upstream2023"): frozenset({"tap"}),
 }
 NO_PEEK_OFF = ("env", "PASST_NO_PEEK_OFF=1")  # argv prefix: the path without SO_PEEK_OFF
 START_TIMEOUT = 30.0
+TIME = "/usr/bin/time"  # GNU time (Debian's package "time"): a child's peak RSS
+UNIX_LISTENING = "00010000"  # __SO_ACCEPTCON in /proc/net/unix's Flags
 
 
 class Endpoint(Protocol):
@@ -158,6 +167,11 @@ class Namespace:
                 raise RuntimeError(f"{self.name}: nothing listens on {proto} port {port}")
             time.sleep(POLL)
 
+    def unix_listening(self, path: str) -> bool:
+        """Whether a UNIX socket bound to ``path`` listens (``/proc/net/unix``)."""
+        return any(len(fields) > 7 and fields[7] == path and fields[3] == UNIX_LISTENING
+                   for fields in (line.split() for line in self.proc_net("unix").splitlines()[1:]))
+
     def has_default_route4(self) -> bool:
         """Whether an IPv4 default route exists (``/proc/net/route``)."""
         return any(fields[1] == "00000000" and fields[7] == "00000000"
@@ -190,7 +204,7 @@ class GuestEndpoint:
 class Subject:
     """One program under test, running in its world."""
 
-    label: str  # "ours", "upstream", "slirp4netns", "direct"
+    label: str  # "ours", "upstream", "upstream2023", "slirp4netns", "direct"
     program: str  # "pasta" or "passt": which cells apply
     world: World
     daemon: Daemon | None  # None: "direct", no program in between
@@ -199,6 +213,7 @@ class Subject:
     respawn: Callable[[str], list[str]] | None  # argv of a fresh instance (namespace/socket)
     inner: Namespace | None = None  # pasta's or slirp4netns's namespace
     guest: Guest | None = None
+    impl: Impl | None = None  # the implementation it runs (None: slirp4netns, direct)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -270,19 +285,13 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 
 Impl = e2e_impl.Impl
+# The e2e harness's name (``PASST_IMPL``) of the implementation behind each label.
+IMPL_NAMES = {"ours": "ours", "upstream": "upstream2026", "upstream2023": "upstream"}
 
 
 def implementation(label: str) -> Impl:
-    """The e2e harness's ``Impl`` for ``ours`` or ``upstream``."""
-    saved = os.environ.get("PASST_IMPL")
-    os.environ["PASST_IMPL"] = label
-    try:
-        return e2e_impl.current()
-    finally:
-        if saved is None:
-            del os.environ["PASST_IMPL"]
-        else:
-            os.environ["PASST_IMPL"] = saved
+    """The e2e harness's ``Impl`` for ``ours``, ``upstream`` (2026) or ``upstream2023``."""
+    return e2e_impl.named(IMPL_NAMES[label])
 
 
 def pasta_argv(impl: Impl, netns_path: str) -> list[str]:
@@ -323,7 +332,7 @@ def start_pasta(label: str, workdir: str, impl: Impl | None = None,
         label, workdir, lambda path: [*prefix, *pasta_argv(impl, path)],
         lambda world, inner: (inner.has_default_route4()
                               and Namespace(world.host_ns).listening("tcp", FORWARDED.iperf)
-                              and inner.listening("tcp", NS_FORWARDED.iperf)), program)
+                              and inner.listening("tcp", NS_FORWARDED.iperf)), program, impl)
 
 
 def start_slirp(workdir: str) -> Subject:
@@ -335,7 +344,7 @@ def start_slirp(workdir: str) -> Subject:
 
 def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], list[str]],
                              ready: Callable[[World, Namespace], bool],
-                             program: str = "pasta") -> Subject:
+                             program: str = "pasta", impl: Impl | None = None) -> Subject:
     os.makedirs(workdir, exist_ok=True)
     tag = f"bench-{label}" if program == "pasta" else f"bench-fb-{label}"
     world = new_world(tag, workdir, extra=("ns",))
@@ -348,7 +357,7 @@ def _start_namespace_subject(label: str, workdir: str, argv: Callable[[str], lis
         world.destroy()
         raise
     return Subject(label, program, world, daemon, inner, FEATURES[program, label], argv,
-                   inner=inner)
+                   inner=inner, impl=impl)
 
 
 def start_direct(workdir: str) -> Subject:
@@ -360,19 +369,19 @@ def start_direct(workdir: str) -> Subject:
                    inner=host)
 
 
-def missing(program: str, label: str) -> str | None:
+def missing(_program: str, label: str) -> str | None:
     """Why subject ``program`` ``label`` can't run here, or None."""
-    if (program, label) == ("passt-vu", "upstream"):
-        passt = implementation("upstream2026").passt[0]
-        if not os.path.exists(passt):
-            return f"no {passt} (make upstream-2026)"
+    if label in IMPL_NAMES:
+        binary = implementation(label).passt[0]
+        if not os.path.exists(binary):
+            return f"no {binary} (make upstream-2026 / apt-get install passt)"
     return None
 
 
 def start_passt_vu(label: str, workdir: str) -> Subject:
     """A ``passt-vu`` subject: ours or upstream's 2026 release over vhost-user, or
     ours over the stream socket (``stream``)."""
-    impl = implementation("upstream2026" if label == "upstream" else "ours")
+    impl = implementation("upstream" if label == "upstream" else "ours")
     backend = "stream" if label == "stream" else "vhost-user"
     return start_passt(label, workdir, impl, backend, "passt-vu")
 
@@ -387,7 +396,8 @@ def start_passt(label: str, workdir: str, impl: Impl | None = None, backend: str
     daemon = Daemon(passt_argv(impl, socket_path, backend), world.host_ns,
                     os.path.join(workdir, "program.log"))
     subject = Subject(label, program, world, daemon, Namespace(world.host_ns),
-                      FEATURES[program, label], lambda path: passt_argv(impl, path, backend))
+                      FEATURES[program, label], lambda path: passt_argv(impl, path, backend),
+                      impl=impl)
     try:
         daemon.start(lambda: os.path.exists(socket_path), timeout=START_TIMEOUT)
         subject.guest = Guest(socket_path, workdir, backend)
@@ -420,6 +430,28 @@ def time_to_ready(host: Namespace, argv: list[str], ready: Callable[[], bool],
         return time.monotonic() - began
     finally:
         stop_group(proc)
+
+
+def time_to_exit(host: Namespace, argv: list[str], log_path: str,
+                 timeout: float = START_TIMEOUT) -> tuple[float, int]:
+    """Seconds from spawning ``argv`` in ``host`` until it exits 0, and its peak RSS
+    in KiB (with the children it waited for), as ``/usr/bin/time`` reports it: our
+    own ``wait4`` would count the memory of this Python process, which the child
+    was forked from, and which its ``exec`` does not reset."""
+    rss_path = f"{log_path}.maxrss"
+    began = time.monotonic()
+    proc = host.spawn([TIME, "-f", "%M", "-o", rss_path, *argv], log_path)
+    try:
+        status = proc.wait(timeout)
+        elapsed = time.monotonic() - began
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{argv[0]} still running after {timeout:.0f} s") from None
+    finally:
+        stop_group(proc)
+    if status != 0:
+        raise RuntimeError(f"{argv[0]} exited {status}")
+    with open(rss_path) as f:
+        return elapsed, int(f.read().split()[-1])
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:

@@ -9,10 +9,15 @@ summary is the median with the minimum and maximum beside it, and the
 figure that matters, the ratio ours / upstream, is a ratio of medians
 measured in the same run, runs alternating between programs.
 
-Targets are ratios ours / upstream (optionally also "above slirp4netns");
-the table says whether a target is met, for reading: nothing here asserts
-speed.  For cells where lower is better (start-up time, memory) the ratio
-is still ours / upstream, and the table says "lower is better".
+"upstream" is upstream's 2026 release, the reference; "upstream2023" is
+Debian's 2023 package, a second column kept for history (and the
+reference of the one cell the 2026 release cannot run: a kernel without
+TCP ``SO_PEEK_OFF``).  Targets are ratios ours / reference (optionally
+also "above slirp4netns"), and for some cells a ratio of the programs'
+CPU time per unit of work; the table says whether a target is met, for
+reading: nothing here asserts speed.  For cells where lower is better
+(start-up time, memory) the ratio is still ours / upstream, and the table
+says "lower is better".
 
 ``results.json`` holds every sample, for tracking across commits;
 ``results.png`` (when matplotlib is installed) plots the ratios with
@@ -27,10 +32,11 @@ from dataclasses import asdict, dataclass, field
 
 from workloads import Sample
 
-LABELS = ("ours", "upstream", "slirp4netns", "direct", "stream")
-LEGEND = ("median (min-max) over the runs; direct: the same traffic with no program in"
-          " between (veth or loopback), the ceiling of the measurement; vhost-user rows:"
-          " upstream is its 2026 release, stream is ours over passt's stream socket")
+LABELS = ("ours", "upstream", "upstream2023", "slirp4netns", "direct", "stream")
+LEGEND = ("median (min-max) over the runs; upstream: its 2026_07_16 release (the reference"
+          " of the ratios), upstream2023: Debian's 2023 package; direct: the same traffic with"
+          " no program in between (veth or loopback), the ceiling of the measurement;"
+          " stream: ours over passt's stream socket (vhost-user rows)")
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,10 @@ class CellInfo:
     title: str
     unit: str
     higher_is_better: bool = True
-    target: float | None = None  # wanted ratio ours / upstream
+    target: float | None = None  # wanted ratio ours / reference
     above_slirp: bool = False  # also wanted: ours above slirp4netns
+    cpu_target: float | None = None  # wanted ratio of CPU time per unit of work (at most)
+    reference: str = "upstream"  # the label the ratio and the targets are taken against
 
 
 @dataclass
@@ -89,9 +97,10 @@ class CellResult:
     def of(self, label: str) -> Series:
         return self.series.setdefault(label, Series())
 
-    def ratio(self, other: str = "upstream") -> float | None:
+    def ratio(self, other: str | None = None) -> float | None:
+        """Median ours / median ``other`` (default: the cell's reference)."""
         ours = self.series.get("ours")
-        theirs = self.series.get(other)
+        theirs = self.series.get(other or self.info.reference)
         if ours is None or theirs is None:
             return None
         a, b = ours.median(), theirs.median()
@@ -101,7 +110,7 @@ class CellResult:
 
     def ratio_spread(self) -> tuple[float, float] | None:
         """(worst, best) ratio over the runs: ours' extremes against upstream's."""
-        ours, theirs = self.series.get("ours"), self.series.get("upstream")
+        ours, theirs = self.series.get("ours"), self.series.get(self.info.reference)
         if not ours or not theirs or not ours.samples or not theirs.samples:
             return None
         if min(theirs.values) <= 0:
@@ -119,13 +128,29 @@ class CellResult:
             met = met and over_slirp is not None and over_slirp > 1.0
         return met
 
+    def cpu_ratio(self, other: str | None = None) -> float | None:
+        """Median CPU time per unit of work, ours / ``other`` (default: the reference)."""
+        ours, theirs = self.series.get("ours"), self.series.get(other or self.info.reference)
+        a = ours.cpu() if ours else None
+        b = theirs.cpu() if theirs else None
+        return a / b if a is not None and b else None
+
+    def cpu_target_met(self) -> bool | None:
+        ratio = self.cpu_ratio()
+        if self.info.cpu_target is None or ratio is None:
+            return None
+        return ratio <= self.info.cpu_target
+
     def to_json(self) -> dict:
         return {
             **asdict(self.info),
             "results": {label: s.summary() for label, s in self.series.items()},
             "ratio_ours_upstream": self.ratio(),
+            "ratio_ours_upstream2023": self.ratio("upstream2023"),
             "ratio_ours_slirp4netns": self.ratio("slirp4netns"),
             "target_met": self.target_met(),
+            "cpu_ratio_ours_upstream": self.cpu_ratio(),
+            "cpu_target_met": self.cpu_target_met(),
         }
 
 
@@ -168,30 +193,36 @@ def _cell_text(series: Series | None, unit: str) -> str:
     return text
 
 
+def _met_text(met: bool | None) -> str:
+    return "met" if met else "MISSED" if met is not None else "n/a"
+
+
 def _target_text(cell: CellResult) -> str:
     info = cell.info
     if info.target is None:
         return "" if info.higher_is_better else "lower is better"
     sign = ">=" if info.higher_is_better else "<="
     text = f"{sign}{info.target:g}" + (" & >slirp" if info.above_slirp else "")
-    met = cell.target_met()
-    return f"{text}: {'met' if met else 'MISSED' if met is not None else 'n/a'}"
+    if info.reference != "upstream":
+        text += f" of {info.reference}"
+    return f"{text}: {_met_text(cell.target_met())}"
+
+
+RATIOS = (("ours/up", None), ("ours/up23", "upstream2023"), ("ours/slirp", "slirp4netns"),
+          ("ours/stream", "stream"))
+"""The ratio columns: header, and the label divided by (None: the cell's reference)."""
 
 
 def table(cells: list[CellResult]) -> list[str]:
     """The results table, one line per cell, and the errors below it."""
     head = (f"{'cell':44} {'unit':6} " + "".join(f"{label:25}" for label in LABELS)
-            + f"{'ours/up':>7} {'ours/slirp':>10} {'ours/stream':>11}  target")
+            + "".join(f"{name:>12}" for name, _ in RATIOS) + "  target")
     lines = [LEGEND, head, "-" * len(head)]
     for cell in cells:
         unit = cell.info.unit
         columns = "".join(f"{_cell_text(cell.series.get(label), unit):25}" for label in LABELS)
-        ratio, over_slirp, over_stream = (cell.ratio(), cell.ratio("slirp4netns"),
-                                          cell.ratio("stream"))
-        lines.append(
-            f"{cell.info.title:44} {unit:6} {columns}"
-            f"{_ratio_text(ratio):>7} {_ratio_text(over_slirp):>10} {_ratio_text(over_stream):>11}"
-            f"  {_target_text(cell)}")
+        ratios = "".join(f"{_ratio_text(cell.ratio(other)):>12}" for _, other in RATIOS)
+        lines.append(f"{cell.info.title:44} {unit:6} {columns}{ratios}  {_target_text(cell)}")
     lines += cpu_table(cells)
     errors = [f"  {cell.info.key} {label}: {error}"
               for cell in cells for label, series in cell.series.items()
@@ -199,6 +230,9 @@ def table(cells: list[CellResult]) -> list[str]:
     if errors:
         lines += ["", "errors (each distinct one once):", *errors]
     return lines
+
+
+CPU_LABELS = ("ours", "upstream", "upstream2023", "slirp4netns")
 
 
 def cpu_table(cells: list[CellResult]) -> list[str]:
@@ -209,15 +243,18 @@ def cpu_table(cells: list[CellResult]) -> list[str]:
         if not any(v is not None for v in cpu.values()):
             continue
         unit = CPU_UNITS[work(cell.info.unit, 1, 1)[1]][0]
-        ours, theirs = cpu.get("ours"), cpu.get("upstream")
-        ratio = ours / theirs if ours is not None and theirs else None
+        target = cell.info.cpu_target
         rows.append(f"{cell.info.title:44} {unit:16}"
-                    + "".join(f"{_cpu_text(cpu.get(label)):>12}" for label in LABELS[:3])
-                    + f"{_ratio_text(ratio):>9}")
+                    + "".join(f"{_cpu_text(cpu.get(label)):>13}" for label in CPU_LABELS)
+                    + f"{_ratio_text(cell.cpu_ratio()):>9}"
+                    + f"{_ratio_text(cell.cpu_ratio('upstream2023')):>11}"
+                    + (f"  <={target:g}: {_met_text(cell.cpu_target_met())}"
+                       if target is not None else ""))
     if not rows:
         return []
     head = (f"{'program CPU time per unit of work (median)':44} {'unit':16}"
-            + "".join(f"{label:>12}" for label in LABELS[:3]) + f"{'ours/up':>9}")
+            + "".join(f"{label:>13}" for label in CPU_LABELS) + f"{'ours/up':>9}"
+            + f"{'ours/up23':>11}  target")
     return ["", head, "-" * len(head), *rows]
 
 
@@ -269,7 +306,7 @@ def write_plot(path: str, title: str, cells: list[CellResult]) -> str | None:
     ax.invert_yaxis()
     ax.axvline(1.0, color="gray", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("ours / upstream (median; bar: min-max; dashed: target)")
+    ax.set_xlabel("ours / upstream 2026 (median; bar: min-max; dashed: target)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

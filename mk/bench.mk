@@ -1,12 +1,16 @@
 # The side-by-side benchmark (bench/sidebyside.py; doc/performance.md).
 #
-#   make bench           our pasta and passt next to Debian's upstream ones and
-#                        slirp4netns, same run, same workloads: 5 rounds of 3 s
-#                        per cell, about 13 minutes; the table with ratios,
-#                        $(BENCH_OUT)/results.json and results.png
-#   make bench-smoke     one 1-second round of every cell, to prove the
-#                        benchmark still runs (part of `make check`: prints
-#                        figures, fails only if the harness breaks)
+#   make bench           our pasta and passt next to upstream's 2026 release
+#                        (the reference of the ratios, issue 23's targets),
+#                        Debian's 2023 package (history) and slirp4netns, same
+#                        run, same workloads: 5 rounds of 3 s per cell, about
+#                        20 minutes on a loaded machine (3 rounds: 12.5); the
+#                        table with ratios, $(BENCH_OUT)/results.json and
+#                        results.png
+#   make bench-smoke     one 1-second round of every cell, without Debian's
+#                        2023 programs, to prove the benchmark still runs
+#                        (part of `make check`, 2-3 minutes: prints figures,
+#                        fails only if the harness breaks)
 #   make bench-profile   where our time goes: py-spy and cProfile of our
 #                        programs on the same workloads, $(BENCH_OUT)/profile/
 #   make bench-ab        did a change help?  Our pasta at AB_BASE (default
@@ -38,6 +42,8 @@ BENCH_ARGS     ?=
 AB_BASE        ?= HEAD
 AB_ARGS        ?=
 BENCH_PIP_DEPS := matplotlib py-spy
+# GNU time: the peak RSS of `pasta --config-net -- /bin/true` (bench/harness.py)
+APT_EXTRA_DEPS += time
 
 .PHONY: bench-deps bench-sidebyside bench-smoke bench-profile bench-ab bench-inproc
 

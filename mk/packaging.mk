@@ -20,12 +20,12 @@
 #
 # The Debian package and Debian's own `passt`
 # -------------------------------------------
-# passt-py installs its programs as passt-py, pasta-py, pesto-py and qrap-py,
-# its profiles as /etc/apparmor.d/usr.bin.passt-py and usr.bin.pasta-py
-# (where Debian's passt puts usr.bin.passt; the profiles are named passt-py
-# and pasta-py, so loading one never replaces Debian's), and registers them
-# as alternatives for /usr/bin/passt, pasta, pesto and qrap.  Beside Debian's
-# passt, whose files are real files at those paths, the alternatives stay
+# passt-py installs its programs as passt-py, pasta-py, pesto-py, qrap-py and
+# passt-repair-py, its profiles as /etc/apparmor.d/usr.bin.passt-py (and
+# pasta-py, passt-repair-py; where Debian's passt puts usr.bin.passt; the
+# profiles are named passt-py..., so loading one never replaces Debian's), and
+# registers them as alternatives for /usr/bin/passt, pasta, pesto, qrap and
+# passt-repair.  Beside Debian's passt, whose files are real files at those paths, the alternatives stay
 # registered but unlinked: both are installed, for comparison.  Without it,
 # `passt` is ours.  It Provides passt (= 0.0~git20260716): the command line
 # is that release's.
@@ -55,10 +55,11 @@ CHECK_PREREQS  += profiles
 check: profiles
 
 MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1 $(BUILD)/man/pesto.1 \
-	$(BUILD)/man/qrap.1
-APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta
+	$(BUILD)/man/qrap.1 $(BUILD)/man/passt-repair.1
+APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta apparmor/usr.bin.passt-repair
 SELINUX_SOURCES   := $(wildcard selinux/*.te selinux/*.if selinux/*.fc)
-SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp
+SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp \
+	$(BUILD)/selinux/passt-repair.pp
 DEB_DIR           ?= $(BUILD)/deb
 RPM_DIR           ?= $(BUILD)/rpm
 PACKAGE_VERSION    = $(shell $(SYSTEM_PYTHON) -c 'import passt; print(passt.__version__)')
@@ -69,8 +70,11 @@ all: man
 
 man: $(MAN_PAGES)
 
-# qrap's page is written by hand: it has no option table.
+# qrap's and passt-repair's pages are written by hand: they have no option table.
 $(BUILD)/man/qrap.1: doc/man/qrap.1
+	install -D -m 644 $< $@
+
+$(BUILD)/man/passt-repair.1: doc/man/passt-repair.1
 	install -D -m 644 $< $@
 
 $(BUILD)/man/%.1: doc/man/%.1.in $(wildcard doc/man/*.roff) tools/genman.py $(wildcard passt/conf.py passt/pesto.py)
@@ -99,7 +103,8 @@ selinux: $(SELINUX_MODULES)
 # ships them) would define ours twice, so they are left out.
 SELINUX_HEADERS           = $(dir $(SELINUX_DEVEL_MAKEFILE))include
 SELINUX_SYSTEM_INTERFACES = $(filter-out $(SELINUX_HEADERS)/contrib/passt.if \
-	$(SELINUX_HEADERS)/contrib/pasta.if,$(wildcard $(SELINUX_HEADERS)/*/*.if))
+	$(SELINUX_HEADERS)/contrib/pasta.if $(SELINUX_HEADERS)/contrib/passt-repair.if,\
+	$(wildcard $(SELINUX_HEADERS)/*/*.if))
 $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	@test -f $(SELINUX_DEVEL_MAKEFILE) \
 		|| { echo "selinux: $(SELINUX_DEVEL_MAKEFILE) missing (apt-get install selinux-policy-dev)"; exit 1; }
@@ -107,7 +112,7 @@ $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	cp $(SELINUX_SOURCES) $(BUILD)/selinux/
 	cd $(BUILD)/selinux && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
 		make -f $(SELINUX_DEVEL_MAKEFILE) header_interfaces='$(SELINUX_SYSTEM_INTERFACES)' \
-		passt.pp pasta.pp >build.log 2>&1 \
+		passt.pp pasta.pp passt-repair.pp >build.log 2>&1 \
 		|| { cat build.log; echo "selinux: modules do not compile"; exit 1; }
 	@! grep -i 'warning\|error' $(BUILD)/selinux/build.log \
 		|| { echo "selinux: warnings above"; rm -f $(SELINUX_MODULES); exit 1; }

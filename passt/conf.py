@@ -36,12 +36,11 @@ Nothing here does I/O but reading the user and group databases for
 
 The option set is upstream 2026_07_16's (``test/unit/test_conf_2026.py``
 compares it with that build's ``--help``).  Options whose feature this
-program does not have yet (in vhost-user mode, those of live
-migration) are parsed like the
-others and refused at the end with one line naming what is missing
-(``NOT_IMPLEMENTED``); the vhost-user-only options (``--repair-path``,
+program does not have yet would be parsed like the others and refused at
+the end with one line naming what is missing (``NOT_IMPLEMENTED``, empty
+now); the vhost-user-only options of live migration (``--repair-path``,
 ``--migrate-exit``, ``--migrate-no-linger``) are refused without
-``--vhost-user`` in upstream's words.  ``--print-capabilities`` prints
+``--vhost-user`` in upstream's words (``--repair-path none`` excepted).  ``--print-capabilities`` prints
 upstream's JSON and exits 0, as ``--version`` does.
 
 Where this parser differs from upstream (2023) on purpose: values upstream
@@ -177,7 +176,6 @@ _AUTO_EXAMPLES = (
     "                    in the namespace",
 )
 
-_NOT_YET = "not implemented yet: refused with one line naming what is missing"
 
 OPTIONS: tuple[OptionSpec, ...] = (
     _opt("d", "debug", None, BOTH, "Be verbose"),
@@ -202,7 +200,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
          "default: probe free path starting from /tmp/passt_1.socket"),
     _opt(None, "socket-path", "PATH", PASST, "Same as --socket"),
     _opt(None, "vhost-user", None, PASST, "Enable vhost-user mode",
-         "UNIX domain socket is provided by -s option", _NOT_YET),
+         "UNIX domain socket is provided by -s option"),
     _opt(None, "print-capabilities", None, BOTH,
          "Print back-end capabilities in JSON format",
          "only meaningful for vhost-user mode"),
@@ -679,8 +677,6 @@ def _address(text: str) -> tuple[IPAddress, int | None]:
 # What a given option needs that this program does not have yet (issue named).
 # The option is parsed, then refused at the end with this one line.
 NOT_IMPLEMENTED: dict[str, str] = {}
-# ... and in vhost-user mode, the options of live migration (passt-repair).
-MIGRATION_NOT_IMPLEMENTED = "live migration (passt-repair) is not implemented yet"
 # Options of vhost-user mode, refused without it in upstream's words.
 _VHOST_USER_ONLY = ("repair-path", "migrate-exit", "migrate-no-linger")
 CAPABILITIES = '{\n  "type": "net"\n}\n'
@@ -1022,7 +1018,6 @@ class _Parser:
             if name in self.seen and v.get(name.replace("-", "_")) not in ("none", None, False):
                 if not v.get("vhost_user"):
                     raise ConfError(f"--{name} is for vhost-user mode only")
-                raise ConfError(f"--{name}: {MIGRATION_NOT_IMPLEMENTED}")
 
 
 _Handler = Callable[[_Parser, OptionSpec, "str | None"], None]

@@ -687,12 +687,15 @@ class TcpFrameTemplate:
     See "Fast path for TCP data" in the module docstring.
     """
 
-    __slots__ = ("_header", "_tcp_offset", "_ipv4", "_ip_acc", "_tcp_acc")
+    __slots__ = ("_header", "_tcp_offset", "_ipv4", "_ip_acc", "_tcp_acc", "_pseudo", "_partial")
 
     def __init__(
         self, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, sport: int, dport: int,
-        *, ttl: int = 64,
+        *, ttl: int = 64, partial_csum: bool = False,
     ) -> None:  # fmt: skip
+        """``partial_csum``: the TCP checksum field holds the pseudo-header's sum
+        alone, for a receiver told to complete it (``Ctx.tcp_csum_partial``)."""
+        self._partial = partial_csum
         self._ipv4 = len(src) == 4
         self._header = build_frame_tcp(
             eth_dst, eth_src, src, dst, sport, dport, 0, 0, 0, 0, ttl=ttl
@@ -704,7 +707,8 @@ class TcpFrameTemplate:
         if self._ipv4:
             ip_header[2:4] = ip_header[10:12] = b"\0\0"  # total length, checksum
         self._ip_acc = csum_partial(ip_header)
-        self._tcp_acc = pseudo_sum(src, dst, IPPROTO_TCP, 0) + sport + dport
+        self._pseudo = pseudo_sum(src, dst, IPPROTO_TCP, 0)
+        self._tcp_acc = self._pseudo + sport + dport
 
     def headers(
         self, seq: int, ack: int, flags: int, window: int, payload: Buffer = b"",
@@ -739,8 +743,11 @@ class TcpFrameTemplate:
         else:
             _U16.pack_into(header, ETH_HLEN + 4, tcp_len)
         off_flags = tcp_hlen << 10 | flags
-        acc = self._tcp_acc + tcp_len
-        csum = _tcp_checksum(acc, seq, ack, off_flags, window, options, payload)
+        if self._partial:  # the sum, not its complement: the receiver adds the rest
+            csum = 0xFFFF ^ csum_fold(self._pseudo + tcp_len)
+        else:
+            csum = _tcp_checksum(self._tcp_acc + tcp_len, seq, ack, off_flags, window, options,
+                                 payload)
         _TCP_PATCH.pack_into(header, self._tcp_offset + 4, seq, ack, off_flags, window, csum)
 
     def build(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 
 from passt import log
+from passt.errors import StartupError
 
 MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
@@ -37,7 +38,7 @@ _RECORD_HEADER = struct.Struct("=IIII")
 Buffer = bytes | bytearray | memoryview
 
 
-class PcapError(Exception):
+class PcapError(StartupError):
     """The capture file can't be created; one-line message."""
 
 

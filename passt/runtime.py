@@ -33,8 +33,10 @@ prints it and exits 1 (``STARTUP_ERRORS``).
 from __future__ import annotations
 
 import functools
+import gc
 import resource
 import signal
+import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -42,37 +44,34 @@ from types import ModuleType
 from typing import Any
 
 from passt import checksum, log
-from passt.backends import qemu
 from passt.backends.dispatch import Dispatcher, SourceFilter
-from passt.backends.qemu import QemuError
-from passt.backends.tap import TapError, TunTap
+from passt.backends.tap import PASTA_VNET_HDR, TunTap
 from passt.context import Ctx
-from passt.control_socket import server as control_server
+from passt.errors import StartupError
 from passt.flow import fwd, icmp
 from passt.flow.table import FlowTable
-from passt.host import daemon, hostnet, isolation, netns
-from passt.host.daemon import DaemonError, PidFile, Readiness
-from passt.host.hostnet import HostNetError, NetInfo
-from passt.host.netns import NetnsError
+from passt.host import daemon, hostnet, isolation
+from passt.host.daemon import PidFile, Readiness
+from passt.host.hostnet import NetInfo
 from passt.l2 import arp, dhcp, dhcpv6, ndp
 from passt.loop import EventLoop
-from passt.pcap import Pcap, PcapError
+from passt.pcap import Pcap
 from passt.tcp import splice as tcp_splice
 from passt.tcp import tap as tcp
 from passt.udp import splice as udp_splice
 from passt.udp import tap as udp
 
+# What only some runs need is imported by the function that needs it, at
+# start-up (before isolation, after which nothing can be imported), and
+# nowhere else: pasta never uses QEMU's socket or vhost-user, passt never a
+# namespace, and the control socket exists only with -c.  Together about a
+# quarter of our import time.  test/unit/test_layout.py allows these imports
+# in functions, and only these, only here.
+LAZY_MODULES = ("passt.backends.qemu", "passt.control_socket.server", "passt.host.netns",
+                "passt.migrate.device")
+
 # Exceptions whose message is the one line a user sees before exit status 1.
-STARTUP_ERRORS: tuple[type[Exception], ...] = (
-    HostNetError,
-    DaemonError,
-    PcapError,
-    TapError,
-    NetnsError,
-    QemuError,
-    control_server.ControlError,
-    OSError,
-)
+STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, OSError)
 
 # Flows per descriptor budget: every flow owns at most two descriptors (a
 # spliced connection: two sockets; pipes come from a pool), and some are
@@ -114,7 +113,7 @@ class Runtime:
         self.net: NetInfo = hostnet.discover(conf)
         self.pidfile = PidFile.open(conf.pid) if conf.pid else None
         self.pcap = Pcap.open(conf.pcap) if conf.pcap else None
-        self.control = control_server.bind(conf.conf_path) if conf.conf_path else None
+        self.control = _bind_control(conf.conf_path) if conf.conf_path else None
         self.loop = EventLoop()
         self.ctx = Ctx(
             conf=conf, net=self.net, loop=self.loop, flows=FlowTable(max_flows()), pcap=self.pcap
@@ -144,6 +143,7 @@ class Runtime:
                 self._cleanups.append(functools.partial(close, self.ctx))
         fwd.start(self.ctx)
         if self.control is not None:  # -c: pesto's socket, serving the tables just opened
+            from passt.control_socket import server as control_server
             self._cleanups.append(control_server.setup(self.ctx, self.control,
                                                        self.conf.conf_path).close)
         self.dispatcher = Dispatcher(self.ctx, self.handlers, SourceFilter.for_guest(self.net))
@@ -153,6 +153,7 @@ class Runtime:
             self.dispatcher.detach()
 
     def run_loop(self) -> int:
+        settle_gc()
         if self.conf.stats is not None:
             show_stats(self.loop, self.ctx.stats, self.conf.stats)
         status = self.loop.run()
@@ -174,7 +175,13 @@ class Runtime:
         self.loop.close()
 
 
+def _bind_control(path: str) -> socket.socket:
+    from passt.control_socket import server as control_server
+    return control_server.bind(path)
+
+
 def run_pasta(conf: Any) -> int:
+    from passt.host import netns
     rt = Runtime(conf)
     readiness = rt.daemonize(netns.daemonizes(conf))
     try:
@@ -182,9 +189,11 @@ def run_pasta(conf: Any) -> int:
         stop_on_signals(rt.loop)
         rt.ctx.netns = ns
         rt._cleanups.append(ns.teardown)
+        rt.ctx.tcp_csum_partial = PASTA_VNET_HDR and rt.pcap is None
         rt.start_handlers(ns.runner.call)
         assert rt.dispatcher is not None
-        rt.dispatcher.attach(TunTap(ns.tap_fd, owns_fd=False))
+        rt.dispatcher.attach(TunTap(ns.tap_fd, vnet_hdr=PASTA_VNET_HDR,
+                                    tcp_csum_partial=rt.ctx.tcp_csum_partial, owns_fd=False))
         readiness.ready()
         ns.start_command()
         checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
@@ -197,10 +206,12 @@ def run_pasta(conf: Any) -> int:
 def run_passt(conf: Any) -> int:
     """passt: ``qemu.listen(conf)`` gives a listener with ``start(loop, on_client)``,
     ``resume()`` (accept the next client) and ``close()``; a client is a ``TapBackend``."""
+    from passt.backends import qemu
     rt = Runtime(conf)
     listener = qemu.listen(conf)
     rt._cleanups.append(listener.close)
     readiness = rt.daemonize(not conf.foreground)
+    migrated = False  # the guest went elsewhere: --one-off no longer applies (upstream's way)
     try:
         rt.start_handlers(None)
         dispatcher = rt.dispatcher
@@ -211,10 +222,22 @@ def run_passt(conf: Any) -> int:
 
         def on_hangup() -> None:
             dispatcher.detach()
-            if conf.one_off:
+            if conf.one_off and not migrated:
                 rt.loop.stop(0)
             else:
                 listener.resume()
+
+        def on_migrated() -> None:
+            nonlocal migrated
+            migrated = True
+            if conf.migrate_exit:
+                log.info("Migration complete, exiting")
+                rt.loop.stop(0)
+
+        if conf.vhost_user:
+            from passt.migrate import device as migrate
+            listener.migration = migrate.setup(rt.ctx, conf, listener.path, on_migrated)
+            rt._cleanups.append(functools.partial(migrate.close, listener.migration))
 
         listener.start(rt.loop, on_client, rt.ctx.stats)
         stop_on_signals(rt.loop)
@@ -224,6 +247,14 @@ def run_passt(conf: Any) -> int:
         return rt.run_loop()
     finally:
         rt.close()
+
+
+def settle_gc() -> None:
+    """Start-up is over: what it made lives until exit, so the cyclic collector
+    need not walk it again (``gc.freeze``); the launchers kept the collector
+    off during start-up (``gc.disable``), it runs again from now on."""
+    gc.freeze()
+    gc.enable()
 
 
 STATS_MIN_INTERVAL = 1.0     # --stats 0: still at most once a second

@@ -11,22 +11,26 @@ the Python package itself).  An install is a *plan*,
 a list of (path, content, mode), computed first and checked as a whole
 before anything is written:
 
-- ``bin/passt``, ``bin/pasta``, ``bin/pesto``: small launcher scripts for the interpreter
-  that has NumPy and pyroute2 (``--python``); they put ``--sitedir`` on
-  ``sys.path`` when the interpreter would not look there by itself, and run
-  in isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
-  libvirt and container engines may start them with privileges.
+- ``bin/passt``, ``bin/pasta``, ``bin/pesto``, ``bin/passt-repair``: small launcher
+  scripts for the interpreter that has NumPy (``--python``); they run in
+  isolated mode (``-I``: no ``PYTHONPATH``, no user site directory), since
+  libvirt and container engines may start them with privileges, and without
+  the ``site`` module (``-S``: its ``.pth`` files cost a good part of
+  start-up), so they put the interpreter's site directories, found at
+  installation, and ``--sitedir`` on ``sys.path`` themselves.
   ``bin/qrap``, the QEMU wrapper (``contrib/qrap``, standard library only),
   with its first line pointing at the same interpreter;
 - the ``passt`` package, into ``SITEDIR/passt``;
-- ``share/man/man1/passt.1``, ``pasta.1``, ``pesto.1`` from ``make man``;
-- AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for both
-  profiles, ``abstractions/passt-py`` and ``tunables/passt-py``.  The tunables
+- ``share/man/man1/passt.1``, ``pasta.1``, ``pesto.1``, ``passt-repair.1`` from
+  ``make man``;
+- AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for the three
+  profiles (passt, pasta, passt-repair), ``abstractions/passt-py`` and
+  ``passt-py-python``, and ``tunables/passt-py``.  The tunables
   carry the paths of the launchers, interpreter and package, and are
   rewritten for this install; outside ``/usr`` the profiles are renamed after
   their path too, so that they never replace Debian's ``passt`` profile;
 - ``--suffix -py`` (the packages) names the programs, manual pages and
-  profiles ``passt-py``, ``pasta-py``, ``pesto-py``, ``qrap-py``, so that
+  profiles ``passt-py``, ``pasta-py``, ``pesto-py``, ``qrap-py``, ``passt-repair-py``, so that
   they sit beside a distribution's ``passt``; ``--no-python-package`` leaves
   the package to the Python build tool that installed it (pybuild);
 - SELinux: compiled modules in ``share/selinux/packages/``, interfaces in
@@ -55,6 +59,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {"passt": "main_passt", "pasta": "main_pasta"}
+CONFINED = (*PROGRAMS, "passt-repair")  # the programs with AppArmor and SELinux profiles
 QRAP_SCRIPT = ROOT / "contrib" / "qrap"
 MANIFEST = "share/passt-py/install-manifest"
 DEBIAN_SITEDIR = "/usr/lib/python3/dist-packages"
@@ -93,11 +98,11 @@ class Item:
 # -- what gets installed ----------------------------------------------------
 
 
-def interpreter_facts(python: str) -> tuple[list[str], str]:
-    """``sys.path`` in isolated mode and ``sys.base_prefix`` of an interpreter."""
+def interpreter_facts(python: str, *flags: str) -> tuple[list[str], str]:
+    """``sys.path`` in isolated mode (and ``flags``) and ``sys.base_prefix`` of an interpreter."""
     code = "import json, sys; print(json.dumps([sys.path, sys.base_prefix]))"
     try:
-        out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+        out = subprocess.run([python, "-I", *flags, "-c", code], capture_output=True, text=True,
                              check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise InstallError(f"cannot run the interpreter {python}: {e}") from None
@@ -105,24 +110,45 @@ def interpreter_facts(python: str) -> tuple[list[str], str]:
     return path, base_prefix
 
 
+def site_dirs(python: str) -> list[str]:
+    """The directories the ``site`` module adds to the interpreter's path, in order."""
+    with_site, _ = interpreter_facts(python)
+    without, _ = interpreter_facts(python, "-S")
+    return [p for p in with_site if p not in without]
+
+
 def launcher(python: str, sitedir: str, import_line: str, call: str,
-             default_path: list[str]) -> bytes:
-    path_line = "" if sitedir in default_path else f"sys.path.insert(0, {sitedir!r})\n"
-    return (f"#!{python} -I\n"
+             site_path: list[str], daemon: bool = True) -> bytes:
+    """``-I``: no ``PYTHONPATH``, no user site; ``-S``: no ``site`` module, whose
+    ``.pth`` files take a good part of start-up: its directories are written in.
+    For passt and pasta (``daemon``) the cyclic garbage collector waits until
+    start-up is over (a tenth of the import time went to collections that
+    found nothing to free)."""
+    path_line = f"sys.path += {site_path!r}\n"
+    if sitedir not in site_path:
+        path_line += f"sys.path.insert(0, {sitedir!r})\n"
+    gc_line = ("import gc\n"
+               "gc.disable()  # during start-up; frozen and on again once ready (passt/runtime.py)\n"
+               if daemon else "")
+    return (f"#!{python} -IS\n"
             f'"""Launcher installed by passt-py: runs the program in {sitedir}/passt."""\n'
-            f"import sys\n{path_line}{import_line}\n{call}\n").encode()
+            f"{gc_line}import sys\n{path_line}{import_line}\n{call}\n").encode()
 
 
 def program_items(layout: Layout) -> list[Item]:
-    default_path, _ = interpreter_facts(layout.python)
+    site_path = site_dirs(layout.python)
     items = [Item(f"{layout.prefix}/bin/{program}{layout.suffix}",
                   launcher(layout.python, layout.sitedir,
-                           f"from passt.cli import {function}", f"{function}()", default_path),
+                           f"from passt.cli import {function}", f"{function}()", site_path),
                   0o755)
              for program, function in PROGRAMS.items()]
     items.append(Item(f"{layout.prefix}/bin/pesto{layout.suffix}",
                       launcher(layout.python, layout.sitedir, "from passt.pesto import main",
-                               "main()", default_path), 0o755))
+                               "main()", site_path, daemon=False), 0o755))
+    items.append(Item(f"{layout.prefix}/bin/passt-repair{layout.suffix}",
+                      launcher(layout.python, layout.sitedir,
+                               "from passt.repair_helper import main",
+                               "raise SystemExit(main())", site_path, daemon=False), 0o755))
     if QRAP_SCRIPT.exists():
         _, _, body = QRAP_SCRIPT.read_bytes().partition(b"\n")
         items.append(Item(f"{layout.prefix}/bin/qrap{layout.suffix}",
@@ -179,10 +205,10 @@ def tunables(layout: Layout) -> bytes:
 def apparmor_items(layout: Layout) -> list[Item]:
     etc = f"{layout.sysconfdir}/apparmor.d"
     source = ROOT / "apparmor"
-    items = [Item(f"{etc}/abstractions/passt-py",
-                  (source / "abstractions" / "passt-py").read_bytes(), 0o644),
-             Item(f"{etc}/tunables/passt-py", tunables(layout), 0o644)]
-    for program in PROGRAMS:
+    items = [Item(f"{etc}/abstractions/{name}", (source / "abstractions" / name).read_bytes(),
+                  0o644) for name in ("passt-py", "passt-py-python")]
+    items.append(Item(f"{etc}/tunables/passt-py", tunables(layout), 0o644))
+    for program in CONFINED:
         name = f"{program}{layout.suffix}"
         installed_at = dotted(f"{layout.prefix}/bin/{name}")
         text = (source / f"usr.bin.{program}").read_text()
@@ -197,7 +223,7 @@ def apparmor_items(layout: Layout) -> list[Item]:
 def selinux_items(layout: Layout) -> list[Item]:
     share = f"{layout.prefix}/share"
     items = []
-    for program in PROGRAMS:
+    for program in CONFINED:
         module = layout.selinux_dir / f"{program}.pp"
         if not module.exists():
             raise InstallError(f"{module} missing: run `make selinux` first")

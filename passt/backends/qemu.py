@@ -71,8 +71,9 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Protocol, Union
 
-from passt import log
-from passt.backends.vhost_backend import VhostUserBackend
+from passt import buffers, log
+from passt.backends.vhost_backend import DeviceStateHandler, VhostUserBackend
+from passt.errors import StartupError
 from passt.fsref import FileRef
 from passt.loop import ERR, HUP, IN, OUT, RDHUP
 
@@ -107,7 +108,7 @@ _prefixes: dict[int, bytes] = {}
 Client = Union["QemuStream", VhostUserBackend]
 
 
-class QemuError(Exception):
+class QemuError(StartupError):
     """The QEMU socket can't be set up; one-line message."""
 
 
@@ -148,8 +149,7 @@ class QemuStream:
         self._fd = sock.fileno()
         self._loop = loop
         self._stats = stats
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._buf = self._view = buffers.zeroed(buffer_size)
         self._tail_start = 0  # an incomplete frame kept from the last read
         self._tail_len = 0
         self._queue: deque[Buffer] = deque()  # prefixes and frames still to send
@@ -364,6 +364,7 @@ class QemuListener:
         self._on_client: Callable[[Client], None] | None = None
         self._stats: Counter[str] | None = None
         self.client: Client | None = None
+        self.migration: DeviceStateHandler | None = None  # given to vhost-user clients
 
     def start(
         self,
@@ -405,7 +406,7 @@ class QemuListener:
     def _serve(self, conn: socket.socket) -> None:
         assert self._on_client is not None
         if self._vhost_user:
-            self.client = VhostUserBackend(conn, self._stats)
+            self.client = VhostUserBackend(conn, self._stats, migration=self.migration)
         else:
             _enlarge_buffers(conn)
             self.client = QemuStream(conn, self._loop, self._stats)

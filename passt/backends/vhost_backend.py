@@ -47,6 +47,13 @@ is asleep while it should be emptying the ring: an interrupt it missed
 for good; a spare one costs it an empty poll.  Chains taken that a frame
 did not need are kept for the next one.
 
+Live migration (see ``vhost_user``): while ``VHOST_F_LOG_ALL`` is on and
+QEMU gave a bitmap, the queues mark what they write (``virtqueue.DirtyLog``).
+A device state request is carried out once its reply is on the socket,
+by the ``DeviceStateHandler`` passt gave us (``migrate.device``): it
+writes the state to QEMU's pipe or reads it from there, blocking, while
+the guest is stopped.
+
 When QEMU stops a queue (``GET_VRING_BASE``), we stop using it and answer
 the index of the next chain we would have taken.  Everything the session
 held (mappings, eventfds) is released when QEMU goes; the listener then
@@ -63,7 +70,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from passt import log
 from passt.backends.vhost_user import (
@@ -72,6 +79,7 @@ from passt.backends.vhost_user import (
     QUEUES,
     RX,
     TX,
+    VHOST_F_LOG_ALL,
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -82,7 +90,8 @@ from passt.backends.vhost_user import (
     Session,
     parse_header,
 )
-from passt.backends.virtqueue import GuestMemory, Refusals, Region, SplitQueue
+from passt.backends.virtqueue import DirtyLog, GuestMemory, Refusals, Region, SplitQueue
+from passt.buffers import zeroed
 
 Buffer = bytes | bytearray | memoryview
 
@@ -99,6 +108,18 @@ NUDGE_INTERVAL = 0.01  # seconds between repeated interrupts while frames wait
 _EVENTFD_ONE = (1).to_bytes(8, "little")
 _FD_SIZE = array.array("i").itemsize
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+
+
+class DeviceStateHandler(Protocol):
+    """What moves the device state (``migrate.device.Migration``)."""
+
+    def transfer(self, fd: int, load: bool) -> int:
+        """Write (save) or read (load) the state through ``fd``, then close it; 0 or an errno."""
+        ...
+
+    def checked(self, result: int, load: bool) -> None:
+        """QEMU asked for the result (``CHECK_DEVICE_STATE``), and it was ``result``."""
+        ...
 
 
 class BadMessage(ConnectionError):
@@ -118,7 +139,8 @@ class VhostUserBackend:
     """The ``TapBackend`` of ``passt --vhost-user``: one front end's session."""
 
     def __init__(self, sock: socket.socket, stats: Counter[str] | None = None,
-                 buffer_size: int = RECV_BUFFER) -> None:
+                 buffer_size: int = RECV_BUFFER,
+                 migration: DeviceStateHandler | None = None) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._stats: Counter[str] = stats if stats is not None else Counter()
@@ -134,12 +156,18 @@ class VhostUserBackend:
         self._hdr_len = NET_HDR.size
         self._mergeable = True
         self._hdr_flags = 0
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._buf = self._view = zeroed(buffer_size)
         self._spare: deque[tuple[int, list[memoryview]]] = deque()  # receive chains taken
         self._pending: deque[bytes] = deque()  # frames waiting for receive buffers
         self._pending_bytes = 0
         self._nudged = 0.0  # when we last signalled a guest that had frames waiting
+        self._log: DirtyLog | None = None
+        self._log_all = False
+        self._log_kick: int | None = None
+        self._migration = migration
+        self._state_request: tuple[int, bool] | None = None  # (fd, load) once replied to
+        self._state_result = -1  # of the last transfer: 0 success, an errno, -1 none
+        self._state_load = False
         self._session = Session(self)
 
     def fileno(self) -> int:
@@ -190,6 +218,8 @@ class VhostUserBackend:
                 self._bad_message(str(e))
             if reply is not None:
                 self._sock.sendmsg([reply], (), socket.MSG_NOSIGNAL)
+            if self._state_request is not None:
+                self._transfer_state(*self._state_request)
 
     def _read_message(self) -> Message | None:
         try:
@@ -225,6 +255,58 @@ class VhostUserBackend:
         self._hdr_len = NET_HDR.size if modern else NET_HDR_LEGACY
         guest_csum = features & 1 << VIRTIO_NET_F_GUEST_CSUM
         self._hdr_flags = VIRTIO_NET_HDR_F_DATA_VALID if guest_csum else 0
+        self._log_all = bool(features & 1 << VHOST_F_LOG_ALL)
+        self._apply_log()
+
+    def set_log_base(self, fd: int, size: int, offset: int) -> None:
+        try:
+            log_map = DirtyLog(fd, size, offset)
+        except (OSError, ValueError) as e:
+            raise ProtocolError(f"SET_LOG_BASE: can't map the log: {e}") from None
+        if self._log is not None:
+            self._log.close()
+        self._log = log_map
+        log_map.kick = self._kick_log
+        self._apply_log()
+
+    def set_log_fd(self, fd: int) -> None:
+        if self._log_kick is not None:
+            os.close(self._log_kick)
+        self._log_kick = fd
+
+    def _kick_log(self) -> None:
+        if self._log_kick is not None:
+            try:
+                os.write(self._log_kick, _EVENTFD_ONE)
+            except BlockingIOError:
+                pass
+
+    def _apply_log(self) -> None:
+        log_map = self._log if self._log_all else None
+        for index, queue in enumerate(self._queues):
+            addresses = self._addresses[index]
+            logged = addresses is not None and addresses.log_used is not None
+            queue.log = log_map if logged else None
+            if addresses is not None and addresses.log_used is not None:
+                queue.used_gpa = addresses.log_used
+
+    def device_state(self, fd: int, load: bool) -> None:
+        if self._migration is None:
+            os.close(fd)
+            raise ProtocolError("SET_DEVICE_STATE_FD: migration not set up")
+        self._state_request = (fd, load)
+
+    def device_state_result(self) -> int:
+        result = self._state_result
+        if self._migration is not None:
+            self._migration.checked(result, self._state_load)
+        return result & 0xFFFFFFFFFFFFFFFF
+
+    def _transfer_state(self, fd: int, load: bool) -> None:
+        self._state_request = None
+        self._state_load = load
+        assert self._migration is not None
+        self._state_result = self._migration.transfer(fd, load)
 
     def set_mem_table(self, regions: list[tuple[RegionInfo, int]]) -> None:
         mapped: list[Region] = []
@@ -259,6 +341,7 @@ class VhostUserBackend:
                                               addresses.used)
         if error:
             raise ProtocolError(error)
+        self._apply_log()
 
     def set_vring_base(self, index: int, base: int) -> None:
         self._queues[index].last_avail = base
@@ -292,6 +375,12 @@ class VhostUserBackend:
         self._memory.close()
         self._pending.clear()
         self._pending_bytes = 0
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._log_kick is not None:
+            os.close(self._log_kick)
+            self._log_kick = None
 
     def _drop_rings(self) -> None:
         self._return_spare()
@@ -434,7 +523,7 @@ class VhostUserBackend:
             self._pending_bytes -= len(pending.popleft())
 
 
-def _gather(buffers: list[memoryview], skip: int, buf: bytearray, pos: int) -> int:
+def _gather(buffers: list[memoryview], skip: int, buf: memoryview, pos: int) -> int:
     """Copy ``buffers`` without their first ``skip`` bytes to ``buf[pos:]``; the end."""
     for b in buffers:
         size = len(b)

@@ -29,8 +29,21 @@ What we offer: ``VIRTIO_F_VERSION_1``, ``VIRTIO_NET_F_MRG_RXBUF`` (so that a
 partial, the pseudo-header sum only: we end every TCP connection and send
 UDP payloads through sockets, so no handler reads those checksums, and a
 TCG guest no longer sums every byte it sends) and
-``VHOST_USER_F_PROTOCOL_FEATURES``, with the protocol feature ``REPLY_ACK``.
+``VHOST_USER_F_PROTOCOL_FEATURES``, with the protocol features ``REPLY_ACK``,
+``LOG_SHMFD`` and ``DEVICE_STATE``.
 A net device has two queues: 0 receives (we write), 1 transmits (we read).
+
+Live migration: QEMU refuses to migrate a guest whose back end lacks
+``VHOST_F_LOG_ALL``.  While migrating, it sets that feature and hands over
+a dirty page bitmap (``SET_LOG_BASE``, a shared memory descriptor; the
+reply is an empty u64) and the used rings' guest-physical addresses
+(``SET_VRING_ADDR`` with ``VHOST_VRING_F_LOG``): the device marks the pages
+it writes.  Once the guest is stopped, ``SET_DEVICE_STATE_FD`` (direction
+save on the source, load on the target, phase "stopped") gives a pipe to
+write the device state to or read it from; the reply says we return no
+descriptor of our own (``VRING_NOFD``).  The device moves the state after
+the reply is sent (``Device.device_state``); ``CHECK_DEVICE_STATE`` then
+asks how that went (0: success).
 """
 
 from __future__ import annotations
@@ -61,19 +74,29 @@ MEM_REGIONS_MAX = 8
 VIRTIO_NET_F_CSUM = 0
 VIRTIO_NET_F_GUEST_CSUM = 1
 VIRTIO_NET_F_MRG_RXBUF = 15
+VHOST_F_LOG_ALL = 26
 VHOST_USER_F_PROTOCOL_FEATURES = 30
 VIRTIO_F_VERSION_1 = 32
+PROTOCOL_F_LOG_SHMFD = 1
 PROTOCOL_F_REPLY_ACK = 3
+PROTOCOL_F_DEVICE_STATE = 19
+VHOST_VRING_F_LOG = 1
+TRANSFER_STATE_SAVE, TRANSFER_STATE_LOAD = 0, 1
+TRANSFER_STATE_PHASE_STOPPED = 0
 
 FEATURES = (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_CSUM
-            | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VHOST_USER_F_PROTOCOL_FEATURES)
-PROTOCOL_FEATURES = 1 << PROTOCOL_F_REPLY_ACK
+            | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+            | 1 << VHOST_F_LOG_ALL)
+PROTOCOL_FEATURES = (1 << PROTOCOL_F_REPLY_ACK | 1 << PROTOCOL_F_LOG_SHMFD
+                     | 1 << PROTOCOL_F_DEVICE_STATE)
 
 _u64 = struct.Struct("<Q")
 _state = struct.Struct("<II")
 _addr = struct.Struct("<IIQQQQ")
 _mem_header = struct.Struct("<II")
 _region = struct.Struct("<QQQQ")
+_log = struct.Struct("<QQ")
+_transfer = struct.Struct("<II")
 
 
 class Request(IntEnum):
@@ -95,6 +118,8 @@ class Request(IntEnum):
     SET_PROTOCOL_FEATURES = 16
     GET_QUEUE_NUM = 17
     SET_VRING_ENABLE = 18
+    SET_DEVICE_STATE_FD = 42
+    CHECK_DEVICE_STATE = 43
 
 
 class ProtocolError(Exception):
@@ -122,6 +147,7 @@ class RingAddresses:
     desc: int
     used: int
     avail: int
+    log_used: int | None = None  # guest-physical address of the used ring, if logged
 
 
 class Device(Protocol):
@@ -144,6 +170,14 @@ class Device(Protocol):
     def set_vring_call(self, index: int, fd: int | None) -> None: ...
 
     def set_vring_enable(self, index: int, enable: bool) -> None: ...
+
+    def set_log_base(self, fd: int, size: int, offset: int) -> None: ...
+
+    def set_log_fd(self, fd: int) -> None: ...
+
+    def device_state(self, fd: int, load: bool) -> None: ...
+
+    def device_state_result(self) -> int: ...
 
     def reset(self) -> None: ...
 
@@ -197,9 +231,15 @@ class Session:
             Request.SET_PROTOCOL_FEATURES: self._set_protocol_features,
             Request.GET_QUEUE_NUM: lambda m: _u64.pack(QUEUES // 2),
             Request.SET_VRING_ENABLE: self._set_vring_enable,
+            Request.SET_LOG_BASE: self._set_log_base,
+            Request.SET_LOG_FD: self._set_log_fd,
+            Request.SET_DEVICE_STATE_FD: self._set_device_state_fd,
+            Request.CHECK_DEVICE_STATE: lambda m: _u64.pack(device.device_state_result()),
         }
         self._replies = {Request.GET_FEATURES, Request.GET_VRING_BASE,
-                         Request.GET_PROTOCOL_FEATURES, Request.GET_QUEUE_NUM}
+                         Request.GET_PROTOCOL_FEATURES, Request.GET_QUEUE_NUM,
+                         Request.SET_LOG_BASE, Request.SET_DEVICE_STATE_FD,
+                         Request.CHECK_DEVICE_STATE}
 
     def handle(self, message: Message) -> bytes | None:
         """Apply ``message``; the reply to send, if any.  Raises ``ProtocolError``."""
@@ -313,8 +353,41 @@ class Session:
         self._no_fds(message)
         if len(message.payload) < _addr.size:
             raise ProtocolError("SET_VRING_ADDR: short payload")
-        index, _flags, desc, used, avail, _log = _addr.unpack_from(message.payload)
-        self.device.set_vring_addr(self._queue(message, index), RingAddresses(desc, used, avail))
+        index, flags, desc, used, avail, log = _addr.unpack_from(message.payload)
+        logged = log if flags & VHOST_VRING_F_LOG else None
+        self.device.set_vring_addr(self._queue(message, index),
+                                   RingAddresses(desc, used, avail, logged))
+
+    def _one_fd(self, message: Message) -> int:
+        if len(message.fds) != 1:
+            raise ProtocolError(f"{_name(message.request)}: {len(message.fds)} descriptors, "
+                                "expected 1")
+        return message.fds.pop()
+
+    def _set_log_base(self, message: Message) -> bytes:
+        if len(message.payload) < _log.size:
+            raise ProtocolError("SET_LOG_BASE: short payload")
+        size, offset = _log.unpack_from(message.payload)
+        fd = self._one_fd(message)
+        try:
+            self.device.set_log_base(fd, size, offset)
+        finally:
+            self._close(fd)
+        return _u64.pack(0)
+
+    def _set_log_fd(self, message: Message) -> None:
+        self.device.set_log_fd(self._one_fd(message))
+
+    def _set_device_state_fd(self, message: Message) -> bytes:
+        if len(message.payload) < _transfer.size:
+            raise ProtocolError("SET_DEVICE_STATE_FD: short payload")
+        direction, phase = _transfer.unpack_from(message.payload)
+        if phase != TRANSFER_STATE_PHASE_STOPPED:
+            raise ProtocolError(f"SET_DEVICE_STATE_FD: phase {phase} (only 'stopped')")
+        if direction not in (TRANSFER_STATE_SAVE, TRANSFER_STATE_LOAD):
+            raise ProtocolError(f"SET_DEVICE_STATE_FD: direction {direction}")
+        self.device.device_state(self._one_fd(message), direction == TRANSFER_STATE_LOAD)
+        return _u64.pack(VRING_NOFD)
 
     def _vring_fd(self, apply: Callable[[int, int | None], None]
                   ) -> Callable[[Message], None]:

@@ -51,6 +51,17 @@ a time as ``struct`` would: the guest reads them while we write.
 ``rewind(n)`` gives back the last chains popped but not pushed (a frame
 that did not fit in the buffers offered).  Every loop here is bounded by
 the ring size.
+
+During a live migration QEMU copies the guest's memory while the guest
+runs, and asks us (``VHOST_F_LOG_ALL``) to mark in a shared bitmap
+(``DirtyLog``: one bit per 4 KiB page of guest-physical memory) every page
+we write, so that it copies those again.  A queue given a log marks the
+buffers of each chain it pushes (as far as ``length`` bytes were written,
+walking the descriptors again: only while migrating) and the used ring
+entries and index it writes.  The bits are set with a plain
+read-modify-write: QEMU only ever clears them (an atomic exchange with
+zero), so a race can only leave a bit set that QEMU had just collected,
+and the page is copied once more.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ import mmap
 import struct
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from passt import log
@@ -159,6 +171,34 @@ class GuestMemory:
             r.release()
 
 
+class DirtyLog:
+    """QEMU's dirty page bitmap (``SET_LOG_BASE``): one bit per ``PAGE`` of guest memory."""
+
+    PAGE = 4096
+
+    def __init__(self, fd: int, size: int, offset: int) -> None:
+        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                              offset=offset)
+        self._bits = memoryview(self._map)
+        self.kick: Callable[[], None] | None = None  # SET_LOG_FD's eventfd, if any
+
+    def mark(self, gpa: int, length: int) -> None:
+        """Pages from ``gpa`` for ``length`` bytes were written."""
+        if length <= 0:
+            return
+        bits = self._bits
+        for page in range(gpa // self.PAGE, (gpa + length - 1) // self.PAGE + 1):
+            byte = page >> 3
+            if byte < len(bits):
+                bits[byte] |= 1 << (page & 7)
+        if self.kick is not None:
+            self.kick()
+
+    def close(self) -> None:
+        self._bits.release()
+        self._map.close()
+
+
 class Refusals:
     """Counts refused rings and chains, logging a bounded number of lines per kind."""
 
@@ -188,6 +228,8 @@ class SplitQueue:
         self._used: memoryview | None = None  # bytes: the (id, len) elements
         self._used16: memoryview | None = None  # the same, 16-bit words: flags, idx
         self._jumped = False
+        self.log: DirtyLog | None = None  # set while QEMU migrates the guest
+        self.used_gpa = 0  # the used ring's guest-physical address, for the log
 
     @property
     def ready(self) -> bool:
@@ -306,8 +348,28 @@ class SplitQueue:
         """Chain ``head`` is done, ``length`` bytes written into it (not yet visible)."""
         used = self._used
         assert used is not None
-        _used_elem.pack_into(used, 4 + 8 * (self.used_idx % self.num), head, length)
+        slot = 4 + 8 * (self.used_idx % self.num)
+        _used_elem.pack_into(used, slot, head, length)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
+        if self.log is not None:
+            self._log_chain(self.log, head, length)
+            self.log.mark(self.used_gpa + slot, 8)
+
+    def _log_chain(self, log: DirtyLog, head: int, length: int) -> None:
+        """Mark the buffers of chain ``head`` that ``length`` bytes were written into."""
+        desc = self._desc
+        assert desc is not None
+        index = head
+        for _ in range(self.num):
+            if length <= 0:
+                return
+            addr, size, flags, nxt = _desc.unpack_from(desc, index * DESC_SIZE)
+            if flags & VRING_DESC_F_WRITE:
+                log.mark(addr, min(size, length))
+                length -= size
+            if not flags & VRING_DESC_F_NEXT or nxt >= self.num:
+                return
+            index = nxt
 
     def publish(self) -> bool:
         """Make pushed entries visible; whether the guest wants an interrupt for them."""
@@ -316,6 +378,8 @@ class SplitQueue:
             return False
         used16[1] = self.used_idx  # one 16-bit store: see the module docstring
         self._published = self.used_idx
+        if self.log is not None:
+            self.log.mark(self.used_gpa + 2, 2)
         full_barrier()  # the index out before the flag is read: see the module docstring
         return self.wants_interrupt()
 

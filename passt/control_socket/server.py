@@ -87,6 +87,7 @@ from passt.control_socket.wire import (
     encode_reply,
     encode_tables,
 )
+from passt.errors import StartupError
 from passt.flow import fwd as fwdmod
 
 CLIENT_TIMEOUT = 10.0
@@ -95,7 +96,7 @@ _UCRED = struct.Struct("iII")
 _PROTO = {IPPROTO_TCP: fwdmod.TCP, IPPROTO_UDP: fwdmod.UDP}
 
 
-class ControlError(Exception):
+class ControlError(StartupError):
     """The configuration socket cannot be created; one line."""
 
 

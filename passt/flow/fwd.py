@@ -56,11 +56,12 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from passt import log
+from passt import buffers, log
 from passt import loop as ev
 from passt.flow.table import SockAddr
+from passt.host import rtnl
 from passt.ports import PortFwd
 
 NsCall = Callable[..., Any]
@@ -79,6 +80,8 @@ SCAN_INTERVAL = 1.0
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"
 DATAGRAM_MAX = 65536
+
+T = TypeVar("T")
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ANY: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
@@ -259,8 +262,7 @@ class Forwarder:
         self.handlers = Handlers()
         self.listeners: dict[Listen, Listener] = {}
         self.stats: Counter[str] = Counter()
-        self.dgram_buf = bytearray(DATAGRAM_MAX)
-        self.dgram_view = memoryview(self.dgram_buf)
+        self.dgram_buf = self.dgram_view = buffers.zeroed(DATAGRAM_MAX)
         self.udp_splice: Any = None
         self.scanner: AutoScanner | None = None
         self.splice_inbound = True      # --no-splice: host loopback through the tap
@@ -351,6 +353,27 @@ def open_proc_net(names: Iterable[str]) -> dict[str, int]:
     return fds
 
 
+def listener_diag() -> rtnl.Rtnl | None:
+    """A sock_diag socket of the calling thread's namespace that lists TCP
+    listeners (``rtnl.Rtnl.tcp_listeners``), or ``None`` where the kernel
+    has no sock_diag for TCP: then ``/proc/net/tcp*`` it is."""
+    try:
+        diag = rtnl.Rtnl(rtnl.NETLINK_SOCK_DIAG)
+    except OSError:
+        return None
+    try:
+        diag.tcp_listeners(socket.AF_INET)
+    except OSError:
+        diag.close()
+        return None
+    return diag
+
+
+def _here(fn: Callable[..., T], *args: Any) -> T:
+    """``ns_call``'s counterpart for the host side: call ``fn`` in this thread."""
+    return fn(*args)
+
+
 def read_proc_file(fd: int) -> str:
     """The whole current content of an open procfs file, from the start."""
     os.lseek(fd, 0, os.SEEK_SET)
@@ -379,7 +402,8 @@ class AutoRule:
 
 
 class AutoScanner:
-    """Periodic ``/proc/net`` scans opening and closing listeners to match."""
+    """Periodic scans (sock_diag for TCP, ``/proc/net`` for UDP) opening and closing
+    listeners to match."""
 
     def __init__(self, fwd: Forwarder, rules: Iterable[AutoRule], families: tuple[int, ...],
                  interval: float = SCAN_INTERVAL) -> None:
@@ -393,14 +417,21 @@ class AutoScanner:
         if any(r.follow_tcp for r in self.rules):
             names += [_PROC_FILES[(TCP, f)] for f in families]
         names = sorted(set(names))
-        need_ns = any(r.origin == HOST for r in self.rules)
-        need_host = any(r.origin == NS for r in self.rules)
+        need = {NS: any(r.origin == HOST for r in self.rules) and fwd.ns_call is not None,
+                HOST: any(r.origin == NS for r in self.rules)}
         self.proc_fds: dict[str, dict[str, int]] = {NS: {}, HOST: {}}
-        if need_ns and fwd.ns_call is not None:
-            self.proc_fds[NS] = fwd.ns_call(open_proc_net, names)
-        if need_host:
-            self.proc_fds[HOST] = open_proc_net(names)
+        self.diag: dict[str, rtnl.Rtnl] = {}  # TCP listeners by sock_diag, where it works
+        for side in (NS, HOST):
+            if not need[side]:
+                continue
+            call = fwd.ns_call if side == NS and fwd.ns_call is not None else _here
+            diag = call(listener_diag) if any(n.startswith("tcp") for n in names) else None
+            if diag is not None:
+                self.diag[side] = diag
+            self.proc_fds[side] = call(open_proc_net, [n for n in names
+                                                       if diag is None or not n.startswith("tcp")])
         self._timer: ev.Timer | None = None
+        self._read: dict[tuple[str, str], str] = {}  # during a scan: the tables read
 
     def start(self) -> None:
         """Scan now, then every ``interval`` seconds."""
@@ -413,12 +444,19 @@ class AutoScanner:
 
     def bound_on(self, side: str, proto: str, ours: set[int]) -> set[int]:
         """Ports bound by others for ``proto`` on ``side``, both families together."""
+        diag = self.diag.get(side) if proto == TCP else None
+        if diag is not None:
+            return {port for family in self.families
+                    for port, inode in diag.tcp_listeners(family) if inode not in ours}
         state = TCP_LISTEN if proto == TCP else UDP_UNCONNECTED
         ports: set[int] = set()
         for family in self.families:
-            fd = self.proc_fds[side].get(_PROC_FILES[(proto, family)])
+            name = _PROC_FILES[(proto, family)]
+            fd = self.proc_fds[side].get(name)
             if fd is not None:
-                ports |= bound_ports(read_proc_file(fd), state, ours)
+                if (side, name) not in self._read:
+                    self._read[side, name] = read_proc_file(fd)
+                ports |= bound_ports(self._read[side, name], state, ours)
         return ports
 
     def wanted(self, rule: AutoRule, ours: set[int]) -> set[int]:
@@ -431,11 +469,17 @@ class AutoScanner:
     def scan(self) -> None:
         """One pass over every rule: open what appeared, close what went away.
 
-        Our own sockets are listed afresh for each rule: the previous rule may
-        just have opened listeners that the next one's tables will show.
+        Each table is read once per pass (the kernel walks its whole socket
+        hash for every read of ``/proc/net/tcp``: milliseconds, however few
+        sockets there are), although the rules ask for TCP's twice.  Our own
+        sockets are listed afresh for each rule: the previous rule may just
+        have opened listeners, which a table read before them does not show
+        and one read after would, but they are ours and left out either way.
         """
+        self._read.clear()
         for rule in self.rules:
             self.apply(rule, self.wanted(rule, self.fwd.own_inodes()))
+        self._read.clear()
 
     def apply(self, rule: AutoRule, wanted: set[int]) -> None:
         """Open and close listeners of ``rule`` to match ``wanted``; only those the
@@ -474,6 +518,9 @@ class AutoScanner:
             for fd in fds.values():
                 os.close(fd)
             fds.clear()
+        for diag in self.diag.values():
+            diag.close()
+        self.diag.clear()
 
 
 # -- "all" (passt): every non-ephemeral port nobody else has bound ----------

@@ -35,12 +35,13 @@ import os
 import sys
 
 from passt import log
+from passt.errors import StartupError
 from passt.fsref import FileRef
 
 READY = b"R"
 
 
-class DaemonError(Exception):
+class DaemonError(StartupError):
     """A PID file or daemonizing problem, with a one-line message."""
 
 

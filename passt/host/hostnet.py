@@ -23,7 +23,7 @@ not usable")``, which the command line turns into one line and exit status 1.
 The work is split in three so that the decisions can be tested without a
 kernel:
 
-* ``query_host()`` is the only function that talks netlink (pyroute2): it
+* ``query_host()`` is the only function that talks netlink (``rtnl``): it
   boils the link, address and route dumps down to a ``HostSnapshot`` of small
   tuples (and leaves no thread or socket behind, which matters to pasta: it
   may ``setns()`` into a user namespace afterwards, which the kernel only
@@ -60,22 +60,24 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any, NamedTuple
 
 from passt import log
+from passt.errors import StartupError
+from passt.host import rtnl
 
 DEFAULT_MTU = 65520
 RESOLV_CONF = "/etc/resolv.conf"
 # Our MAC towards the guest unless -M (upstream 2026's default, locally administered).
 DEFAULT_MAC = bytes.fromhex("9a559a559a55")
 
-RT_TABLE_MAIN = 254
+RT_TABLE_MAIN = rtnl.RT_TABLE_MAIN
 RTPROT_KERNEL = 2
-RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
+RTN_UNICAST = rtnl.RTN_UNICAST
+RT_SCOPE_UNIVERSE = rtnl.RT_SCOPE_UNIVERSE
+RT_SCOPE_LINK = rtnl.RT_SCOPE_LINK
 
 IPAddress = IPv4Address | IPv6Address
 
 
-class HostNetError(Exception):
+class HostNetError(StartupError):
     """The host offers nothing usable; the message is one line for the user."""
 
 
@@ -217,58 +219,45 @@ class NetInfo:
 
 def query_host() -> HostSnapshot:
     """Dump links, addresses and default routes of the current network namespace."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        links = tuple(_link(msg) for msg in ipr.get_links())
-        addrs = tuple(a for a in (_addr(msg) for msg in ipr.get_addr()) if a is not None)
+    with rtnl.Rtnl() as nl:
+        links = tuple(Link(link.ifindex, link.name) for link in nl.links())
+        addrs = tuple(a for a in (_addr(msg) for msg in nl.addrs()) if a is not None)
         routes: list[DefaultRoute] = []
         others: list[Route] = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ipr.route("dump", family=family):
+            for msg in nl.routes(family):
                 routes.extend(_default_routes(msg))
                 others.extend(_other_routes(msg))
     return HostSnapshot(links, addrs, tuple(routes), tuple(others))
 
 
-def _link(msg: Any) -> Link:
-    return Link(msg["index"], msg.get_attr("IFLA_IFNAME"))
-
-
-def _addr(msg: Any) -> Addr | None:
-    text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    if not text:
+def _addr(msg: rtnl.AddrInfo) -> Addr | None:
+    packed = msg.local or msg.address
+    if not packed:
         return None
-    return Addr(msg["family"], msg["index"], ip_address(text), msg["prefixlen"], msg["scope"])
+    return Addr(msg.family, msg.ifindex, ip_address(packed), msg.prefixlen, msg.scope)
 
 
-def _default_routes(msg: Any) -> list[DefaultRoute]:
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    if msg["dst_len"] != 0 or table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST:
+def _default_routes(msg: rtnl.RouteInfo) -> list[DefaultRoute]:
+    if msg.dst_len != 0 or msg.table != RT_TABLE_MAIN or msg.type != RTN_UNICAST:
         return []
-    family = msg["family"]
-    metric = msg.get_attr("RTA_PRIORITY") or 0
-    hops = msg.get_attr("RTA_MULTIPATH")
-    if hops:
-        return [_route(family, hop["oif"], hop.get_attr("RTA_GATEWAY"), metric) for hop in hops]
-    return [_route(family, msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"), metric)]
+    if msg.hops:
+        return [_route(msg.family, oif, gateway, msg.priority) for oif, gateway in msg.hops]
+    return [_route(msg.family, msg.oif, msg.gateway, msg.priority)]
 
 
-def _other_routes(msg: Any) -> list[Route]:
+def _other_routes(msg: rtnl.RouteInfo) -> list[Route]:
     """A route worth copying: main table, unicast, not the default, not the
     kernel's own prefix route of an address (adding the address makes it)."""
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    if (msg["dst_len"] == 0 or table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST
-            or msg["proto"] == RTPROT_KERNEL or not msg.get_attr("RTA_OIF")):
+    if (msg.dst_len == 0 or msg.table != RT_TABLE_MAIN or msg.type != RTN_UNICAST
+            or msg.protocol == RTPROT_KERNEL or not msg.oif or msg.dst is None):
         return []
-    dst = ip_network(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}", strict=False)
-    gateway = msg.get_attr("RTA_GATEWAY")
-    return [Route(msg.get_attr("RTA_OIF"), dst, ip_address(gateway) if gateway else None,
-                  msg.get_attr("RTA_PRIORITY") or 0)]
+    dst = ip_network((msg.dst, msg.dst_len), strict=False)
+    return [Route(msg.oif, dst, ip_address(msg.gateway) if msg.gateway else None, msg.priority)]
 
 
-def _route(family: int, oif: int | None, gateway: str | None, metric: int) -> DefaultRoute:
-    return DefaultRoute(family, oif or 0, ip_address(gateway) if gateway else None, metric)
+def _route(family: int, oif: int, gateway: bytes | None, metric: int) -> DefaultRoute:
+    return DefaultRoute(family, oif, ip_address(gateway) if gateway else None, metric)
 
 
 # -- resolv.conf --------------------------------------------------------------

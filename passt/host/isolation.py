@@ -159,9 +159,10 @@ _SOCKETS = (
 # descriptor (fsref); with --vhost-user, each front end's session gets an epoll
 # instance of its own (vhost_backend), and maps the guest's memory from
 # descriptors it received (mmap, recvmsg, read and write of eventfds are on the
-# interpreter's list).
+# interpreter's list); a live migration waits, bounded, for passt-repair to
+# connect and to answer (a socket timeout: poll).
 PASST_SYSCALLS: tuple[str, ...] = tuple(
-    f"{_INTERPRETER} {_SOCKETS} unlinkat epoll_create1".split()
+    f"{_INTERPRETER} {_SOCKETS} unlinkat epoll_create1 poll ppoll".split()
 )
 # pasta: the spliced path's pipes, ending and reaping its command, removing
 # its PID file at exit.
@@ -170,8 +171,9 @@ PASTA_SYSCALLS: tuple[str, ...] = tuple(
 )
 # ioctl requests: SIOCOUTQ (TCP send queue, = TIOCOUTQ), SIOCINQ (= FIONREAD),
 # FIONBIO (``socket.setblocking``), FIONCLEX/FIOCLEX (``os.set_inheritable``),
-# SIOCGIFINDEX (``socket.if_nametoindex``: scope of IPv6 link-local peers).
-IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933)
+# SIOCGIFINDEX (``socket.if_nametoindex``: scope of IPv6 link-local peers),
+# SIOCOUTQNSD (the unsent part of a send queue, dumped for a live migration).
+IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933, 0x894B)
 
 
 # -- what to do ------------------------------------------------------------------

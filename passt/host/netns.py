@@ -50,7 +50,7 @@ kernel's random, locally administered one), loopback up; with
 address (``nodad``) and default routes via the gateways, then, as upstream
 2026, the template interface's other global addresses and its other routes
 (``hostnet``: not with ``-a``/``-g`` of that family, nor with the deprecated
-``--no-copy-addrs``/``--no-copy-routes``), all through netlink (pyroute2).  Without it, the tap stays down for the namespace's own DHCP or
+``--no-copy-addrs``/``--no-copy-routes``), all through netlink (``rtnl``).  Without it, the tap stays down for the namespace's own DHCP or
 SLAAC client, as upstream.  The tap descriptor is handed to the main thread.
 
 **The command** is forked before anything else and waits on a pipe: it
@@ -101,12 +101,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, TypeVar
 
 from passt import log
 from passt.backends import tap
-from passt.host.hostnet import NetInfo
+from passt.errors import StartupError
+from passt.host import rtnl
+from passt.host.hostnet import IPAddress, NetInfo
 from passt.loop import IN, EventLoop
 
 T = TypeVar("T")
@@ -129,7 +131,7 @@ CHILD_TERM_TIMEOUT = 2.0   # between SIGTERM and SIGKILL at teardown
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class NetnsError(Exception):
+class NetnsError(StartupError):
     """A namespace problem the user can fix; the message is one line."""
 
 
@@ -411,7 +413,7 @@ class TapSpec:
 def _open_tap(name: str) -> int:
     """``tap.open_tap`` in the calling thread's namespace, with our error."""
     try:
-        fd, _ = tap.open_tap(name)
+        fd, _ = tap.open_tap(name, vnet_hdr=tap.PASTA_VNET_HDR)
     except tap.TapError as e:
         taken = os.path.exists(tap.TUN_DEVICE) and _interface_exists(name)
         raise NetnsError(f"{e} (interface name in use)" if taken else str(e)) from None
@@ -428,74 +430,60 @@ def _interface_exists(name: str) -> bool:
 
 def set_up_inside(spec: TapSpec) -> tuple[int, bytes]:
     """Create and configure the tap (in the runner thread): returns (fd, its MAC)."""
-    from pyroute2 import IPRoute, NetlinkError
-
     fd = _open_tap(spec.ifname)
     try:
-        with IPRoute() as ipr:
-            index = _configure(ipr, spec)
-            (link,) = ipr.link("get", index=index)
-            mac = bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
-    except (OSError, NetlinkError) as e:
+        with rtnl.Rtnl() as nl:
+            mac = _configure(nl, spec)
+    except OSError as e:
         os.close(fd)
-        reason = os.strerror(e.code) if isinstance(e, NetlinkError) else e.strerror
-        raise NetnsError(f"Couldn't configure {spec.ifname} in namespace: {reason}") from None
+        raise NetnsError(f"Couldn't configure {spec.ifname} in namespace: {e.strerror}") from None
     return fd, mac
 
 
-def _configure(ipr: Any, spec: TapSpec) -> int:
-    """Loopback up; the tap's MAC; with ``--config-net`` the rest.  Returns the tap's index."""
-    (lo,) = ipr.link_lookup(ifname="lo")
-    ipr.link("set", index=lo, state="up")
-    index: int
-    (index,) = ipr.link_lookup(ifname=spec.ifname)
+def _configure(nl: rtnl.Rtnl, spec: TapSpec) -> bytes:
+    """Loopback up; the tap's MAC; with ``--config-net`` the rest.  Returns the tap's MAC."""
+    nl.set_link(nl.link("lo").ifindex, up=True)
+    index = nl.link(spec.ifname).ifindex
     if spec.mac:
-        ipr.link("set", index=index, address=spec.mac.hex(":"))
-    if not spec.config_net:
-        return index
-    net = spec.net
-    if net.mtu:
-        ipr.link("set", index=index, mtu=net.mtu)
-    ipr.link("set", index=index, state="up")
-    if net.addr4 is not None:
-        ipr.addr("add", index=index, address=str(net.addr4), prefixlen=net.prefix4)
-        _add_default_route(ipr, index, net.gw4, f"{net.addr4}/{net.prefix4}")
-    if net.addr6 is not None:
-        ipr.addr("add", index=index, address=str(net.addr6), prefixlen=net.prefix6,
-                 flags=IFA_F_NODAD)
-        _add_default_route(ipr, index, net.gw6, f"{net.addr6}/{net.prefix6}")
-    _copy_extras(ipr, index, net)
-    return index
+        nl.set_link(index, mac=spec.mac)
+    if spec.config_net:
+        net = spec.net
+        if net.mtu:
+            nl.set_link(index, mtu=net.mtu)
+        nl.set_link(index, up=True)
+        if net.addr4 is not None:
+            nl.add_addr(index, net.addr4, net.prefix4)
+            _add_default_route(nl, index, net.gw4, ip_network((net.addr4, net.prefix4), False))
+        if net.addr6 is not None:
+            nl.add_addr(index, net.addr6, net.prefix6, IFA_F_NODAD)
+            _add_default_route(nl, index, net.gw6, ip_network((net.addr6, net.prefix6), False))
+        _copy_extras(nl, index, net)
+    return nl.link(spec.ifname).mac
 
 
-def _copy_extras(ipr: Any, index: int, net: NetInfo) -> None:
+def _copy_extras(nl: rtnl.Rtnl, index: int, net: NetInfo) -> None:
     """The template interface's other addresses and routes (upstream 2026 copies
     them all); one that cannot be added is a warning, as upstream."""
-    from pyroute2 import NetlinkError
-
     for address, prefix in net.extra_addrs:
-        flags = {"flags": IFA_F_NODAD} if address.version == 6 else {}
         try:
-            ipr.addr("add", index=index, address=str(address), prefixlen=prefix, **flags)
-        except NetlinkError as e:
-            log.warn("Couldn't copy address %s/%d: %s", address, prefix, os.strerror(e.code))
+            nl.add_addr(index, address, prefix, IFA_F_NODAD if address.version == 6 else 0)
+        except rtnl.RtnlError as e:
+            log.warn("Couldn't copy address %s/%d: %s", address, prefix, e.strerror)
     for route in net.extra_routes:
-        via = {"gateway": str(route.gateway)} if route.gateway else {}
         try:
-            ipr.route("add", dst=str(route.dst), oif=index, proto=RTPROT_BOOT,
-                      priority=route.metric, **via)
-        except NetlinkError as e:
-            log.warn("Couldn't copy route to %s: %s", route.dst, os.strerror(e.code))
+            nl.add_route(index, route.dst, route.gateway, RTPROT_BOOT, route.metric)
+        except rtnl.RtnlError as e:
+            log.warn("Couldn't copy route to %s: %s", route.dst, e.strerror)
 
 
-def _add_default_route(ipr: Any, index: int, gateway: Any, subnet: str) -> None:
+def _add_default_route(nl: rtnl.Rtnl, index: int, gateway: IPAddress | None,
+                       subnet: IPv4Network | IPv6Network) -> None:
     """Default route via ``gateway``, marked on-link if it is outside our subnet."""
     if gateway is None:
         return
-    reachable = gateway.is_link_local or gateway in ip_network(subnet, strict=False)
-    dst = "0.0.0.0/0" if gateway.version == 4 else "::/0"
-    ipr.route("add", dst=dst, gateway=str(gateway), oif=index, proto=RTPROT_BOOT,
-              flags=0 if reachable else RTNH_F_ONLINK)
+    reachable = gateway.is_link_local or gateway in subnet
+    default = ip_network("0.0.0.0/0" if gateway.version == 4 else "::/0")
+    nl.add_route(index, default, gateway, RTPROT_BOOT, flags=0 if reachable else RTNH_F_ONLINK)
 
 
 # -- quitting when the target goes away ---------------------------------------------

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -111,7 +110,7 @@ pselect6 270 ppoll 271 unshare 272 set_robust_list 273 get_robust_list 274
 splice 275 tee 276 sync_file_range 277 vmsplice 278 epoll_pwait 281
 signalfd 282 timerfd_create 283 eventfd 284 fallocate 285 timerfd_settime 286
 timerfd_gettime 287 accept4 288 signalfd4 289 eventfd2 290 epoll_create1 291
-dup3 292 pipe2 293 inotify_init1 294 preadv 295 pwritev 296 rt_tgsigqueueinfo 297
+dup3 292 pipe2 293 inotify_init1 294 inotify_add_watch 254 preadv 295 pwritev 296 rt_tgsigqueueinfo 297
 recvmmsg 299 prlimit64 302 sendmmsg 307 setns 308 getcpu 309 process_vm_readv 310
 kcmp 312 sched_getattr 315 renameat2 316 seccomp 317 getrandom 318
 memfd_create 319 bpf 321 execveat 322 userfaultfd 323 membarrier 324
@@ -145,7 +144,7 @@ unlinkat 35 renameat 38 pselect6 72 ppoll 73 unshare 97 set_robust_list 99
 get_robust_list 100 splice 76 tee 77 sync_file_range 84 vmsplice 75
 epoll_pwait 22 timerfd_create 85 fallocate 47 timerfd_settime 86
 timerfd_gettime 87 accept4 242 signalfd4 74 eventfd2 19 epoll_create1 20 dup3 24
-pipe2 59 inotify_init1 26 preadv 69 pwritev 70 rt_tgsigqueueinfo 240
+pipe2 59 inotify_init1 26 inotify_add_watch 27 preadv 69 pwritev 70 rt_tgsigqueueinfo 240
 recvmmsg 243 prlimit64 261 sendmmsg 269 setns 268 getcpu 168
 process_vm_readv 270 kcmp 272 sched_getattr 275 renameat2 276 seccomp 277
 getrandom 278 memfd_create 279 bpf 280 execveat 281 userfaultfd 282
@@ -304,9 +303,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+def uname_machine() -> str:
+    """``platform.machine()``, without importing ``platform`` (its regular expressions
+    are compiled at import: milliseconds of start-up)."""
+    return os.uname().machine
+
+
 def native_arch(machine: str | None = None) -> Arch:
     """Our architecture (or ``machine``'s); ``SeccompUnsupported`` where we have no table."""
-    machine = machine or platform.machine()
+    machine = machine or uname_machine()
     arch = ARCHES.get(machine)
     if arch is None or struct.calcsize("P") != 8:
         raise SeccompUnsupported(0, f"no seccomp system call table for {machine} "

@@ -501,6 +501,16 @@ class TcpConn:
             return [self._fin()]
         return []
 
+    def resume(self) -> list[Action]:
+        """A connection migrated to us: acknowledge, then send again from ``snd_una``
+        whatever was in flight (frames on their way to the guest may have been lost
+        with the source), and arm the timer its state calls for."""
+        self._progress()
+        again = self._go_back()  # first: the ACK then carries snd_una, not what was lost
+        acts = [self._ack(), *again]
+        self._settle_timer(acts)
+        return acts
+
     # -- socket side ---------------------------------------------------------
 
     def on_connected(self) -> list[Action]:

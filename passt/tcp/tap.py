@@ -171,7 +171,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from passt import log
+from passt import buffers, log
 from passt.checksum import Buffer
 from passt.flow.nat import AddressMapping, outbound_addresses, packed
 from passt.flow.table import FlowTableFull, SockAddr, TapKey
@@ -264,7 +264,7 @@ class TcpState:
         self.hold_budget = HoldBudget()
         self.discard_map = mmap.mmap(-1, DISCARD_CHUNK)
         pool = 2 * FRAMES_PER_READ if self.peek_off else FALLBACK_FRAMES  # one peek's at least
-        self.pool = [memoryview(bytearray(FRAME_MAX)) for _ in range(pool)]
+        self.pool = buffers.pool(pool, FRAME_MAX)
         self.pool_next = 0  # pool buffers from here on are free until the next send
         self.chunks: list[tuple[memoryview, int]] = []  # peeked, waiting for DATA
         self.out: list[Buffer] = []  # frames of the event being handled
@@ -356,7 +356,8 @@ def _template(ctx: Ctx, key: TapKey) -> TcpFrameTemplate:
     _, guest_addr, guest_port, remote_addr, remote_port = key
     state: TcpState = ctx.tcp
     return TcpFrameTemplate(
-        ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port
+        ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port,
+        partial_csum=ctx.tcp_csum_partial,
     )
 
 
@@ -385,10 +386,9 @@ def _register(ctx: Ctx, flow: TcpFlow, mask: int) -> bool:
     return True
 
 
-def _free(flow: TcpFlow, rst: bool) -> None:
-    """Forget a connection entirely: socket, loop registration, timer, flow entry."""
+def _detach(flow: TcpFlow) -> None:
+    """Out of the loop and the flow table, its timer forgotten; the socket stays open."""
     ctx = flow.ctx
-    state: TcpState = ctx.tcp
     flow.freed = True
     assert ctx.loop is not None
     ctx.loop.remove(flow.fd)
@@ -397,17 +397,52 @@ def _free(flow: TcpFlow, rst: bool) -> None:
         flow.timer = None
     flow.ack_waits = False
     flow.deadline = None
+    if ctx.flows.remove(flow.key) is not None:
+        ctx.tcp.conns -= 1
+
+
+def _free(flow: TcpFlow, rst: bool) -> None:
+    """Forget a connection entirely: socket, loop registration, timer, flow entry."""
+    _detach(flow)
     sock = flow.sock
     if rst:
         reset_and_close(sock)
     else:
         _discard_acknowledged(flow)  # unread data would turn our FIN into a reset
         sock.close()
-    if ctx.flows.remove(flow.key) is not None:
-        state.conns -= 1
-    ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
+    flow.ctx.stats["tcp.closed_rst" if rst else "tcp.closed"] += 1
     if log.DEBUG:
         log.debug("TCP: %r closed%s", flow, " (reset)" if rst else "")
+
+
+def forget(flow: TcpFlow) -> socket.socket:
+    """A connection migrated away: drop it without a word to the guest or the
+    socket's peer; the socket (in repair mode) is the caller's."""
+    _detach(flow)
+    flow.ctx.stats["tcp.migrated_out"] += 1
+    return flow.sock
+
+
+def adopt(ctx: Ctx, core: TcpConn, sock: socket.socket, key: TapKey) -> TcpFlow | None:
+    """A connection migrated to us, its socket restored (and given ``prepare_socket``'s
+    options before its queues were filled): carry on (None if refused)."""
+    state: TcpState = ctx.tcp
+    core.inflight_segments = state.inflight_segments
+    core.budget = state.hold_budget
+    flow = TcpFlow(ctx, core, sock, key)
+    if not _register(ctx, flow, SOCK_EVENTS):
+        return None
+    ctx.stats["tcp.migrated_in"] += 1
+    if log.DEBUG:
+        log.debug("TCP: %r migrated in", flow)
+    _run(flow, core.resume())
+    _send_out(ctx)
+    return flow
+
+
+def flush_discards(flow: TcpFlow) -> None:
+    """Discard what the guest acknowledged, so the receive queue starts at ``snd_una``."""
+    _discard_acknowledged(flow)
 
 
 def _fault(flow: TcpFlow, error: Exception) -> None:
@@ -872,7 +907,8 @@ def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
     ctx.stats["tcp.rst_stray"] += 1
     flags, seq, ack = answer
     state: TcpState = ctx.tcp
-    tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport)
+    tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport,
+                           partial_csum=ctx.tcp_csum_partial)
     state.out.append(tpl.build(seq, ack, flags, 0))
 
 
@@ -899,7 +935,7 @@ def _connect(ctx: Ctx, pkt: Packet, syn: Any, key: TapKey) -> TcpFlow | None:
     core.inflight_segments = state.inflight_segments
     flow = TcpFlow(ctx, core, sock, key)
     try:
-        _prepare_socket(state, sock, family, outbound=True)
+        prepare_socket(state, sock, family, outbound=True)
         address: SockAddr = (target, syn.dport)
         if family == socket.AF_INET6:
             address = (target, syn.dport, 0, _scope_id(state, target))
@@ -959,7 +995,7 @@ def _scope_id(state: TcpState, target: str) -> int:
         return 0
 
 
-def _prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
+def prepare_socket(state: TcpState, sock: socket.socket, family: int, outbound: bool) -> None:
     """Options every connection socket gets (and outbound binding)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if state.big_sndbuf:
@@ -997,7 +1033,7 @@ def on_accept(ctx: Ctx, sock: socket.socket, peer: SockAddr, local: SockAddr, ta
         return
     key = ("tcp", guest, target_port, remote, peer[1])
     try:  # (the socket comes non-blocking: setblocking() is an ioctl seccomp refuses)
-        _prepare_socket(state, sock, sock.family, outbound=False)
+        prepare_socket(state, sock, sock.family, outbound=False)
     except OSError:
         reset_and_close(sock)
         return

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from passt import buffers
 from passt import loop as ev
 from passt.flow.fwd import HOST, LOOPBACK, Listener, NsCall, splice_targets
 from passt.flow.table import FlowKey, FlowTable, FlowTableFull, SockAddr
@@ -142,8 +143,7 @@ class UdpSplice:
         self.flows = flows
         self.ns_call = ns_call
         self.timeout = timeout
-        self.buf = bytearray(DATAGRAM_MAX)
-        self.view = memoryview(self.buf)
+        self.buf = self.view = buffers.zeroed(DATAGRAM_MAX)
         self.stats: Counter[str] = Counter()
 
     def forward(self, listener: Listener, data: memoryview, peer: SockAddr) -> None:

@@ -97,7 +97,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from passt import log
+from passt import buffers, log
 from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
 from passt.context import close_state
 from passt.flow.fwd import HOST, UDP, Listen
@@ -235,7 +235,7 @@ class UdpFrameTemplate:
         self.ip_acc = csum_partial(ip_header)
         self.udp_acc = pseudo_sum(src, dst, IPPROTO_UDP, 0) + sport + dport
 
-    def _patch(self, buf: bytearray, off: int, payload: Buffer) -> None:
+    def _patch(self, buf: bytearray | memoryview, off: int, payload: Buffer) -> None:
         """Lengths and checksums of the headers at ``buf[off:]`` for ``payload``."""
         udp_len = _UDP_HLEN + len(payload)
         if self.v4:
@@ -250,7 +250,7 @@ class UdpFrameTemplate:
             acc = csum_partial(payload, acc)
         _U16x2.pack_into(buf, off + self.hlen - 4, udp_len, csum_fold(acc) or 0xFFFF)
 
-    def fill(self, slot: bytearray, view: memoryview, size: int) -> memoryview:
+    def fill(self, slot: memoryview, view: memoryview, size: int) -> memoryview:
         """The frame for the ``size`` payload bytes at ``slot[HDR_ROOM:]``, headers in front."""
         off = _HDR_ROOM - self.hlen
         slot[off:_HDR_ROOM] = self.header
@@ -315,8 +315,8 @@ class UdpState:
         self.bind_addr = outbound_addresses(conf.outbound)
         self.bind_if = {4: conf.outbound_if4 or None, 16: conf.outbound_if6 or None}
         self.flows: dict[FlowKey, UdpFlow] = {}
-        self.slots = [bytearray(_HDR_ROOM + DATAGRAM_MAX) for _ in range(SLOTS)]
-        self.views = [memoryview(slot) for slot in self.slots]
+        self.slots = buffers.pool(SLOTS, _HDR_ROOM + DATAGRAM_MAX)
+        self.views = self.slots
         self.pending: list[Buffer] = []  # frames to the guest, sent at the end of the turn
         self.used = 0  # slots holding pending frames
         self.flush_timer: Timer | None = None

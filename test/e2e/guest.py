@@ -67,11 +67,11 @@ def image_paths() -> tuple[str, str]:
     return kernel, initrd
 
 
-def netdev_argv(backend: str, socket_path: str) -> list[str]:
+def netdev_argv(backend: str, socket_path: str, memory_mib: int = MEMORY_MIB) -> list[str]:
     """QEMU options connecting ``net0`` to passt's socket through ``backend``."""
     if backend == "vhost-user":
         return [
-            "-object", f"memory-backend-memfd,id=mem0,size={MEMORY_MIB}M,share=on",
+            "-object", f"memory-backend-memfd,id=mem0,size={memory_mib}M,share=on",
             "-numa", "node,memdev=mem0",
             "-chardev", f"socket,id=vu0,path={socket_path}",
             "-netdev", "vhost-user,id=net0,chardev=vu0",
@@ -79,17 +79,23 @@ def netdev_argv(backend: str, socket_path: str) -> list[str]:
     return ["-netdev", f"stream,id=net0,server=off,addr.type=unix,addr.path={socket_path}"]
 
 
-def qemu_argv(socket_path: str, qmp_path: str, backend: str = "stream") -> list[str]:
+def qemu_argv(socket_path: str, qmp_path: str, backend: str = "stream",
+              memory_mib: int = MEMORY_MIB, incoming: str | None = None,
+              device_options: str = "") -> list[str]:
+    """QEMU's options; with ``incoming``, a migration target that runs the guest
+    as soon as its state has come (instead of starting paused, ``-S``);
+    ``device_options`` are added to the virtio-net device's (``,csum=off``)."""
     kernel, initrd = image_paths()
+    start = ["-incoming", incoming] if incoming else ["-S"]
     return [
-        "-accel", "tcg", "-cpu", "max", "-m", str(MEMORY_MIB), "-smp", "1",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S",
+        "-accel", "tcg", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", *start,
         "-kernel", kernel, "-initrd", initrd,
         "-append", "console=ttyS0 quiet panic=-1",
         "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
         "-qmp", f"unix:{qmp_path},server=on,wait=off",
-        *netdev_argv(backend, socket_path),
-        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
+        *netdev_argv(backend, socket_path, memory_mib),
+        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}{device_options}",
     ]
 
 
@@ -105,9 +111,12 @@ class BootReport:
 class Guest:
     """One QEMU process, its console shell and its QMP connection."""
 
-    def __init__(self, socket_path: str, workdir: str, backend: str = "stream") -> None:
+    def __init__(self, socket_path: str, workdir: str, backend: str = "stream",
+                 memory_mib: int = MEMORY_MIB, device_options: str = "") -> None:
         self.socket_path = socket_path
         self.backend = backend
+        self.memory_mib = memory_mib
+        self.device_options = device_options
         self.qmp_path = os.path.join(workdir, "qmp.sock")
         self.console_log = os.path.join(workdir, "console.log")
         self.child: pexpect.spawn | None = None
@@ -115,18 +124,31 @@ class Guest:
         self.shell: Shell
         self.report: BootReport
 
-    def boot(self) -> Guest:
-        """Start QEMU paused, check it over QMP, run it to the console shell."""
+    def _spawn(self, incoming: str | None = None) -> None:
         qemu, *options = qemu_command(self.backend)
-        self.child = pexpect.spawn(
-            qemu,
-            [*options, *qemu_argv(self.socket_path, self.qmp_path, self.backend)],
-            encoding="utf-8",
-            codec_errors="replace",
-            timeout=BOOT_TIMEOUT,
-        )
+        argv = qemu_argv(self.socket_path, self.qmp_path, self.backend, self.memory_mib, incoming,
+                         self.device_options)
+        self.child = pexpect.spawn(qemu, [*options, *argv], encoding="utf-8",
+                                   codec_errors="replace", timeout=BOOT_TIMEOUT)
         self.child.logfile_read = open(self.console_log, "a")
         self.qmp = self._connect_qmp()
+
+    def listen_incoming(self, uri: str) -> Guest:
+        """Start QEMU as the target of a migration from ``uri``, its netdev connected."""
+        self._spawn(uri)
+        self._wait_netdev_connected()
+        return self
+
+    def take_over(self, source: Guest) -> Shell:
+        """The migrated guest's console shell, from this (target) QEMU's serial port."""
+        assert self.child is not None
+        self.shell = Shell("guest", self.child, GUEST_WORKDIR, source.shell.ifname)
+        return self.shell
+
+    def boot(self) -> Guest:
+        """Start QEMU paused, check it over QMP, run it to the console shell."""
+        self._spawn()
+        assert self.qmp is not None
         status = self.qmp_command("query-status")["status"]
         netdev = self._wait_netdev_connected()
         began = time.monotonic()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
 import sys
 
 import pytest
@@ -119,3 +121,30 @@ def test_a_buffer_with_its_checksum_sums_to_zero() -> None:
     struct.pack_into("!H", header, 10, cs.checksum(header))
     assert header[10:12] == bytes.fromhex("b861")  # the example of Wikipedia's article
     assert cs.checksum(header) == 0
+
+
+def in_fresh_interpreter(code: str) -> None:
+    """Run ``code`` where nothing of NumPy was imported yet; it prints "ok"."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=os.path.dirname(os.path.dirname(cs.__file__)))
+    assert result.stdout == "ok\n", result.stderr
+
+
+def test_only_numpys_core_is_loaded_and_numpy_still_imports_afterwards() -> None:
+    in_fresh_interpreter(
+        "import sys; from passt import checksum as cs; assert cs.load_numpy(); "
+        "loaded = sorted(m for m in sys.modules if m.startswith('numpy')); "
+        "assert 'numpy' not in loaded and 'numpy.linalg' not in loaded, loaded; "
+        "data = bytes(range(256)) * 256; assert cs._sum_large is cs._sum_numpy; "
+        "assert cs.csum_partial(data) == cs._sum_small(data, len(data)); "
+        "import numpy; assert int(numpy.frombuffer(data, 'u1').sum()) == 255 * 128 * 256; "
+        "print('ok')")
+
+
+def test_a_numpy_whose_core_cannot_be_loaded_alone_is_imported_whole() -> None:
+    in_fresh_interpreter(
+        "import importlib, sys; from passt import checksum as cs; real = importlib.import_module; "
+        "importlib.import_module = lambda name: (_ for _ in ()).throw(RuntimeError('no')) "
+        "if name.endswith('_multiarray_umath') else real(name); "
+        "core = cs.numpy_core(); import numpy; assert core is numpy and sys.modules['numpy'] "
+        "is numpy; print('ok')")

@@ -769,13 +769,17 @@ def test_splice_only_implies_loopback_forwarding_and_no_icmp_nor_dns():
     ("passt", ["--repair-path", "/tmp/r"], "--repair-path is for vhost-user mode only"),
     ("passt", ["--migrate-exit"], "--migrate-exit is for vhost-user mode only"),
     ("passt", ["--migrate-no-linger"], "--migrate-no-linger is for vhost-user mode only"),
-    ("passt", ["--vhost-user", "--repair-path", "/tmp/r"], conf.MIGRATION_NOT_IMPLEMENTED),
-    ("passt", ["--vhost-user", "--migrate-exit"], conf.MIGRATION_NOT_IMPLEMENTED),
     ("pasta", ["--fqdn", "a" * 254], "Invalid FQDN"),
     ("passt", ["--socket-path", "/tmp/a", "-s", "/tmp/b"], "Multiple --socket options given"),
 ])
 def test_2026_conflicts_and_missing_features_are_one_line(mode, argv, expected):
     assert expected in fails(mode, argv)
+
+
+def test_migration_options_with_vhost_user():
+    c = parse("passt", ["--vhost-user", "--repair-path", "/tmp/r", "--migrate-exit",
+                        "--migrate-no-linger"])
+    assert (c.repair_path, c.migrate_exit, c.migrate_no_linger) == ("/tmp/r", True, True)
 
 
 def test_rootlesskit_probe_exits_0(capsys):

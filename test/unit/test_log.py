@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -186,11 +185,3 @@ def test_missing_syslog_socket_is_silent(tmp_path, monkeypatch, capsys):
     for _ in range(100):
         log.err("lost")
     assert capsys.readouterr().err == ""
-
-
-def test_python_logging_of_libraries_is_bridged_once(capsys):
-    log.setup(options())
-    log.setup(options())
-    logging.getLogger("pyroute2.test").warning("careful: %s", "x")
-    logging.getLogger("pyroute2.test").info("chatter")
-    assert capsys.readouterr().err == "pyroute2.test: careful: x\n"

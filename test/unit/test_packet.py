@@ -533,6 +533,24 @@ def test_template_equals_builder(family: str, size: int) -> None:
     assert scapy_recomputed(frame) == frame
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_template_partial_checksum_is_completed_as_a_device_would(family: str) -> None:
+    """``partial_csum``: the field holds the pseudo-header's sum; summing the TCP
+    segment from its start and storing the complement (what the namespace's
+    kernel does with ``NEEDS_CSUM``) gives the frame the full builder makes."""
+    src, dst = FAMILIES[family]
+    payload = bytes(range(251)) * 40
+    full = pk.TcpFrameTemplate(GW_MAC, GUEST_MAC, src, dst, 80, 40000)
+    partial = pk.TcpFrameTemplate(GW_MAC, GUEST_MAC, src, dst, 80, 40000, partial_csum=True)
+    for seq, flags in [(7, pk.ACK | pk.PSH), (0xFFFFFFF0, pk.FIN | pk.ACK)]:
+        built = full.build(seq, 8, flags, 9, payload)
+        frame = bytearray(partial.build(seq, 8, flags, 9, payload))
+        l4 = len(frame) - len(payload) - 20
+        completed = pk.csum_fold(pk.csum_partial(frame[l4:]))
+        frame[l4 + 16 : l4 + 18] = completed.to_bytes(2, "big")
+        assert bytes(frame) == built
+
+
 def test_template_is_reusable_and_immutable() -> None:
     tpl = pk.TcpFrameTemplate(GW_MAC, GUEST_MAC, V4[0], V4[1], 80, 40000)
     first = tpl.build(1, 2, pk.ACK, 3, b"a" * 100)

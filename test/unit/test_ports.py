@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from array import array
 from ipaddress import ip_address
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from passt import ports
 from passt.ports import (
     ConfError,
     PortFwd,
@@ -407,3 +409,7 @@ def test_address_before_a_keyword():
 
 def test_all_is_also_pasta_s_on_the_host_side():
     assert parse_port_spec("all", "pasta", "-t").mode == "all"
+
+
+def test_the_identity_table_is_the_array_of_every_port() -> None:
+    assert ports.identity_table() == array("H", range(ports.NUM_PORTS)).tobytes()

@@ -38,6 +38,7 @@ SELINUX = ROOT / "selinux"
 SYSTEM_APPARMOR = Path("/etc/apparmor.d")
 SELINUX_DEVEL_MAKEFILE = Path("/usr/share/selinux/devel/Makefile")
 PROGRAMS = ("passt", "pasta")
+CONFINED = (*PROGRAMS, "passt-repair")  # passt-repair writes nothing an option names
 
 # Files written through options, where their callers put them.
 WRITTEN_BY_BOTH = (
@@ -246,14 +247,14 @@ def apparmor_parser(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def apparmor_profiles() -> dict[str, AppArmorProfile]:
     profiles = {}
-    for program in PROGRAMS:
+    for program in CONFINED:
         result = apparmor_parser("-p", str(APPARMOR / f"usr.bin.{program}"))
         assert result.returncode == 0, result.stderr
         profiles[program] = parse_apparmor(program, result.stdout)
     return profiles
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", CONFINED)
 def test_apparmor_profile_compiles_without_kernel(program):
     result = apparmor_parser("-Q", "-K", str(APPARMOR / f"usr.bin.{program}"))
     errors = [line for line in result.stderr.splitlines() if "Cache read/write" not in line]
@@ -304,7 +305,7 @@ NOT_MAPPED = (
 )
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", CONFINED)
 def test_apparmor_maps_only_the_shared_objects_the_program_loads(apparmor_profiles, program):
     profile = apparmor_profiles[program]
     refused = [path for path in MAPPED if not profile.grants(path, "m")]
@@ -313,7 +314,7 @@ def test_apparmor_maps_only_the_shared_objects_the_program_loads(apparmor_profil
     assert not granted, f"{program} may map: {granted}"
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", CONFINED)
 def test_apparmor_never_grants_untouchable_paths(apparmor_profiles, program):
     profile = apparmor_profiles[program]
     for path in UNTOUCHABLE:
@@ -321,11 +322,27 @@ def test_apparmor_never_grants_untouchable_paths(apparmor_profiles, program):
         assert not granted, f"{program} granted {granted} on {path}: {profile.allowing(path)}"
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", CONFINED)
 def test_apparmor_never_grants_writing_read_only_paths(apparmor_profiles, program):
     profile = apparmor_profiles[program]
     written = [path for path in READ_ONLY if profile.grants(path, "w") or profile.grants(path, "a")]
     assert not written, f"{program} may write: {written}"
+
+
+def test_apparmor_passt_repair_reaches_passt_socket_and_nothing_more(apparmor_profiles):
+    """It connects to passt's .repair socket where passt makes its own, runs
+    the interpreter, and has net_admin (TCP_REPAIR) and no other privilege
+    passt and pasta use to set up."""
+    profile = apparmor_profiles["passt-repair"]
+    for socket_path in ("/tmp/passt_1.socket.repair", "/run/user/1000/vm/passt.socket.repair",
+                        "/var/lib/libvirt/qemu/domain-1-guest/net0.socket.repair"):
+        assert profile.grants(socket_path, "w"), socket_path
+    assert profile.grants("/usr/lib/python3/dist-packages/passt/repair_helper.py", "r")
+    text = (APPARMOR / "usr.bin.passt-repair").read_text()
+    assert "include <abstractions/passt-py-python>" in text
+    assert "abstractions/passt-py>" not in text
+    capabilities = set(re.findall(r"^\s*capability (\w+),", text, re.M))
+    assert capabilities == {"net_admin", "dac_override"}
 
 
 def test_apparmor_evaluator_can_tell_granted_from_refused():
@@ -402,14 +419,20 @@ def selinux_modules(tmp_path_factory) -> dict[str, SelinuxModule]:
     build = tmp_path_factory.mktemp("selinux")
     for source in SELINUX.glob("*.[tif][ef]"):
         shutil.copy(source, build)
-    result = subprocess.run(["make", "-f", str(SELINUX_DEVEL_MAKEFILE), "passt.pp", "pasta.pp"],
+    result = subprocess.run(["make", "-f", str(SELINUX_DEVEL_MAKEFILE),
+                             *(f"{program}.pp" for program in CONFINED)],
                             cwd=build, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "error" not in result.stderr.lower(), result.stderr
-    for program in PROGRAMS:
+    for program in CONFINED:
         assert (build / f"{program}.pp").stat().st_size > 0
-    return {program: parse_selinux((build / "tmp" / f"{program}.tmp").read_text(), f"{program}_t")
-            for program in PROGRAMS}
+    return {program: parse_selinux((build / "tmp" / f"{program}.tmp").read_text(),
+                                   selinux_domain(program))
+            for program in CONFINED}
+
+
+def selinux_domain(program: str) -> str:
+    return program.replace("-", "_") + "_t"
 
 
 # Where option targets are created (type of the directory), as labelled by
@@ -455,15 +478,16 @@ def test_selinux_module_keeps_files_it_creates_apart_from_the_callers(selinux_mo
     assert module.created_type(domain, "var_run_t", "file") == f"{program}_runtime_t"
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", CONFINED)
 def test_selinux_module_names_no_untouchable_type_nor_broad_attribute(selinux_modules, program):
     module = selinux_modules[program]
-    domain = f"{program}_t"
+    domain = selinux_domain(program)
     targets = module.targets(domain)
     assert not targets & SELINUX_UNTOUCHABLE, targets & SELINUX_UNTOUCHABLE
     broad = (targets & module.attributes) - SELINUX_ATTRIBUTES_ALLOWED_AS_TARGET
     assert not broad, f"{program} rules name attributes that may hold anything: {broad}"
-    for read_only in ("etc_t", "bin_t", "lib_t", "usr_t", "passwd_file_t", f"{program}_exec_t"):
+    for read_only in ("etc_t", "bin_t", "lib_t", "usr_t", "passwd_file_t",
+                      domain.replace("_t", "_exec_t")):
         for cls in ("file", "dir", "lnk_file"):
             granted = module.allows.get((domain, read_only, cls), set())
             assert not granted & {"write", "append", "create", "unlink", "setattr",
@@ -486,3 +510,16 @@ def test_selinux_module_reaches_what_the_program_needs(selinux_modules, program)
         assert module.allowed(domain, "ifconfig_runtime_t", "dir", {"read", "watch"})  # /run/netns
     else:
         assert module.allowed(domain, domain, "unix_stream_socket", {"listen", "accept"})
+
+
+def test_selinux_passt_repair_sets_options_on_passt_sockets_only(selinux_modules):
+    """passt-repair: the interpreter, passt's socket, TCP_REPAIR (net_admin) on the
+    sockets passt passes it; none of the privileges passt and pasta set up with."""
+    module = selinux_modules["passt-repair"]
+    domain = "passt_repair_t"
+    assert module.allowed(domain, "bin_t", "file", {"execute", "map", "read"})
+    assert module.allowed(domain, domain, "capability", {"net_admin"})
+    assert not module.allowed(domain, domain, "capability", {"sys_admin"})
+    assert module.allowed(domain, "passt_t", "unix_stream_socket", {"connectto"})
+    assert module.allowed(domain, "passt_t", "tcp_socket", {"setopt"})
+    assert module.allowed(domain, "passt_t", "fd", {"use"})

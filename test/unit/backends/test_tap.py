@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from passt.backends.tap import TapError, TunTap, open_tap
+from passt.backends.tap import (
+    TCP4_HEADER,
+    TCP6_HEADER,
+    TX_HEADER,
+    VNET_HDR_LEN,
+    TapError,
+    TunTap,
+    open_tap,
+)
+from passt.packet import build_frame_tcp, build_frame_udp
 
 GUEST_MAC = bytes.fromhex("525400000001")
 TEST_ETHERTYPE = 0x88B5  # IEEE "local experimental": nothing else sends it
@@ -73,6 +82,40 @@ def test_tuntap_closes_only_a_descriptor_it_owns(seqpacket):
         os.fstat(dup)
 
 
+def test_tuntap_with_vnet_hdr_strips_and_prepends_the_header(seqpacket):
+    ours, peer = seqpacket
+    tap = TunTap(os.dup(ours.fileno()), vnet_hdr=True)
+    try:
+        peer.send(bytes(range(VNET_HDR_LEN)) + raw_frame(b"in"))
+        peer.send(bytes(VNET_HDR_LEN))  # a header alone: no frame
+        assert [bytes(f) for f in tap.recv_frames()] == [raw_frame(b"in")]
+        assert tap.send_frames([raw_frame(b"out")]) == 1
+        assert peer.recv(100) == TX_HEADER + raw_frame(b"out")
+    finally:
+        tap.close()
+    assert TX_HEADER == bytes(VNET_HDR_LEN)  # no flags, no GSO: checksums complete
+
+
+def test_tuntap_marks_tcp_frames_needs_csum_when_checksums_are_partial(seqpacket):
+    ours, peer = seqpacket
+    tap = TunTap(os.dup(ours.fileno()), vnet_hdr=True, tcp_csum_partial=True)
+    v4, v6 = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])), (bytes(15) + b"\1", bytes(15) + b"\2")
+    frames = [build_frame_tcp(GUEST_MAC, GUEST_MAC, *v4, 1, 2, 3, 4, 0x10, 5, b"x"),
+              build_frame_tcp(GUEST_MAC, GUEST_MAC, *v6, 1, 2, 3, 4, 0x10, 5, b"x"),
+              build_frame_udp(GUEST_MAC, GUEST_MAC, *v4, 1, 2, b"x"),
+              raw_frame(b"arp-ish")]
+    try:
+        assert tap.send_frames(frames) == 4
+        got = [peer.recv(200) for _ in frames]
+    finally:
+        tap.close()
+    assert got == [h + f for h, f in zip([TCP4_HEADER, TCP6_HEADER, TX_HEADER, TX_HEADER],
+                                         frames, strict=True)]
+    # flags NEEDS_CSUM; csum_start at the TCP header, csum_offset 16
+    assert TCP4_HEADER[0] == 1 and TCP4_HEADER[6:] == bytes([34, 0, 16, 0])
+    assert TCP6_HEADER[6:] == bytes([54, 0, 16, 0])
+
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -111,9 +154,10 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def open_tap_and_packet_socket(name: str) -> tuple[int, str, socket.socket]:
+def open_tap_and_packet_socket(name: str, vnet_hdr: bool = False
+                                ) -> tuple[int, str, socket.socket]:
     """Both belong to the caller's namespace; bind the socket once the link is up."""
-    fd, ifname = open_tap(name)
+    fd, ifname = open_tap(name, vnet_hdr)
     return fd, ifname, socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 
 
@@ -126,9 +170,10 @@ def receive_test_frames(tap: TunTap, want: int, timeout: float = 5.0) -> list[by
     return found
 
 
-def test_tuntap_exchanges_frames_with_the_kernel_in_a_fresh_namespace(netns):
-    fd, ifname, sock = in_netns(netns, lambda: open_tap_and_packet_socket("rttap0"))
-    tap = TunTap(fd)
+@pytest.mark.parametrize("vnet_hdr", [False, True], ids=["plain", "vnet_hdr"])
+def test_tuntap_exchanges_frames_with_the_kernel_in_a_fresh_namespace(netns, vnet_hdr):
+    fd, ifname, sock = in_netns(netns, lambda: open_tap_and_packet_socket("rttap0", vnet_hdr))
+    tap = TunTap(fd, vnet_hdr=vnet_hdr)
     try:
         assert ifname == "rttap0"
         subprocess.run(["ip", "-n", netns, "link", "set", ifname, "up"], check=True)

@@ -175,7 +175,7 @@ def test_an_unknown_name_is_an_error_on_every_architecture() -> None:
 
 
 def test_other_architectures_are_refused_with_the_way_out_named(monkeypatch) -> None:
-    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr(seccomp, "uname_machine", lambda: "riscv64")
     with pytest.raises(seccomp.SeccompUnsupported, match="riscv64"):
         seccomp.native_arch()
     monkeypatch.delenv(isolation.NO_SECCOMP_VARIABLE, raising=False)
