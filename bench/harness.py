@@ -27,7 +27,9 @@ Subjects:
   ``--config-net`` on the target namespace, with the matrix's forwarding
   options, started as the e2e harness starts them (``e2e.impl``: ``-f -e
   --runas 0``; ``e2e.daemon`` retries a start that dies at once, which
-  Debian's build sometimes does);
+  Debian's build sometimes does); ours through the launchers an
+  installation has (``installed_ours``), so that start-up and memory are
+  what users get, not what the test suite's ``python -c`` costs;
 - ``slirp4netns``: ``--configure --mtu=65520 --disable-host-loopback
   --enable-ipv6`` on the same kind of namespace (10.0.2.0/24 inside, the
   outside reached through slirp's sockets in the host namespace); it has
