@@ -27,7 +27,9 @@ Subjects:
   ``--config-net`` on the target namespace, with the matrix's forwarding
   options, started as the e2e harness starts them (``e2e.impl``: ``-f -e
   --runas 0``; ``e2e.daemon`` retries a start that dies at once, which
-  Debian's build sometimes does);
+  Debian's build sometimes does); ours through the launchers an
+  installation has (``installed_ours``), so that start-up and memory are
+  what users get, not what the test suite's ``python -c`` costs;
 - ``slirp4netns``: ``--configure --mtu=65520 --disable-host-loopback
   --enable-ipv6`` on the same kind of namespace (10.0.2.0/24 inside, the
   outside reached through slirp's sockets in the host namespace); it has
@@ -52,6 +54,7 @@ failure (``World.destroy`` kills what runs in them first).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -65,7 +68,9 @@ from typing import Protocol
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "test"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+import installtree  # noqa: E402
 from bench_splice import NsThread  # noqa: E402
 from e2e import impl as e2e_impl  # noqa: E402
 from e2e import l2  # noqa: E402
@@ -286,12 +291,38 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 Impl = e2e_impl.Impl
 # The e2e harness's name (``PASST_IMPL``) of the implementation behind each label.
+LAUNCHERS = os.path.join(ROOT, "build", "bench", "launchers")
 IMPL_NAMES = {"ours": "ours", "upstream": "upstream2026", "upstream2023": "upstream"}
 
 
 def implementation(label: str) -> Impl:
-    """The e2e harness's ``Impl`` for ``ours``, ``upstream`` (2026) or ``upstream2023``."""
+    """The e2e harness's ``Impl`` for ``upstream`` (2026) or ``upstream2023``; for
+    ``ours``, ours as installed (``installed_ours``)."""
+    if label == "ours":
+        return installed_ours()
     return e2e_impl.named(IMPL_NAMES[label])
+
+
+@functools.cache
+def installed_ours() -> Impl:
+    """Ours as installed programs run it, the package from this tree: the launchers
+    tools/installtree.py writes (``python3 -IS``, the site directories written in, the
+    collector off during start-up), with this interpreter, which has NumPy, and the
+    package byte-compiled first.  The test suite's ``python -c`` instead pays for
+    ``site`` and the venv's ``.pth`` files, which installed programs do not."""
+    os.makedirs(LAUNCHERS, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "passt")],
+                   check=True, timeout=300)
+    site_path = installtree.site_dirs(sys.executable)
+    argv = {}
+    for program, function in installtree.PROGRAMS.items():
+        path = os.path.join(LAUNCHERS, program)
+        with open(path, "wb") as f:
+            f.write(installtree.launcher(sys.executable, ROOT, f"from passt.cli import {function}",
+                                         f"{function}()", site_path))
+        os.chmod(path, 0o755)
+        argv[program] = (path,)
+    return Impl("ours", argv["passt"], argv["pasta"])
 
 
 def pasta_argv(impl: Impl, netns_path: str) -> list[str]:
