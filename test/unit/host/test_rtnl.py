@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 
@@ -145,9 +146,12 @@ def test_dumps_agree_with_pyroute2(netns) -> None:
     pyroute2 = pytest.importorskip("pyroute2")
     _name, runner = netns
 
-    def ours() -> tuple:
+    def configured() -> None:
         with rtnl.Rtnl() as nl:
             configure(nl)
+
+    def ours() -> tuple:
+        with rtnl.Rtnl() as nl:
             return nl.links(), nl.addrs(), nl.routes(socket.AF_INET) + nl.routes(socket.AF_INET6)
 
     def theirs() -> tuple:
@@ -163,8 +167,16 @@ def test_dumps_agree_with_pyroute2(netns) -> None:
                       for m in ipr.route("dump", family=family)]
             return links, addrs, routes
 
-    links, addrs, routes = runner.call(ours)
-    want_links, want_addrs, want_routes = runner.call(theirs)
+    runner.call(configured)
+    # The kernel settles on its own after the links come up (IPv6 link-local
+    # addresses, their routes): compare dumps taken while nothing changed.
+    for _ in range(50):
+        before = runner.call(ours)
+        want_links, want_addrs, want_routes = runner.call(theirs)
+        if runner.call(ours) == before:
+            break
+        time.sleep(0.1)
+    links, addrs, routes = before
     text = lambda packed: str(ip_address(packed)) if packed else None  # noqa: E731
     assert [(link.ifindex, link.flags, link.name) for link in links] == want_links
     assert [(a.family, a.prefixlen, a.scope, a.ifindex, text(a.local), text(a.address))
