@@ -24,25 +24,21 @@ option on sockets passt already owns.
 
 from __future__ import annotations
 
-import array
 import ctypes
 import os
 import socket
 import stat
-import struct
 import sys
 
-from passt.host import seccomp
+from passt.host import inotify, seccomp
+from passt.host.inotify import IN_CREATE
+from passt.migrate.repair import REPAIR_OFF, REPAIR_OFF_NO_WP, REPAIR_ON, SCM_MAX_FD, SUFFIX
+from passt.scm import FD_SIZE, received_fds
 
 TCP_REPAIR = 19
-COMMANDS = (1, 0, -1)
-SCM_MAX_FD = 253
-SUFFIX = ".repair"
+COMMANDS = (REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP)
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_DUMPABLE = 4
-IN_CREATE = 0x100
-_FD_SIZE = array.array("i").itemsize
-_INOTIFY_EVENT = struct.Struct("iIII")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 SYSCALLS = tuple((
@@ -82,15 +78,9 @@ def wait_for_socket(directory: str) -> str:
         if present:
             return present[0]
         while True:
-            data = os.read(fd, 4096)
-            pos = 0
-            while pos + _INOTIFY_EVENT.size <= len(data):
-                _wd, _mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, pos)
-                name = data[pos + _INOTIFY_EVENT.size:pos + _INOTIFY_EVENT.size + length]
-                pos += _INOTIFY_EVENT.size + length
-                name = name.rstrip(b"\0")
-                if name.endswith(SUFFIX.encode()):
-                    return os.path.join(directory, os.fsdecode(name))
+            for name in inotify.names(os.read(fd, 4096), IN_CREATE):
+                if name.endswith(SUFFIX):
+                    return os.path.join(directory, name)
     finally:
         os.close(fd)
 
@@ -130,7 +120,7 @@ def serve(sock: socket.socket) -> None:
     while True:
         try:
             data, ancillary, _flags, _ = sock.recvmsg(
-                1, socket.CMSG_SPACE(SCM_MAX_FD * _FD_SIZE))
+                1, socket.CMSG_SPACE(SCM_MAX_FD * FD_SIZE))
         except ConnectionResetError:
             return
         if not data:
@@ -156,13 +146,10 @@ def _set_repair(fd: int, command: int) -> None:
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
+    fds = received_fds(ancillary)
     if not fds:
         raise Failure("No/bad ancillary data from peer")
-    return list(fds)
+    return fds
 
 
 def main(argv: list[str] | None = None) -> int:

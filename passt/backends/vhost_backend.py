@@ -62,7 +62,6 @@ waits for the next QEMU, or passt stops with ``--one-off``.
 
 from __future__ import annotations
 
-import array
 import os
 import select
 import socket
@@ -92,6 +91,7 @@ from passt.backends.vhost_user import (
 )
 from passt.backends.virtqueue import DirtyLog, GuestMemory, Refusals, Region, SplitQueue
 from passt.buffers import zeroed
+from passt.scm import FD_SIZE, received_fds
 
 Buffer = bytes | bytearray | memoryview
 
@@ -106,8 +106,7 @@ MESSAGES_PER_WAKEUP = 64
 RX_CHAIN_MAX = 1 << 20  # no receive chain of a sane guest is larger
 NUDGE_INTERVAL = 0.01  # seconds between repeated interrupts while frames wait
 _EVENTFD_ONE = (1).to_bytes(8, "little")
-_FD_SIZE = array.array("i").itemsize
-_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * FD_SIZE)
 
 
 class DeviceStateHandler(Protocol):
@@ -124,15 +123,6 @@ class DeviceStateHandler(Protocol):
 
 class BadMessage(ConnectionError):
     """The front end sent something we can't follow: the session ends."""
-
-
-def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    """File descriptors of ``SCM_RIGHTS`` control messages."""
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % _FD_SIZE])
-    return list(fds)
 
 
 class VhostUserBackend:

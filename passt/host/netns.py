@@ -96,7 +96,6 @@ import re
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -107,8 +106,9 @@ from typing import Any, TypeVar
 from passt import log
 from passt.backends import tap
 from passt.errors import StartupError
-from passt.host import rtnl
+from passt.host import inotify, rtnl
 from passt.host.hostnet import IPAddress, NetInfo
+from passt.host.inotify import IN_DELETE, IN_MOVED_FROM
 from passt.loop import IN, EventLoop
 
 T = TypeVar("T")
@@ -119,11 +119,8 @@ PR_SET_PDEATHSIG = 1
 IFA_F_NODAD = 0x02
 RTNH_F_ONLINK = 0x04
 RTPROT_BOOT = 3
-IN_DELETE = 0x200
-IN_MOVED_FROM = 0x40
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
-_INOTIFY_EVENT = struct.Struct("iIII")
 
 SYNC_TIMEOUT = 10.0        # how long we wait for the child to unshare
 CHILD_TERM_TIMEOUT = 2.0   # between SIGTERM and SIGKILL at teardown
@@ -489,19 +486,6 @@ def _add_default_route(nl: rtnl.Rtnl, index: int, gateway: IPAddress | None,
 # -- quitting when the target goes away ---------------------------------------------
 
 
-def inotify_names(buf: bytes, mask: int) -> list[str]:
-    """Names in a buffer of ``struct inotify_event`` whose event matches ``mask``."""
-    names = []
-    offset = 0
-    while offset + _INOTIFY_EVENT.size <= len(buf):
-        _wd, event, _cookie, length = _INOTIFY_EVENT.unpack_from(buf, offset)
-        start = offset + _INOTIFY_EVENT.size
-        if event & mask:
-            names.append(buf[start:start + length].split(b"\0", 1)[0].decode(errors="replace"))
-        offset = start + length
-    return names
-
-
 def _watch_path_deletion(path: str) -> int:
     fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
     directory = os.path.dirname(path) or "."
@@ -672,7 +656,7 @@ def _on_inotify(loop: EventLoop, fd: int, path: str) -> None:
         buf = os.read(fd, 4096)
     except BlockingIOError:
         return
-    if os.path.basename(path) in inotify_names(buf, IN_DELETE | IN_MOVED_FROM):
+    if os.path.basename(path) in inotify.names(buf, IN_DELETE | IN_MOVED_FROM):
         _quit(loop, f"Namespace {path} is gone")
 
 

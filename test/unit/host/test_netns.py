@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import threading
 from dataclasses import replace
@@ -82,19 +81,6 @@ def test_id_map_and_exit_status() -> None:
     assert netns.exit_status(7 << 8) == 7
     assert netns.exit_status(signal.SIGTERM) == 128 + signal.SIGTERM
     assert netns.exit_status(0) == 0
-
-
-def inotify_event(mask: int, name: bytes, pad: int = 16) -> bytes:
-    padded = name + b"\0" * (pad - len(name))
-    return struct.pack("iIII", 1, mask, 0, len(padded)) + padded
-
-
-def test_inotify_names() -> None:
-    buf = (inotify_event(netns.IN_DELETE, b"blue") + inotify_event(0x100, b"green")
-           + inotify_event(netns.IN_MOVED_FROM, b"red", 32))
-    assert netns.inotify_names(buf, netns.IN_DELETE | netns.IN_MOVED_FROM) == ["blue", "red"]
-    assert netns.inotify_names(buf[:-3], netns.IN_DELETE) == ["blue"]
-    assert netns.inotify_names(b"", netns.IN_DELETE) == []
 
 
 # -- NsRunner ---------------------------------------------------------------------
