@@ -149,7 +149,7 @@ class QemuStream:
         self._fd = sock.fileno()
         self._loop = loop
         self._stats = stats
-        self._buf = self._view = buffers.zeroed(buffer_size)
+        self._buf = buffers.zeroed(buffer_size)
         self._tail_start = 0  # an incomplete frame kept from the last read
         self._tail_len = 0
         self._queue: deque[Buffer] = deque()  # prefixes and frames still to send
@@ -174,7 +174,7 @@ class QemuStream:
         """
         if self._queue:
             self._flush()
-        view = self._view
+        view = self._buf
         kept = self._tail_len
         if kept and self._tail_start:
             view[:kept] = view[self._tail_start : self._tail_start + kept]
@@ -189,7 +189,7 @@ class QemuStream:
 
     def _split_frames(self, end: int) -> list[memoryview]:
         """Frames in ``buf[:end]``; remembers where an incomplete one starts."""
-        buf, view = self._buf, self._view
+        buf = self._buf
         frames = []
         offset = 0
         while end - offset >= PREFIX_LEN:
@@ -200,7 +200,7 @@ class QemuStream:
             if start + size > end:
                 break
             offset = start + size
-            frames.append(view[start:offset])
+            frames.append(buf[start:offset])
         self._tail_start = offset
         self._tail_len = end - offset
         return frames

@@ -146,7 +146,7 @@ class VhostUserBackend:
         self._hdr_len = NET_HDR.size
         self._mergeable = True
         self._hdr_flags = 0
-        self._buf = self._view = zeroed(buffer_size)
+        self._buf = zeroed(buffer_size)
         self._spare: deque[tuple[int, list[memoryview]]] = deque()  # receive chains taken
         self._pending: deque[bytes] = deque()  # frames waiting for receive buffers
         self._pending_bytes = 0
@@ -397,7 +397,7 @@ class VhostUserBackend:
         queue = self._queues[TX]
         if not queue.ready or not self._enabled[TX]:
             return []
-        hdr_len, buf, view = self._hdr_len, self._buf, self._view
+        hdr_len, buf = self._hdr_len, self._buf
         limit = hdr_len + FRAME_MAX
         frames = []
         pos = 0
@@ -415,7 +415,7 @@ class VhostUserBackend:
                 self._refusals.refuse("short_frame", "queue %d: chain %d holds no frame",
                                       TX, head)
                 continue
-            frames.append(view[pos:end])
+            frames.append(buf[pos:end])
             pos = end
         if queue.publish():
             self._signal(TX)

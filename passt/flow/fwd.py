@@ -235,12 +235,11 @@ class Listener:
         """Receive pending datagrams (bounded batch) and hand each to its handler."""
         sock = self.sock
         fwd = self.fwd
-        buf = fwd.dgram_buf
-        view = fwd.dgram_view
+        view = fwd.dgram_buf
         handlers = fwd.handlers
         for _ in range(RECV_BATCH):
             try:
-                n, peer = sock.recvfrom_into(buf)
+                n, peer = sock.recvfrom_into(view)
             except BlockingIOError:
                 return
             except OSError:  # a queued ICMP error from an earlier reply
@@ -262,7 +261,7 @@ class Forwarder:
         self.handlers = Handlers()
         self.listeners: dict[Listen, Listener] = {}
         self.stats: Counter[str] = Counter()
-        self.dgram_buf = self.dgram_view = buffers.zeroed(DATAGRAM_MAX)
+        self.dgram_buf = buffers.zeroed(DATAGRAM_MAX)
         self.udp_splice: Any = None
         self.scanner: AutoScanner | None = None
         self.splice_inbound = True      # --no-splice: host loopback through the tap

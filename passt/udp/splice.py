@@ -96,7 +96,6 @@ class SplicedFlow:
         """Relay the target's datagrams back to the sender, from the forwarded port."""
         splicer = self.splicer
         buf = splicer.buf
-        view = splicer.view
         out = self.listener.sock
         peer = self.peer
         got = False
@@ -110,7 +109,7 @@ class SplicedFlow:
                 continue
             got = True
             try:
-                out.sendto(view[:n], peer)
+                out.sendto(buf[:n], peer)
             except OSError:
                 splicer.stats["udp_splice.reply_error"] += 1
         if got:
@@ -143,7 +142,7 @@ class UdpSplice:
         self.flows = flows
         self.ns_call = ns_call
         self.timeout = timeout
-        self.buf = self.view = buffers.zeroed(DATAGRAM_MAX)
+        self.buf = buffers.zeroed(DATAGRAM_MAX)
         self.stats: Counter[str] = Counter()
 
     def forward(self, listener: Listener, data: memoryview, peer: SockAddr) -> None:

@@ -250,12 +250,12 @@ class UdpFrameTemplate:
             acc = csum_partial(payload, acc)
         _U16x2.pack_into(buf, off + self.hlen - 4, udp_len, csum_fold(acc) or 0xFFFF)
 
-    def fill(self, slot: memoryview, view: memoryview, size: int) -> memoryview:
+    def fill(self, slot: memoryview, size: int) -> memoryview:
         """The frame for the ``size`` payload bytes at ``slot[HDR_ROOM:]``, headers in front."""
         off = _HDR_ROOM - self.hlen
         slot[off:_HDR_ROOM] = self.header
-        self._patch(slot, off, view[_HDR_ROOM : _HDR_ROOM + size])
-        return view[off : _HDR_ROOM + size]
+        self._patch(slot, off, slot[_HDR_ROOM : _HDR_ROOM + size])
+        return slot[off : _HDR_ROOM + size]
 
     def build(self, payload: Buffer) -> bytes:
         """A whole frame carrying a copy of ``payload``."""
@@ -316,7 +316,6 @@ class UdpState:
         self.bind_if = {4: conf.outbound_if4 or None, 16: conf.outbound_if6 or None}
         self.flows: dict[FlowKey, UdpFlow] = {}
         self.slots = buffers.pool(SLOTS, _HDR_ROOM + DATAGRAM_MAX)
-        self.views = self.slots
         self.pending: list[Buffer] = []  # frames to the guest, sent at the end of the turn
         self.used = 0  # slots holding pending frames
         self.flush_timer: Timer | None = None
@@ -507,14 +506,14 @@ class UdpState:
         if self.used > SLOTS - RECV_BATCH:
             self.flush()
         recv_into = flow.sock.recv_into
-        slots, views, pending, fill = self.slots, self.views, self.pending, flow.tpl.fill
+        slots, pending, fill = self.slots, self.pending, flow.tpl.fill
         limit = self.mtu - (flow.tpl.hlen - ETH_HLEN)
         used = self.used
         stats = self.ctx.stats
         for _ in range(RECV_BATCH):
-            view = views[used]
+            slot = slots[used]
             try:
-                size = recv_into(view[_HDR_ROOM:])
+                size = recv_into(slot[_HDR_ROOM:])
             except BlockingIOError:
                 break
             except OSError as e:
@@ -523,7 +522,7 @@ class UdpState:
             if size > limit:
                 stats["drop.udp_mtu"] += 1
                 continue
-            pending.append(fill(slots[used], view, size))
+            pending.append(fill(slot, size))
             used += 1
         if used != self.used:
             flow.last = self.ctx.loop.now()  # type: ignore[union-attr]

@@ -188,10 +188,9 @@ def test_template_frames_are_those_of_the_packet_builder(ends: tuple[bytes, byte
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     tpl = template(src, dst)
     assert tpl.build(payload) == expected(src, dst, payload)
-    slot = bytearray(udp._HDR_ROOM + udp.DATAGRAM_MAX)
-    view = memoryview(slot)
+    slot = memoryview(bytearray(udp._HDR_ROOM + udp.DATAGRAM_MAX))
     slot[udp._HDR_ROOM : udp._HDR_ROOM + size] = payload
-    frame = tpl.fill(slot, view, size)
+    frame = tpl.fill(slot, size)
     assert bytes(frame) == expected(src, dst, payload)
 
 
@@ -201,11 +200,10 @@ def test_template_frames_verify_and_carry_the_payload(payload: bytes,
                                                       ends: tuple[bytes, bytes]) -> None:
     src, dst = ends
     tpl = template(src, dst)
-    slot = bytearray(udp._HDR_ROOM + udp.DATAGRAM_MAX)
-    view = memoryview(slot)
+    slot = memoryview(bytearray(udp._HDR_ROOM + udp.DATAGRAM_MAX))
     for _ in range(2):  # a reused slot gives the same frame
         slot[udp._HDR_ROOM : udp._HDR_ROOM + len(payload)] = payload
-        frame = bytes(tpl.fill(slot, view, len(payload)))
+        frame = bytes(tpl.fill(slot, len(payload)))
         pkt = parse_frame(frame)
         assert verify_l4(pkt) and (pkt.ip_version == 6 or verify_ipv4_header(pkt))
         v4 = len(src) == 4
