@@ -439,6 +439,9 @@ class UdpState:
                 if listener is not None:
                     sock.close()
                     return listener
+                # any port, but one of its own: on sockets that all have
+                # SO_REUSEADDR the kernel's pick may be a port another holds
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
                 sock.bind((bind, 0))
             sock.connect(address)
         except OSError as e:

@@ -240,9 +240,15 @@ def setup() -> Iterator[Setup]:
 
 
 def udp_socket(side: NsRunner, version: int, address: str = "", port: int = 0) -> socket.socket:
-    """A UDP socket made in ``side``'s namespace, bound if ``address`` is given."""
+    """A UDP socket made in ``side``'s namespace, bound if ``address`` is given.
+
+    ``SO_REUSEADDR`` only for a fixed port: on sockets that all have it, the
+    kernel's automatic binding may give two of them one port (it only avoids
+    ports held by sockets without it), and answers then reach the wrong one.
+    """
     s = side.call(socket.socket, FAMILY[version], socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if address:
         if version == 6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
