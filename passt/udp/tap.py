@@ -54,7 +54,9 @@ not take it.
 Batching
 --------
 The dispatcher hands us runs of consecutive frames of one flow
-(``from_tap_batch``): one lookup, then one ``send`` per datagram.  Towards
+(``from_tap_batch``; for plain IPv4 frames, ``from_tap_datagrams``, their
+payloads alone, the flow keyed by the bytes of their headers): one lookup,
+then one ``send`` per datagram.  Towards
 the guest, a readable socket is read until ``EAGAIN`` but at most
 ``RECV_BATCH`` datagrams per wake-up (Python has no ``recvmmsg``), each
 straight into a slot of a set of buffers allocated once, behind room left
@@ -326,28 +328,50 @@ class UdpState:
 
     def from_guest(self, pkts: Sequence[Packet]) -> None:
         """Send the datagrams of a run of frames of one flow (never raises)."""
-        ctx = self.ctx
         first = pkts[0]
         l4 = first.l4
         src, dst = first.src, first.dst
         assert src is not None and dst is not None
-        key = flow_key(src, l4[0] << 8 | l4[1], dst, l4[2] << 8 | l4[3])
+        flow = self._flow(flow_key(src, l4[0] << 8 | l4[1], dst, l4[2] << 8 | l4[3]), len(pkts))
+        if flow is None:
+            return
+        payloads = []
+        stats = self.ctx.stats
+        for pkt in pkts:
+            try:
+                payloads.append(parse_udp(pkt.l4).payload)
+            except ParseError as bad:
+                stats["drop." + bad.reason] += 1
+        self._send(flow, payloads)
+
+    def from_wire(self, wire_key: bytes, payloads: list[memoryview]) -> None:
+        """Send ``payloads``, a run of one IPv4 flow's datagrams (never raises);
+        ``wire_key``: its source, destination and ports as in the headers."""
+        key = flow_key(wire_key[:4], wire_key[8] << 8 | wire_key[9],
+                       wire_key[4:8], wire_key[10] << 8 | wire_key[11])
+        flow = self._flow(key, len(payloads))
+        if flow is not None:
+            self._send(flow, payloads)
+
+    def _flow(self, key: FlowKey, count: int) -> UdpFlow | None:
+        """The flow of ``key``, opened if new and stamped; ``None``: its ``count``
+        datagrams are dropped (and counted)."""
+        ctx = self.ctx
         flow = ctx.flows.get(key)
         if flow is None:
             try:
                 flow = self._open_outbound(key)
             except Refused as refused:
-                ctx.stats[refused.reason] += len(pkts)
-                return
+                ctx.stats[refused.reason] += count
+                return None
         flow.last = ctx.loop.now()  # type: ignore[union-attr]
-        sock, dest, stats = flow.sock, flow.dest, ctx.stats
+        return flow
+
+    def _send(self, flow: UdpFlow, payloads: list[memoryview]) -> None:
+        """One ``send`` per datagram on ``flow``'s socket."""
+        sock, dest = flow.sock, flow.dest
         sent = 0
-        for pkt in pkts:
-            try:
-                payload = parse_udp(pkt.l4).payload
-            except ParseError as bad:
-                stats["drop." + bad.reason] += 1
-                continue
+        for payload in payloads:
             try:
                 if dest is None:
                     sock.send(payload)
@@ -356,7 +380,7 @@ class UdpState:
                 sent += 1
             except OSError as e:
                 sent += self._send_failed(flow, payload, e)
-        stats["udp.to_host"] += sent
+        self.ctx.stats["udp.to_host"] += sent
 
     def _send_failed(self, flow: UdpFlow, payload: memoryview, e: OSError) -> int:
         """A send refused: retry once past an error left by an earlier ICMP message."""
@@ -697,6 +721,12 @@ def from_tap_batch(ctx: Ctx, pkts: Sequence[Packet]) -> None:
     """Consecutive frames of one flow from the guest (see ``dispatch.Dispatcher``)."""
     state: UdpState = ctx.udp or init(ctx)
     state.from_guest(pkts)
+
+
+def from_tap_datagrams(ctx: Ctx, wire_key: bytes, payloads: list[memoryview]) -> None:
+    """The payloads of consecutive plain IPv4 frames of one flow (``dispatch``'s fast lane)."""
+    state: UdpState = ctx.udp or init(ctx)
+    state.from_wire(wire_key, payloads)
 
 
 def from_tap(ctx: Ctx, pkt: Packet) -> None:

@@ -363,3 +363,117 @@ def test_dispatcher_reads_attached_backend_from_the_loop_and_notices_hangup(seqp
 
 
 # ---------------------------------------------------------------- a real tap device
+
+
+# ---------------------------------------------------------------- the UDP fast lane
+
+
+class LaneRecorder(BatchRecorder):
+    """A UDP handler with the fast lane: records (wire key, payload) per datagram, by path."""
+
+    def from_tap_datagrams(self, ctx: Ctx, wire_key: bytes, payloads: list[memoryview]) -> None:
+        self.events.append(("lane", [(wire_key, bytes(p)) for p in payloads]))
+
+
+def datagrams(events: list[tuple[str, Any]]) -> list[Any]:
+    """What each path delivered, as (wire key, payload) for IPv4 UDP, frames otherwise."""
+    out: list[Any] = []
+    for name, what in events:
+        if name == "lane":
+            out += what
+            continue
+        for frame in what if isinstance(what, list) else [what]:
+            pkt = packet.parse_frame(frame)
+            if name != "udp" or pkt.ip_version != 4:
+                out.append((name, frame))
+                continue
+            try:
+                payload = bytes(packet.parse_udp(pkt.l4).payload)
+            except ParseError as e:
+                out.append(("drop." + e.reason, frame))
+                continue
+            out.append((bytes(pkt.src) + bytes(pkt.dst) + bytes(pkt.l4[:4]), payload))
+    return out
+
+
+def plain(sport: int, payload: bytes = b"data", src: bytes = GUEST4) -> bytes:
+    return packet.build_frame_udp(HOST_MAC, GUEST_MAC, src, HOST4, sport, 9, payload)
+
+
+def with_byte(frame: bytes, offset: int, value: int) -> bytes:
+    return frame[:offset] + bytes([value]) + frame[offset + 1:]
+
+
+def test_plain_ipv4_udp_takes_the_lane_in_runs_and_order_is_kept():
+    events: list[tuple[str, Any]] = []
+    handlers: dict[str, Any] = all_handlers(events)
+    handlers["udp"] = LaneRecorder("udp", events)
+    ctx = Ctx(guest_mac=GUEST_MAC)
+    a1, a2, a3, b1 = plain(1, b"a1"), plain(1, b"a2"), plain(1, b"a3"), plain(2, b"b1")
+    tos = with_byte(plain(1, b"tos"), 15, 0x10)  # not plain: the full path
+    padded = plain(1, b"pad") + bytes(6)  # Ethernet padding: plain still
+    arp = ROUTED["arp"]
+    filtered_dispatcher(ctx, handlers).handle_frames([a1, a2, b1, arp, a3, tos, padded])
+    key1 = GUEST4 + HOST4 + (1).to_bytes(2, "big") + (9).to_bytes(2, "big")
+    key2 = GUEST4 + HOST4 + (2).to_bytes(2, "big") + (9).to_bytes(2, "big")
+    assert events == [
+        ("lane", [(key1, b"a1"), (key1, b"a2")]), ("lane", [(key2, b"b1")]), ("arp", arp),
+        ("lane", [(key1, b"a3")]), ("udp", [tos]), ("lane", [(key1, b"pad")]),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("frame", [
+    with_byte(plain(1), 14, 0x46),  # IP options
+    with_byte(plain(1), 20, 0x20),  # more fragments
+    plain(1)[:-1],  # shorter than its IP length
+    with_byte(plain(1), 39, 13),  # UDP length beyond the datagram
+    udp(ANY4, BCAST4, 68, 67),  # DHCP
+    udp(OTHER4, HOST4, 1, 2),  # another source
+    udp(GUEST4, HOST4, 1, 2, mac=NEW_GUEST_MAC),  # another MAC: learned
+    udp(GUEST6, HOST6, 40000, 53),  # IPv6
+])
+def test_frames_off_the_lane_get_the_full_path(frame):
+    lane: list[tuple[str, Any]] = []
+    full: list[tuple[str, Any]] = []
+    lane_handlers: dict[str, Any] = {**all_handlers(lane), "udp": LaneRecorder("udp", lane)}
+    full_handlers: dict[str, Any] = {**all_handlers(full), "udp": BatchRecorder("udp", full)}
+    lane_ctx, full_ctx = Ctx(guest_mac=GUEST_MAC), Ctx(guest_mac=GUEST_MAC)
+    filtered_dispatcher(lane_ctx, lane_handlers).handle_frames([frame])
+    filtered_dispatcher(full_ctx, full_handlers).handle_frames([frame])
+    assert not any(name == "lane" for name, _ in lane)
+    assert lane == full and lane_ctx.stats == full_ctx.stats
+    assert lane_ctx.guest_mac == full_ctx.guest_mac
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from([plain(1), plain(2, b"x" * 30), ROUTED["tcp"], ROUTED["arp"],
+                     udp(GUEST4, HOST4, 1, 2, mac=NEW_GUEST_MAC)]),
+    st.tuples(st.sampled_from([plain(1, b"payload"), ROUTED["udp"], ROUTED["dhcp"]]),
+              st.integers(0, 50), st.integers(0, 255))
+    .map(lambda t: with_byte(t[0], t[1], t[2]) if t[1] < len(t[0]) else t[0][: t[2] % 60]),
+), max_size=10))  # fmt: skip
+def test_the_lane_changes_the_cost_of_a_frame_never_its_fate(frames):
+    lane: list[tuple[str, Any]] = []
+    full: list[tuple[str, Any]] = []
+    lane_handlers: dict[str, Any] = {**all_handlers(lane), "udp": LaneRecorder("udp", lane),
+                                     "tcp": BatchRecorder("tcp", lane)}
+    full_handlers: dict[str, Any] = {**all_handlers(full), "udp": BatchRecorder("udp", full),
+                                     "tcp": BatchRecorder("tcp", full)}
+    lane_ctx, full_ctx = Ctx(guest_mac=GUEST_MAC), Ctx(guest_mac=GUEST_MAC)
+    filtered_dispatcher(lane_ctx, lane_handlers).handle_frames(frames)
+    filtered_dispatcher(full_ctx, full_handlers).handle_frames(frames)
+    assert datagrams(lane) == datagrams(full)
+    assert lane_ctx.stats == full_ctx.stats and lane_ctx.guest_mac == full_ctx.guest_mac
+
+
+def test_a_failing_lane_counts_a_handler_error_and_the_rest_goes_on():
+    class FailingLane(Recorder):
+        def from_tap_datagrams(self, ctx: Ctx, wire_key: bytes, payloads: Any) -> None:
+            raise KeyError("oops")
+
+    events: list[tuple[str, Any]] = []
+    ctx = Ctx(guest_mac=GUEST_MAC)
+    handlers: dict[str, Any] = {**all_handlers(events), "udp": FailingLane("udp", events)}
+    filtered_dispatcher(ctx, handlers).handle_frames([plain(1), ROUTED["arp"]])
+    assert events == [("arp", ROUTED["arp"])] and ctx.stats["drop.handler_error"] == 1
