@@ -236,7 +236,8 @@ class Listener:
         sock = self.sock
         fwd = self.fwd
         view = fwd.dgram_buf
-        handlers = fwd.handlers
+        last_peer: SockAddr | None = None  # a batch comes mostly from one sender:
+        handler = None  # its handler is chosen once per run of its datagrams
         for _ in range(RECV_BATCH):
             try:
                 n, peer = sock.recvfrom_into(view)
@@ -244,12 +245,21 @@ class Listener:
                 return
             except OSError:  # a queued ICMP error from an earlier reply
                 continue
-            if handlers.udp_splice is not None and self.splices(peer[0]):
-                handlers.udp_splice(self, view[:n], peer)
-            elif handlers.udp_tap is not None and self.origin == HOST and fwd.tap_inbound:
-                handlers.udp_tap(self, view[:n], peer)
+            if peer != last_peer:
+                last_peer, handler = peer, self._datagram_handler(peer[0])
+            if handler is not None:
+                handler(self, view[:n], peer)
             else:
                 fwd.stats["udp_unhandled"] += 1
+
+    def _datagram_handler(self, peer: str) -> Callable[[Listener, memoryview, SockAddr], None] | None:
+        """Where datagrams from ``peer`` go: the spliced path, the tap's, or nowhere."""
+        handlers = self.fwd.handlers
+        if handlers.udp_splice is not None and self.splices(peer):
+            return handlers.udp_splice
+        if handlers.udp_tap is not None and self.origin == HOST and self.fwd.tap_inbound:
+            return handlers.udp_tap
+        return None
 
 
 class Forwarder:

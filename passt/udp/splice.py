@@ -15,6 +15,11 @@ through the listener to the flow socket, and replies arriving on the flow
 socket back to the sender through the listener socket, so that they come
 from the forwarded port the sender addressed.
 
+A bulk transfer is a stream of datagrams from one sender: ``UdpSplice``
+remembers the flow of the last one (forgotten when that flow closes), so
+that the next from the same sender skips building its key and looking it
+up, and ``fwd`` picks the handler once per run of one sender's datagrams.
+
 Flows expire after ``timeout`` seconds without traffic in either direction
 (180 s, as upstream).  Refreshing a flow only stores a timestamp; a single
 timer per flow checks it when it fires and re-arms for the remaining time,
@@ -124,6 +129,8 @@ class SplicedFlow:
         self.close()
 
     def close(self) -> None:
+        if self.splicer.last is self:
+            self.splicer.last = None
         self.timer.cancel()
         self.splicer.loop.remove(self.fd)
         self.sock.close()
@@ -144,15 +151,19 @@ class UdpSplice:
         self.timeout = timeout
         self.buf = buffers.zeroed(DATAGRAM_MAX)
         self.stats: Counter[str] = Counter()
+        self.last: SplicedFlow | None = None  # the flow of the last datagram, while it lives
 
     def forward(self, listener: Listener, data: memoryview, peer: SockAddr) -> None:
         """A datagram from loopback ``peer`` to ``listener``: relay it (never raises)."""
-        key = ("udp_splice", listener.origin, listener.family, peer[0], peer[1], listener.port)
-        flow = self.flows.get(key)
-        if flow is None:
-            flow = self._new_flow(key, listener, peer)
+        flow = self.last
+        if flow is None or flow.peer != peer or flow.listener is not listener:
+            key = ("udp_splice", listener.origin, listener.family, peer[0], peer[1], listener.port)
+            flow = self.flows.get(key)
             if flow is None:
-                return
+                flow = self._new_flow(key, listener, peer)
+                if flow is None:
+                    return
+            self.last = flow
         flow.send(data)
 
     def _new_flow(self, key: FlowKey, listener: Listener, peer: SockAddr) -> SplicedFlow | None:

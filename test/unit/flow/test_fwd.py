@@ -20,7 +20,9 @@ from passt import runtime
 from passt.conf import Conf, parse
 from passt.context import Ctx
 from passt.flow import fwd
+from passt.flow.table import FlowTable
 from passt.loop import EventLoop
+from passt.udp.splice import UdpSplice
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -489,3 +491,35 @@ def test_start_udp_given_does_not_follow_tcp() -> None:
         assert not any(r.follow_tcp for r in ctx.fwd.scanner.rules)
     finally:
         stop(ctx)
+
+
+def test_udp_splice_relays_interleaved_senders_and_forgets_closed_flows() -> None:
+    loop = EventLoop()
+    f = fwd.Forwarder(loop, lambda fn, *a: fn(*a))
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.settimeout(2)
+    splice = UdpSplice(loop, FlowTable(), lambda fn, *a: fn(*a))
+    f.handlers = fwd.Handlers(udp_splice=splice.forward)
+    listener = f.open(fwd.Listen(fwd.UDP, fwd.HOST, socket.AF_INET, "127.0.0.1", 0),
+                      target.getsockname()[1])
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for i, sender in enumerate([*senders, senders[0], senders[0], senders[1]]):
+            sender.sendto(b"%d" % i, listener.sock.getsockname())
+        loop.run_once(1)
+        got = [target.recvfrom(10) for _ in range(5)]
+        assert [g[0] for g in got] == [b"0", b"1", b"2", b"3", b"4"]
+        assert got[0][1] == got[2][1] == got[3][1] != got[1][1] == got[4][1]  # one flow each
+        assert splice.last is not None
+        splice.last.close()  # as on expiry: the next datagram makes a new flow
+        assert splice.last is None
+        senders[1].sendto(b"again", listener.sock.getsockname())
+        loop.run_once(1)
+        assert target.recvfrom(10)[0] == b"again" and splice.last is not None
+    finally:
+        for s in (*senders, target):
+            s.close()
+        splice.close()
+        f.close()
+        loop.close()
