@@ -46,12 +46,11 @@ makes the core ask for a read (``PEEK``).  Level-triggered ``EPOLLHUP``
 would spin once both sides have shut down while the guest has not yet
 acknowledged everything; edge-triggering avoids that too.
 
-Reads are ``recvmsg_into(..., MSG_PEEK)`` with ``SO_PEEK_OFF``, so that the
+Reads are ``recv_into(..., MSG_PEEK)`` with ``SO_PEEK_OFF``, so that the
 kernel returns only the bytes after those already sent (the offset moves
 back when acknowledged bytes are discarded, and to zero on retransmission).
-One read fills up to ``FRAMES_PER_READ`` frame buffers of a pool, each
-directly after its headers, at most the guest's MSS (64 KiB with the default
-MTU) each:
+Each read lands directly after the headers in one of a pool of frame
+buffers, at most the guest's MSS (64 KiB with the default MTU) at a time:
 the payload is copied once, by the kernel, and is still in cache when its
 checksum is summed.  The headers come from the connection's
 ``TcpFrameTemplate`` (patched per frame, checksums from pre-summed
@@ -587,11 +586,36 @@ def _read_sock(flow: TcpFlow) -> None:
 
 
 def _peek_frames(flow: TcpFlow, budget: int) -> tuple[int, bool]:
-    """Peek up to ``budget`` new bytes straight into frame buffers, up to
-    ``FRAMES_PER_READ`` of them in one ``recvmsg`` (SO_PEEK_OFF moves on by
-    itself); returns (bytes, whether the read came up short).  No bytes and a
-    short read: end of file."""
-    return _peek_into(flow, [], 0, budget, FRAMES_PER_READ)
+    """Peek up to ``budget`` new bytes straight into frame buffers, one frame per
+    read (SO_PEEK_OFF moves on by itself); returns (bytes, whether a read came
+    up short).  No bytes and a short read: end of file."""
+    state: TcpState = flow.ctx.tcp
+    recv_into = flow.sock.recv_into
+    chunks = state.chunks
+    chunks.clear()
+    pool = state.pool
+    hlen = flow.hlen
+    mss = flow.core.mss
+    total = 0
+    for _ in range(FRAMES_PER_READ):
+        want = min(mss, budget - total)
+        if want <= 0:
+            break
+        buf = pool[state.pool_next]
+        try:
+            got = recv_into(buf[hlen:], want, _PEEK)
+        except BlockingIOError:
+            if total:
+                return total, True
+            raise
+        if not got:
+            return total, True
+        state.pool_next += 1
+        chunks.append((buf, got))
+        total += got
+        if got < want:
+            return total, True
+    return total, False
 
 
 def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
@@ -600,47 +624,37 @@ def _peek_frames_from_start(flow: TcpFlow, budget: int) -> tuple[int, bool]:
     (``TcpConn.inflight_segments`` keeps them within the map); returns (new bytes,
     whether the read came up short).  No bytes at all: end of file."""
     core = flow.core
-    skip_view = flow.ctx.tcp.skip_view
+    state: TcpState = flow.ctx.tcp
+    skip_view = state.skip_view
     assert skip_view is not None
     in_flight = (core.snd_nxt - core.snd_una) & 0xFFFFFFFF
-    iov: list[Buffer] = [skip_view[:in_flight]] if in_flight else []
-    got, short = _peek_into(flow, iov, in_flight, budget, FALLBACK_FRAMES)
-    if got + in_flight == 0:
-        return 0, True
-    if got <= 0:  # nothing new: drained, or the end of file is next
-        return 0, flow.rdhup
-    return got, short
-
-
-def _peek_into(flow: TcpFlow, iov: list[Buffer], skipped: int, budget: int,
-               frames: int) -> tuple[int, bool]:
-    """One peek into ``iov`` (the room for the ``skipped`` bytes already in
-    flight, if any), then into up to ``frames`` frame buffers past their
-    headers, at most the MSS each and ``budget`` bytes in all; the buffers
-    filled become ``state.chunks``.  Returns (new bytes, whether the read came
-    up short); the new bytes are negative if the peek did not cover ``skipped``."""
-    state: TcpState = flow.ctx.tcp
+    buffers: list[Buffer] = [skip_view[:in_flight]] if in_flight else []
     pool = state.pool
     hlen = flow.hlen
-    mss = flow.core.mss
+    mss = core.mss
     first = state.pool_next
     wanted = 0
-    for buf in pool[first:first + frames]:
+    for buf in pool[first:first + FALLBACK_FRAMES]:
         want = min(mss, budget - wanted)
         if want <= 0:
             break
-        iov.append(buf[hlen:hlen + want])
+        buffers.append(buf[hlen:hlen + want])
         wanted += want
-    got = flow.sock.recvmsg_into(iov, 0, _PEEK)[0] - skipped
+    peeked = flow.sock.recvmsg_into(buffers, 0, _PEEK)[0]
+    if not peeked:
+        return 0, True
+    got = peeked - in_flight
+    if got <= 0:  # nothing new: drained, or the end of file is next
+        return 0, flow.rdhup
     chunks = state.chunks
     chunks.clear()
     left = got
-    for buf in pool[first:first + frames]:
-        if left <= 0:
-            break
+    for buf in pool[first:first + FALLBACK_FRAMES]:
         size = min(mss, left)
         chunks.append((buf, size))
         left -= size
+        if not left:
+            break
     state.pool_next = first + len(chunks)
     return got, got < wanted
 
