@@ -48,8 +48,9 @@ fragmentation, from the guest's MAC and address, to a port other than
 DHCP's, the UDP length matching the IP one.  For those, building a
 ``Packet``, classifying it and parsing its UDP header costs more than the
 rest of the datagram's way together, so the dispatcher recognises them by
-a few bytes at fixed offsets (``_plain_udp4``: everything the full path
-would check, checked for the common values only) and hands the ``udp``
+a few bytes at fixed offsets (``_PLAIN_UDP4``, one ``unpack_from``:
+everything the full path would check, checked for the common values only;
+the source address and the port only when a new run starts) and hands the ``udp``
 handler's ``from_tap_datagrams(ctx, wire_key, payloads)`` runs of
 payloads of one flow, keyed by the 12 bytes of addresses and ports as
 they are on the wire.  A frame that misses any check takes the full path,
@@ -106,7 +107,10 @@ _UNSPECIFIED4 = bytes(4)
 _UNSPECIFIED6 = bytes(16)
 _IPV4_PLAIN = b"\x08\x00\x45\x00"  # ethertype IPv4, version 4, 20-byte header, TOS 0
 _UDP4_PAYLOAD = ETH_HLEN + 20 + _UDP_HLEN  # where a plain IPv4 frame's UDP payload starts
-_UDP4_KEY = slice(26, 38)  # source, destination, source port, destination port
+# From byte 6 of a frame: source MAC and _IPV4_PLAIN, IP total length, fragment
+# field, protocol, then the key (addresses and ports) and the UDP length.
+_PLAIN_UDP4 = struct.Struct("!6x10sHxxHxBxx12sH")
+_IPV4_FRAG_MASK = 0x3FFF  # more fragments, fragment offset
 
 
 class RecordingTap:
@@ -167,18 +171,10 @@ def classify(pkt: Packet) -> str:
     return "drop.proto"
 
 
-def _plain_udp4(frame: memoryview, plain: bytes, src: bytes) -> memoryview | None:
-    """The UDP payload of a plain IPv4 datagram from ``src`` (see "The UDP fast lane"),
-    ``plain`` being the guest's MAC and ``_IPV4_PLAIN``; ``None`` for any other frame."""
-    if (frame[6:16] != plain or len(frame) < _UDP4_PAYLOAD or frame[23] != IPPROTO_UDP
-            or frame[26:30] != src or frame[20] & 0x3F or frame[21]
-            or frame[36:38] == _DHCP_SERVER_PORT_BYTES):
-        return None
-    total = frame[16] << 8 | frame[17]
-    end = ETH_HLEN + total
-    if total < 20 + _UDP_HLEN or end > len(frame) or (frame[38] << 8 | frame[39]) != total - 20:
-        return None
-    return frame[_UDP4_PAYLOAD:end]
+def _lane_key(key: bytes, src: bytes) -> bool:
+    """Whether a plain IPv4 UDP frame's addresses and ports (``_PLAIN_UDP4``'s key)
+    may take the fast lane: from the guest's address ``src``, not to DHCP."""
+    return key[:4] == src and key[10:12] != _DHCP_SERVER_PORT_BYTES
 
 
 class SourceFilter:
@@ -305,13 +301,22 @@ class Dispatcher:
             self._route(frames, 0, len(frames))
             return
         # The fast lane (module docstring); anything else goes to _route in runs.
-        run_key = b""
+        unpack = _PLAIN_UDP4.unpack_from
+        run_key = b""  # the key of the current run: its source and port were checked
         payloads: list[memoryview] = []
         first_other = 0  # start of the frames not yet routed
         for i, frame in enumerate(frames):
             view = frame if type(frame) is memoryview else memoryview(frame)
-            payload = _plain_udp4(view, plain, allowed4)
-            if payload is None:
+            size = len(view)
+            if size >= _UDP4_PAYLOAD:
+                head, total, frag, proto, key, udp_len = unpack(view)
+                plain_udp = (head == plain and proto == IPPROTO_UDP
+                             and not frag & _IPV4_FRAG_MASK and udp_len == total - 20
+                             and udp_len >= _UDP_HLEN and total + ETH_HLEN <= size
+                             and (key == run_key or _lane_key(key, allowed4)))
+            else:
+                plain_udp = False
+            if not plain_udp:
                 if payloads:
                     self._deliver_lane(lane, run_key, payloads)
                     payloads = []
@@ -322,12 +327,12 @@ class Dispatcher:
                     first_other = i
                     break
             first_other = i + 1
-            key = bytes(view[_UDP4_KEY])
-            if key != run_key and payloads:
-                self._deliver_lane(lane, run_key, payloads)
-                payloads = []
-            run_key = key
-            payloads.append(payload)
+            if key != run_key:
+                if payloads:
+                    self._deliver_lane(lane, run_key, payloads)
+                    payloads = []
+                run_key = key
+            payloads.append(view[_UDP4_PAYLOAD:ETH_HLEN + total])
         if payloads:
             self._deliver_lane(lane, run_key, payloads)
         if first_other < len(frames):
