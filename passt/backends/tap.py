@@ -24,9 +24,10 @@ MTU (``TUN_F_TSO4``, ``TUN_F_TSO6``: one GSO frame of up to 64 KiB).  We
 end every TCP connection and send UDP payloads through sockets, so no
 handler reads a TCP or UDP checksum of the namespace's; its kernel then
 neither sums what it sends us nor, with a small MTU, cuts it into
-MTU-sized frames.  Reads go into the header and the frame's buffer with
-one ``readv``; the header is ignored.  Writes are one ``writev`` of an
-all-zero header (a plain frame, checksums complete) and the frame.
+MTU-sized frames.  A read takes the header and the frame into one buffer,
+one after the other (``FileIO.readinto``); the header is ignored.  Writes
+are one ``writev`` of an all-zero header (a plain frame, checksums
+complete) and the frame.
 
 Our TCP frames (``tcp_csum_partial``, set with ``Ctx.tcp_csum_partial``)
 go out with ``NEEDS_CSUM``: their checksum field holds the pseudo-header's
@@ -46,6 +47,7 @@ ignores it, and a frame whose checksum left the payload out is dropped.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import struct
 from collections.abc import Sequence
@@ -131,8 +133,10 @@ class TunTap:
         self._owns_fd = owns_fd
         self._hdr_len = VNET_HDR_LEN if vnet_hdr else 0
         self._tcp_partial = vnet_hdr and tcp_csum_partial
-        rx_header: list[Buffer] = [bytearray(VNET_HDR_LEN)] if vnet_hdr else []
-        self._slots = [([*rx_header, view], view) for view in buffers.pool(batch, frame_max)]
+        # One read a frame, header and frame into one buffer: FileIO.readinto
+        # costs less than a readv of two buffers (0.33 against 0.59 µs a call).
+        self._file = io.FileIO(fd, "r", closefd=False)
+        self._slots = buffers.pool(batch, self._hdr_len + frame_max)
 
     def fileno(self) -> int:
         return self._fd
@@ -140,17 +144,13 @@ class TunTap:
     def recv_frames(self) -> list[memoryview]:
         """Frames readable now, at most one batch; views valid until the next call."""
         frames = []
-        readv = os.readv
-        fd = self._fd
+        readinto = self._file.readinto
         hdr_len = self._hdr_len
-        for iov, view in self._slots:
-            try:
-                size = readv(fd, iov) - hdr_len
-            except BlockingIOError:
+        for slot in self._slots:
+            got = readinto(slot)  # None: nothing now (EAGAIN); 0: end of file
+            if not got or got <= hdr_len:
                 break
-            if size <= 0:
-                break
-            frames.append(view[:size])
+            frames.append(slot[hdr_len:got])
         return frames
 
     def send_frames(self, frames: Sequence[Buffer]) -> int:
@@ -180,6 +180,7 @@ class TunTap:
         return sent
 
     def close(self) -> None:
+        self._file.close()  # closefd=False: the descriptor is left alone
         if self._fd >= 0 and self._owns_fd:
             os.close(self._fd)
         self._fd = -1
