@@ -54,13 +54,16 @@ failure (``World.destroy`` kills what runs in them first).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,7 +295,6 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 Impl = e2e_impl.Impl
 # The e2e harness's name (``PASST_IMPL``) of the implementation behind each label.
-LAUNCHERS = os.path.join(ROOT, "build", "bench", "launchers")
 IMPL_NAMES = {"ours": "ours", "upstream": "upstream2026", "upstream2023": "upstream"}
 
 
@@ -310,14 +312,17 @@ def installed_ours() -> Impl:
     tools/installtree.py writes (``python3 -IS``, the site directories written in, the
     collector off during start-up), with this interpreter, which has NumPy, and the
     package byte-compiled first.  The test suite's ``python -c`` instead pays for
-    ``site`` and the venv's ``.pth`` files, which installed programs do not."""
-    os.makedirs(LAUNCHERS, exist_ok=True)
+    ``site`` and the venv's ``.pth`` files, which installed programs do not.  The
+    launchers name this tree, so they go to a directory of this run's, not to the
+    shared build/: several checkouts' benchmarks may run at once."""
+    launchers = tempfile.mkdtemp(prefix="bench-launchers-")
+    atexit.register(shutil.rmtree, launchers, True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "passt")],
                    check=True, timeout=300)
     site_path = installtree.site_dirs(sys.executable)
     argv = {}
     for program, function in installtree.PROGRAMS.items():
-        path = os.path.join(LAUNCHERS, program)
+        path = os.path.join(launchers, program)
         with open(path, "wb") as f:
             f.write(installtree.launcher(sys.executable, ROOT, f"from passt.cli import {function}",
                                          f"{function}()", site_path))
