@@ -86,11 +86,11 @@ import importlib
 import os
 import pwd
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from passt import log
 from passt.host import seccomp
+from passt.record import record
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -179,7 +179,7 @@ IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933, 0x894B)
 # -- what to do ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     """Isolation steps for one run (pure data, decided by ``plan``)."""
 

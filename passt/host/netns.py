@@ -99,7 +99,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, TypeVar
 
@@ -110,6 +109,7 @@ from passt.host import inotify, rtnl
 from passt.host.hostnet import IPAddress, NetInfo
 from passt.host.inotify import IN_DELETE, IN_MOVED_FROM
 from passt.loop import IN, EventLoop
+from passt.record import field, record
 
 T = TypeVar("T")
 
@@ -207,7 +207,7 @@ class NsRunner:
 # -- what the options ask for ---------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     """Where pasta connects to: a new namespace for ``command``, or an existing one.
 
@@ -289,7 +289,7 @@ def exit_status(wait_status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-@dataclass
+@record
 class _Child:
     pid: int
     go_fd: int
@@ -397,7 +397,7 @@ def _join_userns(fd: int) -> None:
 # -- inside the namespace (run through NsRunner) ----------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TapSpec:
     """What the tap device in the namespace should look like."""
 
@@ -499,7 +499,7 @@ def _watch_path_deletion(path: str) -> int:
 # -- the whole of it ------------------------------------------------------------------
 
 
-@dataclass
+@record
 class PastaNamespace:
     """pasta's side of the namespace: the tap, the runner, the command, the watches.
 
