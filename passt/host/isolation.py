@@ -362,7 +362,7 @@ def _check_threads(runner: Any) -> None:
     """Per-thread steps reach the main thread and the runner: refuse if there are others."""
     known = {threading.get_native_id()}
     if runner is not None:
-        known.add(runner.call(threading.get_native_id))
+        known.add(runner.native_id)
     others = thread_ids() - known
     if others:
         raise IsolationError(0, f"Unexpected threads {sorted(others)}: can't isolate them")

@@ -177,6 +177,12 @@ class NsRunner:
             self._thread.join()
             raise NetnsError(f"Couldn't enter network namespace: {error.strerror}") from None
 
+    @property
+    def native_id(self) -> int | None:
+        """The kernel's thread ID of the runner (known without a call: a wake-up of
+        the thread costs 0.1-5 ms on a busy machine)."""
+        return self._thread.native_id
+
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` inside the namespace; return its result or raise."""
         if threading.current_thread() is self._thread:
