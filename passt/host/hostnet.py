@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any, NamedTuple
+from typing import Any
 
 from passt import log
 from passt.errors import StartupError
 from passt.host import rtnl
-from passt.record import field, record
+from passt.record import NamedTuple, field, record
 
 DEFAULT_MTU = 65520
 RESOLV_CONF = "/etc/resolv.conf"
