@@ -110,9 +110,8 @@ it copies again, rather than a segment or two per ACK.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from passt.packet import ACK, FIN, RST, SYN, TcpSegment, tcp_options
+from passt.record import NamedTuple
 
 SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1
