@@ -14,7 +14,8 @@ for ``TcpConn`` in three drivers:
   socket, both directions, the slow-kernel variant), unchanged;
 * a random walk that aims its segments at the predicate's edges (sequence
   one off, ACK just below ``snd_una`` or just beyond ``snd_max``, windows one
-  off, every flag, zero-length, held data, partial writes);
+  off, every flag, zero-length, held data, partial writes, a small hold
+  budget so that data is dropped and a FIN waits for the socket);
 * named scenarios, each asserting also which path the segment took.
 
 ``test_a_broken_predicate_is_caught`` checks that the comparison can fail:
@@ -30,7 +31,7 @@ import random
 import pytest
 
 from passt.packet import ACK, FIN, PSH, RST, SYN, URG, TcpSegment
-from passt.tcp.core import ESTABLISHED, SockSend, TcpConn
+from passt.tcp.core import ESTABLISHED, HOLD_BUDGET, HoldBudget, SockSend, TcpConn
 
 from . import test_tcp_core_sim as sim
 
@@ -151,6 +152,8 @@ class Walk:
         self.ws = rng.choice([None, 0, 7])
         self.twin = established(rng, self.ws)
         self.space = rng.choice([0, 500, 5000, 1 << 20])
+        limit = rng.choice([HOLD_BUDGET, 5000, 200])  # small: data dropped, then a FIN waits
+        self.twin.fast.budget, self.twin.slow.budget = HoldBudget(limit), HoldBudget(limit)
 
     def run(self, acts: list) -> None:
         for act in acts:
