@@ -56,10 +56,11 @@ check: profiles
 
 MAN_PAGES         := $(BUILD)/man/passt.1 $(BUILD)/man/pasta.1 $(BUILD)/man/pesto.1 \
 	$(BUILD)/man/qrap.1 $(BUILD)/man/passt-repair.1
-APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta apparmor/usr.bin.passt-repair
+APPARMOR_PROFILES := apparmor/usr.bin.passt apparmor/usr.bin.pasta apparmor/usr.bin.passt-repair \
+	apparmor/usr.bin.pesto
 SELINUX_SOURCES   := $(wildcard selinux/*.te selinux/*.if selinux/*.fc)
 SELINUX_MODULES   := $(BUILD)/selinux/passt.pp $(BUILD)/selinux/pasta.pp \
-	$(BUILD)/selinux/passt-repair.pp
+	$(BUILD)/selinux/passt-repair.pp $(BUILD)/selinux/pesto.pp
 DEB_DIR           ?= $(BUILD)/deb
 RPM_DIR           ?= $(BUILD)/rpm
 PACKAGE_VERSION    = $(shell $(SYSTEM_PYTHON) -c 'import passt; print(passt.__version__)')
@@ -103,7 +104,8 @@ selinux: $(SELINUX_MODULES)
 # ships them) would define ours twice, so they are left out.
 SELINUX_HEADERS           = $(dir $(SELINUX_DEVEL_MAKEFILE))include
 SELINUX_SYSTEM_INTERFACES = $(filter-out $(SELINUX_HEADERS)/contrib/passt.if \
-	$(SELINUX_HEADERS)/contrib/pasta.if $(SELINUX_HEADERS)/contrib/passt-repair.if,\
+	$(SELINUX_HEADERS)/contrib/pasta.if $(SELINUX_HEADERS)/contrib/passt-repair.if \
+	$(SELINUX_HEADERS)/contrib/pesto.if,\
 	$(wildcard $(SELINUX_HEADERS)/*/*.if))
 $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	@test -f $(SELINUX_DEVEL_MAKEFILE) \
@@ -112,7 +114,7 @@ $(SELINUX_MODULES) &: $(SELINUX_SOURCES)
 	cp $(SELINUX_SOURCES) $(BUILD)/selinux/
 	cd $(BUILD)/selinux && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
 		make -f $(SELINUX_DEVEL_MAKEFILE) header_interfaces='$(SELINUX_SYSTEM_INTERFACES)' \
-		passt.pp pasta.pp passt-repair.pp >build.log 2>&1 \
+		passt.pp pasta.pp passt-repair.pp pesto.pp >build.log 2>&1 \
 		|| { cat build.log; echo "selinux: modules do not compile"; exit 1; }
 	@! grep -i 'warning\|error' $(BUILD)/selinux/build.log \
 		|| { echo "selinux: warnings above"; rm -f $(SELINUX_MODULES); exit 1; }

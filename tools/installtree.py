@@ -23,9 +23,9 @@ before anything is written:
 - the ``passt`` package, into ``SITEDIR/passt``;
 - ``share/man/man1/passt.1``, ``pasta.1``, ``pesto.1``, ``passt-repair.1`` from
   ``make man``;
-- AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for the three
-  profiles (passt, pasta, passt-repair), ``abstractions/passt-py`` and
-  ``passt-py-python``, and ``tunables/passt-py``.  The tunables
+- AppArmor: ``/etc/apparmor.d/<path of the program with dots>`` for the four
+  profiles (passt, pasta, passt-repair, pesto), ``abstractions/passt-py``,
+  ``passt-py-python`` and ``passt-py-private``, and ``tunables/passt-py``.  The tunables
   carry the paths of the launchers, interpreter and package, and are
   rewritten for this install; outside ``/usr`` the profiles are renamed after
   their path too, so that they never replace Debian's ``passt`` profile;
@@ -59,7 +59,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {"passt": "main_passt", "pasta": "main_pasta"}
-CONFINED = (*PROGRAMS, "passt-repair")  # the programs with AppArmor and SELinux profiles
+CONFINED = (*PROGRAMS, "passt-repair", "pesto")  # the programs with AppArmor and SELinux profiles
 QRAP_SCRIPT = ROOT / "contrib" / "qrap"
 MANIFEST = "share/passt-py/install-manifest"
 DEBIAN_SITEDIR = "/usr/lib/python3/dist-packages"
@@ -206,7 +206,7 @@ def apparmor_items(layout: Layout) -> list[Item]:
     etc = f"{layout.sysconfdir}/apparmor.d"
     source = ROOT / "apparmor"
     items = [Item(f"{etc}/abstractions/{name}", (source / "abstractions" / name).read_bytes(),
-                  0o644) for name in ("passt-py", "passt-py-python")]
+                  0o644) for name in ("passt-py", "passt-py-python", "passt-py-private")]
     items.append(Item(f"{etc}/tunables/passt-py", tunables(layout), 0o644))
     for program in CONFINED:
         name = f"{program}{layout.suffix}"

@@ -39,6 +39,7 @@ from .overlay import Overlay, run, tail
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
 PROGRAMS = ("passt", "pasta")
+CONFINED = (*PROGRAMS, "passt-repair", "pesto")  # with AppArmor profiles and SELinux modules
 # The part of the end-to-end suite run against the installed programs: the
 # modules that start passt and pasta through impl.py, except those booting
 # QEMU guests (test_passt.py, test_libvirt.py), which `make check` already
@@ -89,7 +90,10 @@ def test_make_install_into_destdir_and_uninstall_leaves_it_empty(built, tmp_path
                      "/usr/local/lib/passt-py/passt/__pycache__/cli.cpython-311.pyc",
                      "/usr/local/share/man/man1/passt.1", "/usr/local/share/man/man1/pasta.1",
                      "/etc/apparmor.d/usr.local.bin.passt", "/etc/apparmor.d/usr.local.bin.pasta",
+                     "/etc/apparmor.d/usr.local.bin.pesto",
                      "/etc/apparmor.d/abstractions/passt-py", "/etc/apparmor.d/tunables/passt-py",
+                     "/etc/apparmor.d/abstractions/passt-py-private",
+                     "/usr/local/share/selinux/packages/pesto.pp",
                      "/usr/local/share/selinux/packages/passt.pp",
                      "/usr/local/share/selinux/packages/pasta.pp",
                      "/usr/local/share/selinux/devel/include/contrib/passt.if",
@@ -134,6 +138,7 @@ def test_install_refuses_to_overwrite_what_it_does_not_own(built, tmp_path):
 DEB_DIR = Path(os.environ.get("DEB_DIR", BUILD / "deb"))
 RPM_DIR = Path(os.environ.get("RPM_DIR", BUILD / "rpm"))
 SUFFIXED = tuple(f"{program}-py" for program in PROGRAMS)
+CONFINED_SUFFIXED = tuple(f"{program}-py" for program in CONFINED)
 
 
 def dpkg_architecture() -> str:
@@ -173,7 +178,7 @@ def test_deb_declares_debian_dependencies_and_its_relation_to_passt(deb):
     assert "Conflicts" not in fields and "Replaces" not in fields
     assert "invalid" not in fields["Maintainer"]
     conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
-    for program in SUFFIXED:
+    for program in CONFINED_SUFFIXED:
         assert f"/etc/apparmor.d/usr.bin.{program}" in conffiles
 
 
@@ -189,7 +194,7 @@ def test_rpmbuild_builds_the_programs_and_the_selinux_subpackage():
     provides = run(["rpm", "-qp", "--provides", str(program)]).stdout
     assert "passt = 0^20260716" in provides
     modules = run(["rpm", "-qlp", str(selinux)]).stdout.split()
-    for module in PROGRAMS:
+    for module in CONFINED:
         assert f"/usr/share/selinux/packages/targeted/{module}.pp" in modules
         assert f"/usr/share/selinux/devel/include/distributed/{module}.if" in modules
     scripts = run(["rpm", "-qp", "--scripts", str(selinux)]).stdout
@@ -275,13 +280,13 @@ def test_installed_man_page_shows_every_option_help_lists(machine, program):
 
 
 def test_installed_profiles_are_in_place_and_parse(machine):
-    for program in SUFFIXED:
+    for program in CONFINED_SUFFIXED:
         profile = f"/etc/apparmor.d/usr.bin.{program}"
         text = machine.run(["cat", profile]).stdout
         assert f"profile {program} @{{passt_bindir}}/{program} " in text, text
         result = machine.run(["apparmor_parser", "-Q", "-K", profile], timeout=120)
         assert result.returncode == 0, tail(result)
-    for module in PROGRAMS:
+    for module in CONFINED:
         for path in (f"/usr/share/selinux/packages/{module}.pp",
                      f"/usr/share/selinux/devel/include/contrib/{module}.if"):
             assert machine.run(["test", "-s", path]).returncode == 0, f"{path} missing"

@@ -38,13 +38,14 @@ SELINUX = ROOT / "selinux"
 SYSTEM_APPARMOR = Path("/etc/apparmor.d")
 SELINUX_DEVEL_MAKEFILE = Path("/usr/share/selinux/devel/Makefile")
 PROGRAMS = ("passt", "pasta")
-CONFINED = (*PROGRAMS, "passt-repair")  # passt-repair writes nothing an option names
+CONFINED = (*PROGRAMS, "passt-repair", "pesto")  # these two write nothing an option names
 
 # Files written through options, where their callers put them.
 WRITTEN_BY_BOTH = (
     "/tmp/passt.pid", "/tmp/vm/guest.pcap", "/var/tmp/net.log",
     "/home/alice/passt.log", "/home/alice/vm/capture.pcap", "/root/pasta.pid",
     "/run/user/1000/net.pid", "/run/user/1000/vm/net.log",
+    "/run/user/1000/pasta.ctl", "/tmp/vm/passt.ctl",              # -c, pesto's socket
 )
 WRITTEN = {
     "passt": WRITTEN_BY_BOTH + (
@@ -345,6 +346,22 @@ def test_apparmor_passt_repair_reaches_passt_socket_and_nothing_more(apparmor_pr
     assert capabilities == {"net_admin", "dac_override"}
 
 
+def test_apparmor_pesto_reaches_control_sockets_and_nothing_more(apparmor_profiles):
+    """It connects to the control socket (-c) where passt and pasta may make it,
+    runs the interpreter, and has no privilege but reaching another user's socket."""
+    profile = apparmor_profiles["pesto"]
+    for socket_path in ("/run/user/1000/pasta.ctl", "/tmp/vm/passt.ctl",
+                        "/home/alice/vm/pasta.ctl", "/var/tmp/pasta.ctl"):
+        assert profile.grants(socket_path, "w"), socket_path
+    for path in ("/run/utmp", "/run/user/1000/", "/etc/passwd", "/usr/bin/pesto"):
+        assert not profile.grants(path, "w"), path
+    assert profile.grants("/usr/lib/python3/dist-packages/passt/pesto.py", "r")
+    text = (APPARMOR / "usr.bin.pesto").read_text()
+    assert "abstractions/passt-py>" not in text
+    capabilities = set(re.findall(r"^\s*capability (\w+),", text, re.M))
+    assert capabilities == {"dac_override"}
+
+
 def test_apparmor_evaluator_can_tell_granted_from_refused():
     """The evaluator itself: globs, variables, owner, deny subtraction."""
     text = """@{HOME}=@{HOMEDIRS}/*/ /root/
@@ -523,3 +540,20 @@ def test_selinux_passt_repair_sets_options_on_passt_sockets_only(selinux_modules
     assert module.allowed(domain, "passt_t", "unix_stream_socket", {"connectto"})
     assert module.allowed(domain, "passt_t", "tcp_socket", {"setopt"})
     assert module.allowed(domain, "passt_t", "fd", {"use"})
+
+
+def test_selinux_pesto_connects_to_passt_and_pasta_only(selinux_modules):
+    """pesto: the interpreter and the control sockets of passt and pasta, where
+    they made them (their own types, or the user's in home and tmp)."""
+    module = selinux_modules["pesto"]
+    domain = "pesto_t"
+    assert module.allowed(domain, "bin_t", "file", {"execute", "map", "read"})
+    for server in ("passt_t", "pasta_t"):
+        assert module.allowed(domain, server, "unix_stream_socket", {"connectto"})
+    for socket_type in ("passt_tmp_t", "pasta_tmp_t", "pasta_runtime_t", "user_home_t",
+                        "user_tmp_t"):
+        assert module.allowed(domain, socket_type, "sock_file", {"write"}), socket_type
+        assert not module.allowed(domain, socket_type, "file", {"write"}), socket_type
+    assert module.allowed(domain, domain, "capability", {"dac_override"})
+    assert not module.allowed(domain, domain, "capability", {"net_admin"})
+    assert not module.allowed(domain, domain, "capability", {"sys_admin"})
