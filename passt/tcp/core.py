@@ -136,8 +136,8 @@ through random and simulated segment streams, and compares every action
 list and every field after each step.  Options (timestamps included) are
 ignored on both paths; ``fast_path`` off (tests only) sends every segment
 the general way.  It costs the core 30 % less per in-order data segment,
-12 % less per pure ACK and 8 % less per 1-byte round trip in pure Python
-(18 %, 9 % and 6 % compiled with mypyc): bench/core_prediction.py, and
+8 % less per pure ACK and 6 % less per 1-byte round trip in pure Python
+(19 %, 9 % and 4 % compiled with mypyc): bench/core_prediction.py, and
 doc/performance.md, "Per-packet levers", for the end-to-end figures
 (within this machine's noise).
 """
@@ -799,15 +799,7 @@ class TcpConn:
         self.activity += 1
         acts: list[Action] = []
         if acked:
-            acts.append(Discard(acked))
-            self.snd_una = ack
-            if seq_lt(self.snd_nxt, ack):
-                self.snd_nxt = ack
-            self._progress()
-            if self.snd_max != ack:
-                acts.append(self._arm(_T_RETRANS, self.backoff))
-            elif self.timer_kind == _T_RETRANS:
-                self.timer_kind = _T_NONE
+            self._acked(ack, acked, acts)  # (no FIN of ours: nothing closes here)
         if len(payload):
             self.pending_fin = False
             self.offered = payload
