@@ -54,12 +54,16 @@ failure (``World.destroy`` kills what runs in them first).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,7 +295,6 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 Impl = e2e_impl.Impl
 # The e2e harness's name (``PASST_IMPL``) of the implementation behind each label.
-LAUNCHERS = os.path.join(ROOT, "build", "bench", "launchers")
 IMPL_NAMES = {"ours": "ours", "upstream": "upstream2026", "upstream2023": "upstream"}
 
 
@@ -309,14 +312,17 @@ def installed_ours() -> Impl:
     tools/installtree.py writes (``python3 -IS``, the site directories written in, the
     collector off during start-up), with this interpreter, which has NumPy, and the
     package byte-compiled first.  The test suite's ``python -c`` instead pays for
-    ``site`` and the venv's ``.pth`` files, which installed programs do not."""
-    os.makedirs(LAUNCHERS, exist_ok=True)
+    ``site`` and the venv's ``.pth`` files, which installed programs do not.  The
+    launchers name this tree, so they go to a directory of this run's, not to the
+    shared build/: several checkouts' benchmarks may run at once."""
+    launchers = tempfile.mkdtemp(prefix="bench-launchers-")
+    atexit.register(shutil.rmtree, launchers, True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "passt")],
                    check=True, timeout=300)
     site_path = installtree.site_dirs(sys.executable)
     argv = {}
     for program, function in installtree.PROGRAMS.items():
-        path = os.path.join(LAUNCHERS, program)
+        path = os.path.join(launchers, program)
         with open(path, "wb") as f:
             f.write(installtree.launcher(sys.executable, ROOT, f"from passt.cli import {function}",
                                          f"{function}()", site_path))
@@ -473,7 +479,7 @@ def time_to_exit(host: Namespace, argv: list[str], log_path: str,
     began = time.monotonic()
     proc = host.spawn([TIME, "-f", "%M", "-o", rss_path, *argv], log_path)
     try:
-        status = proc.wait(timeout)
+        status = wait_exit(proc, timeout)
         elapsed = time.monotonic() - began
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{argv[0]} still running after {timeout:.0f} s") from None
@@ -483,6 +489,23 @@ def time_to_exit(host: Namespace, argv: list[str], log_path: str,
         raise RuntimeError(f"{argv[0]} exited {status}")
     with open(rss_path) as f:
         return elapsed, int(f.read().split()[-1])
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    """``proc``'s exit status, the moment it exits (``TimeoutExpired`` after ``timeout``).
+
+    Not ``proc.wait(timeout)``: with a timeout, ``Popen.wait`` polls, sleeping
+    1, 2, 4... ms and then 50 ms at a time, so it sees an exit up to 50 ms late
+    and reads only 1, 3, 7... 63, 113, 163, 213 ms: every ``pasta -- /bin/true``
+    between 113 and 163 ms, ours and upstream's alike, was timed as 165 ms.  A
+    pidfd becomes readable when the process exits."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:

@@ -31,7 +31,9 @@ The cells, each ``--runs`` times, ours and upstream alternately:
 
 Run as root: ``build/venv/bin/python bench/startup.py [--runs 9]``;
 ``--baseline TREE`` adds another checkout (say, a worktree of an older
-commit), run as its launchers ran it then (``python3 -I``).
+commit), run the same way, and the table then says in how many rounds ours
+did better than it (subjects alternate round by round: an A/B comparison).
+``--no-upstream`` leaves upstream out.
 """
 
 from __future__ import annotations
@@ -94,25 +96,19 @@ def in_netns(path: str, fn: Callable[[], Any]) -> Any:
     return result[0]
 
 
-def baseline(python: str, tree: str) -> Callable[[str], list[str]]:
-    """Another checkout (``--baseline``), as launchers ran it before: ``python3 -I``."""
-    subprocess.run([python, "-m", "compileall", "-q", os.path.join(tree, "passt")], check=True)
-    return lambda program: [python, "-I", "-c", f"import sys; sys.path.insert(0, {tree!r}); "
-                            f"from passt.cli import main_{program}; main_{program}()"]
-
-
-def launcher(python: str, numpy: bool = True) -> Callable[[str], list[str]]:
-    """Our programs' argv prefixes, as tools/installtree.py's launchers run them
-    (without the site directories if not ``numpy``: where it is not installed)."""
+def launcher(python: str, numpy: bool = True, tree: str = ROOT) -> Callable[[str], list[str]]:
+    """Our programs' argv prefixes, as tools/installtree.py's launchers run them, the
+    package from ``tree`` (without the site directories if not ``numpy``: where it
+    is not installed)."""
     site = subprocess.run([python, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
                           capture_output=True, text=True, check=True).stdout
     nosite = subprocess.run([python, "-IS", "-c", "import sys, json; print(json.dumps(sys.path))"],
                             capture_output=True, text=True, check=True).stdout
     extra = [p for p in eval(site) if p not in eval(nosite)] if numpy else []  # noqa: S307
-    subprocess.run([python, "-m", "compileall", "-q", os.path.join(ROOT, "passt")], check=True)
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(tree, "passt")], check=True)
     return lambda program: [python, "-IS", "-c",
                             f"import gc; gc.disable(); import sys; sys.path += {extra!r}; "
-                            f"sys.path.insert(0, {ROOT!r}); "
+                            f"sys.path.insert(0, {tree!r}); "
                             f"from passt.cli import main_{program}; main_{program}()"]
 
 
@@ -273,6 +269,25 @@ CELLS: dict[str, Callable[[Subject, World], dict[str, float]]] = {
 }
 
 
+def table(results: dict[tuple[str, str], dict[str, list[float]]], names: list[str]) -> list[str]:
+    """Medians (min-max) per subject; ours / upstream, ours / before and in how many
+    rounds ours was lower (better, for every figure here) than before."""
+    ratios = [name for name in ("upstream", "before") if name in names]
+    lines = [f"{'cell':20} " + " ".join(f"{name + ' (median, min-max)':26}" for name in names)
+             + "".join(f" ours/{name[:2]}" for name in ratios)
+             + (" ours better" if "before" in names else "")]
+    for (cell, key), by in results.items():
+        med = {name: statistics.median(values) for name, values in by.items()}
+        text = {name: f"{med[name]:.1f} ({min(v):.1f}-{max(v):.1f})" for name, v in by.items()}
+        line = (f"{cell + ' ' + key:20} " + " ".join(f"{text[name]:26}" for name in names)
+                + "".join(f" {med['ours'] / med[name]:7.2f}" for name in ratios))
+        if "before" in names:
+            won = sum(a < b for a, b in zip(by["ours"], by["before"], strict=True))
+            line += f" {won:4}/{len(by['ours'])}"
+        lines.append(line)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9)
@@ -281,35 +296,33 @@ def main() -> int:
     parser.add_argument("--without-numpy", action="store_true",
                         help="also measure ours where NumPy is not installed")
     parser.add_argument("--baseline", metavar="TREE",
-                        help="also measure the checkout TREE, as its launchers ran it (-I)")
+                        help="also measure the checkout TREE (another commit's worktree)")
+    parser.add_argument("--no-upstream", action="store_true", help="leave upstream out")
     args = parser.parse_args()
-    subjects = [Subject("ours", launcher(args.python)), Subject("upstream", upstream)]
+    subjects = [Subject("ours", launcher(args.python))]
+    if not args.no_upstream:
+        subjects.append(Subject("upstream", upstream))
     if args.without_numpy:
         subjects.append(Subject("no-numpy", launcher(args.python, numpy=False)))
     if args.baseline:
-        subjects.append(Subject("before", baseline(args.python, args.baseline)))
+        subjects.append(Subject("before", launcher(args.python, tree=args.baseline)))
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     workdir = tempfile.mkdtemp(prefix="startup-")
     world = World("startup", workdir).create()
     try:
         for cell in args.only.split(","):
             runs = args.runs if cell != "memory" else max(1, args.runs // 3)
-            for _ in range(runs):
-                for subject in subjects:
+            for index in range(runs):  # a rotating order: drift falls on every subject
+                shift = index % len(subjects)
+                for subject in subjects[shift:] + subjects[:shift]:
                     for key, value in CELLS[cell](subject, world).items():
                         results.setdefault((cell, key), {}).setdefault(subject.name, []).append(
                             value)
     finally:
         world.destroy()
         subprocess.run(["rm", "-rf", workdir], timeout=20)
-    names = [subject.name for subject in subjects]
-    print(f"{'cell':20} " + " ".join(f"{name + ' (median, min-max)':26}" for name in names)
-          + " ours/up")
-    for (cell, key), by in results.items():
-        med = {name: statistics.median(values) for name, values in by.items()}
-        text = {name: f"{med[name]:.1f} ({min(v):.1f}-{max(v):.1f})" for name, v in by.items()}
-        print(f"{cell + ' ' + key:20} " + " ".join(f"{text[name]:26}" for name in names)
-              + f" {med['ours'] / med['upstream']:.2f}")
+    for line in table(results, [subject.name for subject in subjects]):
+        print(line)
     print(f"runs {args.runs}, python {args.python}, load {os.getloadavg()[0]:.2f}, "
           f"self maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
     return 0

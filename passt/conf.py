@@ -64,7 +64,6 @@ import pwd
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from passt import __version__
@@ -76,6 +75,7 @@ from passt.ports import (
     shown,
     valid_ifname,
 )
+from passt.record import field, record
 
 __all__ = ["Conf", "ConfError", "OptionSpec", "OPTIONS", "parse", "help_text", "version_text",
            "MODES"]
@@ -105,7 +105,7 @@ _DECIMAL = re.compile(r"[0-9]+")
 # -- the option table ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class OptionSpec:
     """One command-line option: names, argument, programs, help.
 
@@ -380,7 +380,7 @@ def _check_mode(mode: str) -> None:
 # -- the result -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Conf:
     """What the command line says, checked and typed; see the module notes.
 

@@ -7,7 +7,7 @@ with one mutable object, so that handlers reach the configuration, the host's
 addresses, the event loop, the flow table, the tap side and the counters
 without globals, and tests can build a context with just what they need.
 
-It is a slotted dataclass: attribute access is fast on hot paths and a typo
+It is a slotted record (``passt.record``): attribute access is fast on hot paths and a typo
 (``ctx.tpc = ...``) fails loudly instead of creating a new attribute.  That
 is why each protocol handler's own state has a named field here (``ctx.tcp``,
 ``ctx.udp``...), set by that handler's initialisation: handlers that need
@@ -33,10 +33,10 @@ and why, ``tap.frames_in`` / ``tap.frames_out``, and whatever handlers add.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from passt.flow.table import FlowTable
+from passt.record import field, record
 
 if TYPE_CHECKING:
     from passt.backends.base import TapBackend
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 BROADCAST_MAC = b"\xff" * 6
 
 
-@dataclass(slots=True, eq=False)
+@record(slots=True, eq=False)
 class Ctx:
     """Runtime state: configuration, host network, loop, flows, tap side."""
 

@@ -72,9 +72,9 @@ segments; the data offset follows.  ``payload`` is any buffer, typically a
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
+from passt.record import NamedTuple
 
 # Ethertypes and IP protocol numbers.
 ETH_HLEN = 14

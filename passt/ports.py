@@ -59,7 +59,8 @@ import re
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+
+from passt.record import field, record
 
 __all__ = [
     "ConfError", "PortRange", "PortFwd", "parse_port_spec", "merge_port_fwds",
@@ -110,7 +111,7 @@ def valid_ifname(name: str) -> bool:
     return not any(c in name for c in "/:\0") and not any(c.isspace() for c in name)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PortRange:
     """Ports ``first``..``last`` forwarded to ``target``..``target + last - first``."""
 
@@ -131,7 +132,7 @@ class PortRange:
         return port - self.first + self.target
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PortFwd:
     """One direction of one protocol: what to forward, where, and with which target.
 

@@ -51,11 +51,11 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
 from passt import log
+from passt.record import field, record
 
 HEADER = struct.Struct("<III")
 HEADER_SIZE = HEADER.size
@@ -126,7 +126,7 @@ class ProtocolError(Exception):
     """A message the session cannot follow; one line."""
 
 
-@dataclass
+@record
 class Message:
     request: int
     flags: int
@@ -134,7 +134,7 @@ class Message:
     fds: list[int] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegionInfo:
     gpa: int
     size: int
@@ -142,7 +142,7 @@ class RegionInfo:
     mmap_offset: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RingAddresses:
     desc: int
     used: int

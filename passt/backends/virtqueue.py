@@ -71,9 +71,9 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from passt import log
+from passt.record import record
 
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
@@ -115,7 +115,7 @@ def full_barrier() -> None:
     _FENCE.release()
 
 
-@dataclass
+@record
 class Region:
     """One memory region: guest-physical and QEMU-virtual start, size, our view."""
 

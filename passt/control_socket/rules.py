@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
 
 from passt.ports import NUM_PORTS, ConfError, PortFwd, parse_port_spec
+from passt.record import field, record
 
 PIF_NONE = 0
 PIF_HOST = 1
@@ -81,7 +81,7 @@ def plain(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6
     return addr.ipv4_mapped or addr
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Rule:
     """``struct fwd_rule``: ports ``first``-``last`` of ``proto`` go to ``to``... ."""
 
@@ -143,7 +143,7 @@ class Rule:
         return not (self.last < other.first or other.last < self.first)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Table:
     """The rules of one pif, and what that pif can forward (``CAP_*``)."""
 

@@ -28,7 +28,6 @@ larger than the largest valid request (``ProtocolError``).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from passt.control_socket.rules import (
     MAX_FWD_RULES,
@@ -38,6 +37,7 @@ from passt.control_socket.rules import (
     Rule,
     RuleError,
 )
+from passt.record import record
 
 MAGIC = b"basil:s\0"
 REPLY_MAGIC = b"basil:r\0"
@@ -58,7 +58,7 @@ class ProtocolError(Exception):
     """A message that does not follow the protocol; ``str(e)`` says how."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PifTable:
     """One table as the server shows it."""
 
@@ -68,7 +68,7 @@ class PifTable:
     rules: tuple[Rule, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Reply:
     """Our server's answer to a request (extension)."""
 

@@ -55,7 +55,6 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from passt import buffers, log
@@ -63,6 +62,7 @@ from passt import loop as ev
 from passt.flow.table import SockAddr
 from passt.host import rtnl
 from passt.ports import PortFwd
+from passt.record import record
 
 NsCall = Callable[..., Any]
 
@@ -100,7 +100,7 @@ def is_loopback(addr: str) -> bool:
 # -- what to listen on ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Listen:
     """One socket to open: protocol, side, family, bind address, port, interface."""
 
@@ -158,7 +158,7 @@ def open_listen_socket(listen: Listen, backlog: int = 128, freebind: bool = Fals
 # -- dispatch -------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Handlers:
     """Who takes what a listener receives; ``None`` means nobody (drop)."""
 
@@ -382,7 +382,7 @@ def read_proc_file(fd: int) -> str:
     return b"".join(chunks).decode("ascii", "replace")
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class AutoRule:
     """One ``auto`` direction: ``proto`` listeners on ``origin`` follow the other side.
 

@@ -35,8 +35,9 @@ forwarding (``--dns-forward``) stays with UDP, which checks it first.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Any
+
+from passt.record import record
 
 __all__ = ["AddressMapping", "LOOPBACK4", "LOOPBACK6", "outbound_addresses", "packed"]
 
@@ -72,7 +73,7 @@ def is_loopback(addr: bytes) -> bool:
     return addr[0] == 127 if len(addr) == 4 else addr == LOOPBACK6
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class AddressMapping:
     """Per address length (4, 16): what stands for the host's loopback, what for
     the host's own address, and the fallback source; see the module notes."""

@@ -55,13 +55,13 @@ address whose subnet contains the given address, else the classful default
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any, NamedTuple
+from typing import Any
 
 from passt import log
 from passt.errors import StartupError
 from passt.host import rtnl
+from passt.record import NamedTuple, field, record
 
 DEFAULT_MTU = 65520
 RESOLV_CONF = "/etc/resolv.conf"
@@ -110,7 +110,7 @@ class Route(NamedTuple):
     metric: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostSnapshot:
     """The host's links, addresses and main-table default routes."""
 
@@ -120,13 +120,13 @@ class HostSnapshot:
     other_routes: tuple[Route, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resolv:
     nameservers: tuple[IPAddress, ...] = ()
     search: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Overrides:
     """The options that shape ``NetInfo``, in the types ``pick`` wants.
 
@@ -160,7 +160,7 @@ class Overrides:
     copy_routes: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetInfo:
     """Addresses and identity we present to the guest or namespace.
 

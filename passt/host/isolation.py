@@ -86,11 +86,11 @@ import importlib
 import os
 import pwd
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from passt import log
 from passt.host import seccomp
+from passt.record import record
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -179,7 +179,7 @@ IOCTLS = (0x5411, 0x541B, 0x5421, 0x5450, 0x5451, 0x8933, 0x894B)
 # -- what to do ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     """Isolation steps for one run (pure data, decided by ``plan``)."""
 
@@ -362,7 +362,7 @@ def _check_threads(runner: Any) -> None:
     """Per-thread steps reach the main thread and the runner: refuse if there are others."""
     known = {threading.get_native_id()}
     if runner is not None:
-        known.add(runner.call(threading.get_native_id))
+        known.add(runner.native_id)
     others = thread_ids() - known
     if others:
         raise IsolationError(0, f"Unexpected threads {sorted(others)}: can't isolate them")

@@ -45,7 +45,8 @@ import socket
 import struct
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import NamedTuple
+
+from passt.record import NamedTuple
 
 NETLINK_ROUTE = 0
 NETLINK_SOCK_DIAG = 4

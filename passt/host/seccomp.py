@@ -59,7 +59,8 @@ import ctypes
 import os
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from passt.record import record
 
 # Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
 BPF_LD_W_ABS = 0x20  # A = *(u32 *)(data + k)
@@ -172,7 +173,7 @@ SYSCALLS_X86_64: Mapping[str, int] = _table(_X86_64)
 SYSCALLS_AARCH64: Mapping[str, int] = _table(_AARCH64)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Arch:
     """One architecture's audit value and system call table."""
 

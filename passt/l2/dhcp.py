@@ -50,11 +50,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from passt.checksum import Buffer
 from passt.l2.common import answer, encode_domain_names, made_on_first_use
 from passt.packet import Packet, ParseError, build_frame_udp, parse_udp
+from passt.record import NamedTuple
 
 if TYPE_CHECKING:
     from passt.context import Ctx

@@ -52,7 +52,8 @@ not decode whole.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+
+from passt.record import field, record
 
 MAGIC = 0xB1BB1D1B0BB1D1B0
 VERSION = 2  # upstream's v1 had the MSS in the wrong byte order: not supported there either
@@ -85,7 +86,7 @@ class StateError(ValueError):
     """A device state stream we cannot take; one line."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FlowSide:
     """One side of a flow, as upstream's ``struct flowside``: 16-byte addresses."""
 
@@ -95,7 +96,7 @@ class FlowSide:
     eport: int
 
 
-@dataclass
+@record
 class TcpFlowRecord:
     """A connection's flow and its translation toward the guest (``tcp_tap_transfer``)."""
 
@@ -122,7 +123,7 @@ class TcpFlowRecord:
         return self.sides[self.pif.index(pif)]
 
 
-@dataclass
+@record
 class TcpSocketRecord:
     """The host socket in repair mode (``tcp_tap_transfer_ext``) and its queues."""
 
@@ -144,7 +145,7 @@ class TcpSocketRecord:
     recv_queue: bytes = b""
 
 
-@dataclass
+@record
 class DeviceState:
     """Everything the stream carries."""
 

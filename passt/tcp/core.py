@@ -144,9 +144,8 @@ doc/performance.md, "Per-packet levers", for the end-to-end figures
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from passt.packet import ACK, FIN, PSH, RST, SYN, TcpSegment, tcp_options
+from passt.record import NamedTuple
 
 SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ from passt.checksum import Buffer
 from passt.context import Ctx
 from passt.host.hostnet import NetInfo
 from passt.packet import parse_frame
+from passt.record import replace
 
 OUR_MAC = bytes.fromhex("d2507aa1322c")
 GUEST_MAC = bytes.fromhex("4a0c5ab381ac")

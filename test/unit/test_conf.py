@@ -14,6 +14,7 @@ import passt
 from passt import conf
 from passt.conf import OPTIONS, Conf, ConfError, parse
 from passt.ports import PortFwd
+from passt.record import fields
 
 MODES = ("passt", "pasta")
 
@@ -156,7 +157,7 @@ def test_each_option_in_each_form(mode, long, argv):
         assert got == expected
     # and nothing else moved from the defaults
     defaults = parse(mode, [])
-    changed = {f for f in Conf.__dataclass_fields__
+    changed = {f for f in fields(Conf)
                if getattr(parse(mode, argv), f) != getattr(defaults, f)}
     assert changed <= {field, *IMPLIED.get(long, ())}
 

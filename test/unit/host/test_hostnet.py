@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -27,6 +26,7 @@ from passt.host.hostnet import (
     Resolv,
     pick,
 )
+from passt.record import replace
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 

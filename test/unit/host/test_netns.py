@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import threading
-from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -22,6 +21,7 @@ from passt.conf import parse
 from passt.host import netns
 from passt.host.hostnet import NetInfo
 from passt.host.netns import NetnsError, NsRunner, Target
+from passt.record import replace
 
 
 def target(*argv: str, env: dict[str, str] | None = None) -> Target:
