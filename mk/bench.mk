@@ -22,6 +22,8 @@
 #                        no other program to wake: steady to a few per
 #                        cent, where bench-ab cannot see 10 %
 #                        (INPROC_ARGS: '--only rr --profile', see --help)
+#   bench/core_prediction.py  the TCP core alone per guest segment, header
+#                        prediction on against off (passt/tcp/core.py)
 #
 # The passt vhost-user rows (passt_vu_guest_host, passt_vu_host_guest) put ours
 # over --vhost-user next to upstream 2026's vhost-user (make upstream-2026; left
@@ -62,6 +64,7 @@ bench-sidebyside: deps bench-deps guest qemu10
 bench-smoke: deps guest qemu10
 	timeout 400 $(PYTHON) bench/sidebyside.py --smoke --out $(BUILD)/bench-smoke
 	timeout 60 $(PYTHON) bench/inproc_rr.py --exchanges 200 --connections 20 --repeat 1
+	timeout 60 $(PYTHON) bench/core_prediction.py --repeat 1
 
 bench-profile: deps bench-deps guest
 	$(PYTHON) bench/hotspots.py --out $(BENCH_OUT)/profile $(BENCH_ARGS)

@@ -5,7 +5,8 @@
 #
 #   make mypyc         build it (about a minute; cached by source hash)
 #   make check-mypyc   build it, then check that the compiled modules load and
-#                      pass the TCP core's unit tests (part of `make check`)
+#                      pass the TCP core's unit tests, header prediction's
+#                      differential test included (part of `make check`)
 #   make bench-ab AB_ARGS='--mypyc build/mypyc --only tcp_rr_tap,tcp_crr_tap'
 #                      pure Python against the build, alternately
 #
@@ -21,6 +22,7 @@ mypyc: deps
 
 check-mypyc: mypyc
 	PASST_MYPYC=$(abspath $(MYPYC_OUT)) $(PYTEST) -q -p no:cacheprovider \
-		test/unit/test_compiled.py test/unit/tcp/test_tcp_core.py test/unit/tcp/test_tcp_core_sim.py
+		test/unit/test_compiled.py test/unit/tcp/test_tcp_core.py test/unit/tcp/test_tcp_core_sim.py \
+		test/unit/tcp/test_tcp_core_fastpath.py
 
 CHECK_PREREQS += check-mypyc
