@@ -26,7 +26,9 @@ before isolation, after which its files could no longer be opened; until
 then ``_sum_large`` is a stand-in that loads it, and loading rebinds
 ``_sum_large`` to the NumPy sum: the hot path pays nothing for the laziness.
 Only NumPy's compiled core is loaded, not the package (``numpy_core``): a
-quarter of the time and of the memory.
+quarter of the time and of the memory.  pasta, whose TCP and UDP payloads
+to the namespace leave their checksums to the namespace's kernel, does not
+load it at all (``without_numpy()``): what it still sums is small.
 
 NumPy is optional (the Debian package only recommends it): where it is not
 installed, loading rebinds ``_sum_large`` to the pure-Python sum, the same
@@ -82,6 +84,14 @@ def _sum_small(data: Buffer, length: int) -> int:
     if length & 1:
         value <<= 8  # pad the odd trailing byte with a zero byte
     return _reduce(value)
+
+
+def without_numpy() -> None:
+    """Keep large sums in pure Python and never load NumPy: for a process that
+    hardly sums payloads (pasta with partial checksums, ``Ctx.partial_csum``),
+    whose rare large sums are not worth NumPy's memory and start-up."""
+    global _sum_large
+    _sum_large = _sum_small
 
 
 def load_numpy() -> bool:

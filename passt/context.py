@@ -20,11 +20,13 @@ guest is connected (passt before QEMU connects, or between connections).
 frames sent before the guest spoke reach it; the tap dispatcher updates it
 from the source address of the guest's frames.
 
-``tcp_csum_partial``: TCP frames to the guest carry a partial checksum
-(the pseudo-header's sum alone), and the backend tells the other side to
-complete it (pasta's tap with ``IFF_VNET_HDR``: ``NEEDS_CSUM``): no pass
-over the payload per segment, ours or the namespace's.  Never while
-capturing: a capture shows complete checksums.
+``partial_csum``: TCP frames, and UDP frames over IPv6, to the guest carry
+a partial checksum (the pseudo-header's sum alone), and the backend tells
+the other side to complete it (pasta's tap with ``IFF_VNET_HDR``:
+``NEEDS_CSUM``): no pass over the payload per segment, ours or the
+namespace's, and no NumPy loaded (``checksum.without_numpy``): what we
+still sum, ICMP and the L2 answers, is small.  Never while capturing: a
+capture shows complete checksums.
 
 ``stats`` counts events by name: ``drop.<reason>`` for every frame dropped
 and why, ``tap.frames_in`` / ``tap.frames_out``, and whatever handlers add.
@@ -58,7 +60,7 @@ class Ctx:
     stats: Counter[str] = field(default_factory=Counter)
     pcap: Pcap | None = None
     guest_mac: bytes = BROADCAST_MAC
-    tcp_csum_partial: bool = False
+    partial_csum: bool = False
 
     # Per-handler state, set by each handler's initialisation.
     arp: Any = None

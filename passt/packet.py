@@ -501,9 +501,14 @@ def _tcp_header(
     return _TCP.pack(sport, dport, seq, ack, off_flags, window, csum, 0) + options
 
 
-def _udp_header(src: bytes, dst: bytes, sport: int, dport: int, payload: Buffer) -> bytes:
+def _udp_header(src: bytes, dst: bytes, sport: int, dport: int, payload: Buffer,
+                partial: bool = False) -> bytes:
+    """``partial``: the pseudo-header's sum alone, for the receiver to complete."""
     length = 8 + len(payload)
-    acc = pseudo_sum(src, dst, IPPROTO_UDP, length) + sport + dport + length
+    pseudo = pseudo_sum(src, dst, IPPROTO_UDP, length)
+    if partial:
+        return _UDP.pack(sport, dport, length, 0xFFFF ^ csum_fold(pseudo))
+    acc = pseudo + sport + dport + length
     if payload:
         acc = csum_partial(payload, acc)
     return _UDP.pack(sport, dport, length, csum_fold(acc) or 0xFFFF)  # 0 means "no checksum"
@@ -652,10 +657,11 @@ def build_frame_tcp(
 
 def build_frame_udp(
     eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, sport: int, dport: int,
-    payload: Buffer = b"", *, ttl: int = 64,
+    payload: Buffer = b"", *, ttl: int = 64, partial_csum: bool = False,
 ) -> bytes:  # fmt: skip
-    """A whole UDP frame, IPv4 or IPv6 by the length of ``src``."""
-    header = _udp_header(src, dst, sport, dport, payload)
+    """A whole UDP frame, IPv4 or IPv6 by the length of ``src``; ``partial_csum``:
+    the checksum field holds the pseudo-header's sum alone (``Ctx.partial_csum``)."""
+    header = _udp_header(src, dst, sport, dport, payload, partial_csum)
     return _frame(eth_dst, eth_src, src, dst, IPPROTO_UDP, header, payload, ttl)
 
 
@@ -694,7 +700,7 @@ class TcpFrameTemplate:
         *, ttl: int = 64, partial_csum: bool = False,
     ) -> None:  # fmt: skip
         """``partial_csum``: the TCP checksum field holds the pseudo-header's sum
-        alone, for a receiver told to complete it (``Ctx.tcp_csum_partial``)."""
+        alone, for a receiver told to complete it (``Ctx.partial_csum``)."""
         self._partial = partial_csum
         self._ipv4 = len(src) == 4
         self._header = build_frame_tcp(

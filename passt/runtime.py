@@ -189,14 +189,17 @@ def run_pasta(conf: Any) -> int:
         stop_on_signals(rt.loop)
         rt.ctx.netns = ns
         rt._cleanups.append(ns.teardown)
-        rt.ctx.tcp_csum_partial = PASTA_VNET_HDR and rt.pcap is None
+        rt.ctx.partial_csum = PASTA_VNET_HDR and rt.pcap is None
         rt.start_handlers(ns.runner.call)
         assert rt.dispatcher is not None
         rt.dispatcher.attach(TunTap(ns.tap_fd, vnet_hdr=PASTA_VNET_HDR,
-                                    tcp_csum_partial=rt.ctx.tcp_csum_partial, owns_fd=False))
+                                    partial_csum=rt.ctx.partial_csum, owns_fd=False))
         readiness.ready()
         ns.start_command()
-        checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
+        if rt.ctx.partial_csum:
+            checksum.without_numpy()
+        else:
+            checksum.load_numpy()  # after readiness (not on start-up's path), before isolation
         isolation.isolate(conf, "pasta", ns.runner, ns.child_pid is not None)  # stage 7
         return rt.run_loop()
     finally:

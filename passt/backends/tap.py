@@ -29,10 +29,13 @@ one after the other (``FileIO.readinto``); the header is ignored.  Writes
 are one ``writev`` of an all-zero header (a plain frame, checksums
 complete) and the frame.
 
-Our TCP frames (``tcp_csum_partial``, set with ``Ctx.tcp_csum_partial``)
-go out with ``NEEDS_CSUM``: their checksum field holds the pseudo-header's
-sum alone (``TcpFrameTemplate(partial_csum=True)``) and the header says
-where the TCP header starts and where its checksum is.  The namespace's
+Our TCP frames, and our UDP frames over IPv6 (``partial_csum``, set with
+``Ctx.partial_csum``), go out with ``NEEDS_CSUM``: their checksum field
+holds the pseudo-header's sum alone (``TcpFrameTemplate`` and
+``UdpFrameTemplate`` with ``partial_csum``, the DHCPv6 server's replies)
+and the header says where the TCP or UDP header starts and where its
+checksum is.  (UDP over IPv4 carries no checksum, as upstream sends it, or
+a complete one: an all-zero header.)  The namespace's
 kernel then takes the frame as "checksum partial", which its stack
 delivers locally without summing the payload, as it does for loopback
 traffic, and completes if it forwards the frame (a bridge in a rootless
@@ -75,9 +78,12 @@ def _needs_csum(l4_offset: int, csum_offset: int) -> bytes:
 
 
 TCP_CSUM_OFFSET = 16
+UDP_CSUM_OFFSET = 6
 TCP4_HEADER = _needs_csum(14 + 20, TCP_CSUM_OFFSET)  # Ethernet, IPv4 without options
 TCP6_HEADER = _needs_csum(14 + 40, TCP_CSUM_OFFSET)  # Ethernet, IPv6 without extensions
+UDP6_HEADER = _needs_csum(14 + 40, UDP_CSUM_OFFSET)
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 PASTA_VNET_HDR = True  # how pasta opens its tap and reads and writes it
 IFNAMSIZ = 16
 FRAME_MAX = 65535 + 14  # largest MTU a tap takes, plus the Ethernet header
@@ -126,13 +132,13 @@ class TunTap:
     """
 
     def __init__(self, fd: int, batch: int = RECV_BATCH, frame_max: int = FRAME_MAX,
-                 vnet_hdr: bool = False, tcp_csum_partial: bool = False,
+                 vnet_hdr: bool = False, partial_csum: bool = False,
                  owns_fd: bool = True) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
         self._owns_fd = owns_fd
         self._hdr_len = VNET_HDR_LEN if vnet_hdr else 0
-        self._tcp_partial = vnet_hdr and tcp_csum_partial
+        self._partial = vnet_hdr and partial_csum
         # One read a frame, header and frame into one buffer: FileIO.readinto
         # costs less than a readv of two buffers (0.33 against 0.59 µs a call).
         self._file = io.FileIO(fd, "r", closefd=False)
@@ -158,7 +164,7 @@ class TunTap:
         fd = self._fd
         sent = 0
         try:
-            if self._tcp_partial:
+            if self._partial:
                 writev = os.writev
                 for frame in frames:
                     writev(fd, (_tx_header(frame), frame))
@@ -186,11 +192,14 @@ class TunTap:
         self._fd = -1
 
 
+_PARTIAL_IPV6 = {IPPROTO_TCP: TCP6_HEADER, IPPROTO_UDP: UDP6_HEADER}
+
+
 def _tx_header(frame: Buffer) -> bytes:
-    """The virtio-net header of one of our frames when TCP checksums are partial."""
+    """The virtio-net header of one of our frames when checksums are partial."""
     ethertype = frame[12:14]
     if ethertype == b"\x08\x00":
         return TCP4_HEADER if frame[23] == IPPROTO_TCP else TX_HEADER
     if ethertype == b"\x86\xdd":
-        return TCP6_HEADER if frame[20] == IPPROTO_TCP else TX_HEADER
+        return _PARTIAL_IPV6.get(frame[20], TX_HEADER)
     return TX_HEADER

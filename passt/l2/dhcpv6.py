@@ -138,11 +138,16 @@ def status(code: int, message: str) -> bytes:
 
 
 class Dhcpv6Server:
-    """Answers for one guest address (see the module docstring); no I/O."""
+    """Answers for one guest address (see the module docstring); no I/O.
 
-    def __init__(self, net: NetInfo) -> None:
+    ``partial_csum``: replies carry the UDP checksum partial, as every IPv6
+    UDP frame to the guest then does (``Ctx.partial_csum``).
+    """
+
+    def __init__(self, net: NetInfo, partial_csum: bool = False) -> None:
         if net.addr6 is None:
             raise ValueError("DHCPv6 needs an IPv6 address for the guest")
+        self.partial_csum = partial_csum
         self.mac = net.mac
         self.source = router_address(net)
         self.address = net.addr6.packed
@@ -182,7 +187,8 @@ class Dhcpv6Server:
             option(OPT_CLIENTID, bytes(client_id)), body, self.config,
         ))  # fmt: skip
         frame = build_frame_udp(
-            eth_src, self.mac, self.source, src, SERVER_PORT, sport, payload, ttl=REPLY_TTL
+            eth_src, self.mac, self.source, src, SERVER_PORT, sport, payload, ttl=REPLY_TTL,
+            partial_csum=self.partial_csum,
         )
         return frame, reply_type
 
@@ -236,7 +242,7 @@ _REPLY_NAMES = {ADVERTISE: "advertise", REPLY: "reply"}
 
 def init(ctx: Ctx) -> Dhcpv6Server | None:
     """Build the server from ``ctx.net`` into ``ctx.dhcpv6`` (``None`` without IPv6)."""
-    server = Dhcpv6Server(ctx.net) if ctx.net.addr6 is not None else None
+    server = Dhcpv6Server(ctx.net, ctx.partial_csum) if ctx.net.addr6 is not None else None
     ctx.dhcpv6 = server
     return server
 

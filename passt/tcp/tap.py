@@ -357,7 +357,7 @@ def _template(ctx: Ctx, key: TapKey) -> TcpFrameTemplate:
     state: TcpState = ctx.tcp
     return TcpFrameTemplate(
         ctx.guest_mac, state.our_mac, remote_addr, guest_addr, remote_port, guest_port,
-        partial_csum=ctx.tcp_csum_partial,
+        partial_csum=ctx.partial_csum,
     )
 
 
@@ -908,7 +908,7 @@ def _reply_rst(ctx: Ctx, pkt: Packet, seg: Any) -> None:
     flags, seq, ack = answer
     state: TcpState = ctx.tcp
     tpl = TcpFrameTemplate(ctx.guest_mac, state.our_mac, pkt.dst, pkt.src, seg.dport, seg.sport,
-                           partial_csum=ctx.tcp_csum_partial)
+                           partial_csum=ctx.partial_csum)
     state.out.append(tpl.build(seq, ack, flags, 0))
 
 

@@ -221,21 +221,27 @@ class UdpFrameTemplate:
     datagram only the lengths and the payload are added.  Over IPv4 the UDP
     checksum is optional (zero: none), and, as upstream, we leave it out:
     the frame goes from memory to memory, and summing 64 KiB costs more
-    than the rest of the frame.  IPv6 requires it.
+    than the rest of the frame.  IPv6 requires it: with ``partial_csum``
+    (``Ctx.partial_csum``) the field holds the pseudo-header's sum alone and
+    the device completes it, as for TCP, so the payload is never summed.
     """
 
-    __slots__ = ("header", "hlen", "v4", "ip_acc", "udp_acc")
+    __slots__ = ("header", "hlen", "v4", "ip_acc", "udp_acc", "pseudo", "partial")
 
     def __init__(self, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes,
-                 sport: int, dport: int, *, ttl: int = REPLY_TTL) -> None:
-        self.header = build_frame_udp(eth_dst, eth_src, src, dst, sport, dport, ttl=ttl)
+                 sport: int, dport: int, *, ttl: int = REPLY_TTL,
+                 partial_csum: bool = False) -> None:
+        self.header = build_frame_udp(eth_dst, eth_src, src, dst, sport, dport, ttl=ttl,
+                                      partial_csum=partial_csum)
         self.hlen = len(self.header)
         self.v4 = len(src) == 4
+        self.partial = partial_csum
         ip_header = bytearray(self.header[ETH_HLEN : self.hlen - _UDP_HLEN])
         if self.v4:
             ip_header[2:4] = ip_header[10:12] = b"\0\0"  # total length, checksum
         self.ip_acc = csum_partial(ip_header)
-        self.udp_acc = pseudo_sum(src, dst, IPPROTO_UDP, 0) + sport + dport
+        self.pseudo = pseudo_sum(src, dst, IPPROTO_UDP, 0)
+        self.udp_acc = self.pseudo + sport + dport
 
     def _patch(self, buf: bytearray | memoryview, off: int, payload: Buffer) -> None:
         """Lengths and checksums of the headers at ``buf[off:]`` for ``payload``."""
@@ -247,6 +253,10 @@ class UdpFrameTemplate:
             _U16x2.pack_into(buf, off + self.hlen - 4, udp_len, 0)  # no checksum: see above
             return
         _U16.pack_into(buf, off + ETH_HLEN + 4, udp_len)
+        if self.partial:  # the sum, not its complement: the device adds the rest
+            _U16x2.pack_into(buf, off + self.hlen - 4, udp_len,
+                             0xFFFF ^ csum_fold(self.pseudo + udp_len))
+            return
         acc = self.udp_acc + 2 * udp_len  # the pseudo-header's length and the header's
         if payload:
             acc = csum_partial(payload, acc)
@@ -506,9 +516,7 @@ class UdpState:
         ctx = self.ctx
         loop = ctx.loop
         assert loop is not None
-        _, guest, gport, remote, rport = key
-        tpl = UdpFrameTemplate(ctx.guest_mac, self.our_mac, remote, guest, rport, gport)
-        flow = UdpFlow(key, sock, dest, tpl, loop.now())
+        flow = UdpFlow(key, sock, dest, self._template(key), loop.now())
         try:
             ctx.flows.add(key, flow)
         except FlowTableFull:
@@ -651,12 +659,16 @@ class UdpState:
         if log.DEBUG:
             log.debug("udp: %r closed", flow)
 
+    def _template(self, key: FlowKey) -> UdpFrameTemplate:
+        """The headers of the frames to the guest of the flow ``key``."""
+        _, guest, gport, remote, rport = key
+        return UdpFrameTemplate(self.ctx.guest_mac, self.our_mac, remote, guest, rport, gport,
+                                partial_csum=self.ctx.partial_csum)
+
     def rebuild_templates(self) -> None:
         """The guest's MAC changed: new headers for every flow."""
         for flow in self.flows.values():
-            _, guest, gport, remote, rport = flow.key
-            flow.tpl = UdpFrameTemplate(self.ctx.guest_mac, self.our_mac, remote, guest,
-                                        rport, gport)
+            flow.tpl = self._template(flow.key)
 
     def close(self) -> None:
         """Close every flow and stop the timers (at exit, and in tests)."""

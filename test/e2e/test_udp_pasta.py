@@ -289,6 +289,17 @@ def test_echo_to_the_remote_world_keeps_the_guests_address_and_port(setup: Setup
     assert (address, sport) == (HOST[version], client.getsockname()[1])
 
 
+def test_pasta_leaves_ipv6_checksums_to_the_namespace_and_loads_no_numpy(setup: Setup) -> None:
+    """With partial checksums (the tap's NEEDS_CSUM) pasta sums no payload: large
+    IPv6 datagrams go both ways, and NumPy is never mapped."""
+    server = udp_socket(setup.remote, 6, REMOTE[6])
+    client = udp_socket(setup.inside, 6)
+    echo_round_trips(client, server, (REMOTE[6], server.getsockname()[1]), SIZES)
+    with open(f"/proc/{setup.pasta.proc.pid}/maps") as maps:
+        mapped = maps.read()
+    assert "python" in mapped and "numpy" not in mapped
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_gateway_reaches_the_hosts_loopback(setup: Setup, version: int) -> None:
     server = udp_socket(setup.host, version, LOOPBACK[version])

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from passt.checksum import Buffer
+from passt.checksum import Buffer, csum_fold, csum_partial
 from passt.context import Ctx
 from passt.host.hostnet import NetInfo
 from passt.packet import parse_frame
@@ -102,3 +102,12 @@ def feed(ctx: Ctx, handler: Any, frame: bytes) -> list[bytes]:
 
 def drops(ctx: Ctx) -> dict[str, int]:
     return {k: v for k, v in ctx.stats.items() if k.startswith("drop.") and v}
+
+
+def completed_as_a_device_would(frame: Buffer, l4_offset: int, csum_offset: int) -> bytes:
+    """``frame`` with its partial checksum completed as a device told ``NEEDS_CSUM``
+    completes it: the sum from the L4 header on, its complement stored."""
+    done = bytearray(frame)
+    at = l4_offset + csum_offset
+    done[at : at + 2] = csum_fold(csum_partial(done[l4_offset:])).to_bytes(2, "big")
+    return bytes(done)

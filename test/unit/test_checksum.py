@@ -148,3 +148,14 @@ def test_a_numpy_whose_core_cannot_be_loaded_alone_is_imported_whole() -> None:
         "if name.endswith('_multiarray_umath') else real(name); "
         "core = cs.numpy_core(); import numpy; assert core is numpy and sys.modules['numpy'] "
         "is numpy; print('ok')")
+
+
+def test_without_numpy_keeps_large_sums_in_python_and_never_loads_it() -> None:
+    """pasta with partial checksums: no NumPy, and large sums still right."""
+    out = subprocess.run([sys.executable, "-c",
+        "import sys; from passt import checksum as cs; cs.without_numpy(); "
+        "data = bytes(range(256)) * 256; assert cs._sum_large is cs._sum_small; "
+        "assert cs.csum_partial(data) == cs._sum_small(data, len(data)); "
+        "assert not [m for m in sys.modules if m.startswith('numpy')]; print('ok')"],
+        capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -19,12 +19,13 @@ from passt.backends.tap import (
     TCP4_HEADER,
     TCP6_HEADER,
     TX_HEADER,
+    UDP6_HEADER,
     VNET_HDR_LEN,
     TapError,
     TunTap,
     open_tap,
 )
-from passt.packet import build_frame_tcp, build_frame_udp
+from passt.packet import build_frame_icmp, build_frame_tcp, build_frame_udp
 
 GUEST_MAC = bytes.fromhex("525400000001")
 TEST_ETHERTYPE = 0x88B5  # IEEE "local experimental": nothing else sends it
@@ -96,24 +97,27 @@ def test_tuntap_with_vnet_hdr_strips_and_prepends_the_header(seqpacket):
     assert TX_HEADER == bytes(VNET_HDR_LEN)  # no flags, no GSO: checksums complete
 
 
-def test_tuntap_marks_tcp_frames_needs_csum_when_checksums_are_partial(seqpacket):
+def test_tuntap_marks_tcp_and_udp6_frames_needs_csum_when_checksums_are_partial(seqpacket):
     ours, peer = seqpacket
-    tap = TunTap(os.dup(ours.fileno()), vnet_hdr=True, tcp_csum_partial=True)
+    tap = TunTap(os.dup(ours.fileno()), vnet_hdr=True, partial_csum=True)
     v4, v6 = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])), (bytes(15) + b"\1", bytes(15) + b"\2")
     frames = [build_frame_tcp(GUEST_MAC, GUEST_MAC, *v4, 1, 2, 3, 4, 0x10, 5, b"x"),
               build_frame_tcp(GUEST_MAC, GUEST_MAC, *v6, 1, 2, 3, 4, 0x10, 5, b"x"),
               build_frame_udp(GUEST_MAC, GUEST_MAC, *v4, 1, 2, b"x"),
+              build_frame_udp(GUEST_MAC, GUEST_MAC, *v6, 1, 2, b"x", partial_csum=True),
+              build_frame_icmp(GUEST_MAC, GUEST_MAC, *v6, 129, 0, 1, 2, b"x"),
               raw_frame(b"arp-ish")]
     try:
-        assert tap.send_frames(frames) == 4
+        assert tap.send_frames(frames) == 6
         got = [peer.recv(200) for _ in frames]
     finally:
         tap.close()
-    assert got == [h + f for h, f in zip([TCP4_HEADER, TCP6_HEADER, TX_HEADER, TX_HEADER],
-                                         frames, strict=True)]
-    # flags NEEDS_CSUM; csum_start at the TCP header, csum_offset 16
+    headers = [TCP4_HEADER, TCP6_HEADER, TX_HEADER, UDP6_HEADER, TX_HEADER, TX_HEADER]
+    assert got == [h + f for h, f in zip(headers, frames, strict=True)]
+    # flags NEEDS_CSUM; csum_start at the TCP or UDP header, csum_offset 16 or 6
     assert TCP4_HEADER[0] == 1 and TCP4_HEADER[6:] == bytes([34, 0, 16, 0])
     assert TCP6_HEADER[6:] == bytes([54, 0, 16, 0])
+    assert UDP6_HEADER[0] == 1 and UDP6_HEADER[6:] == bytes([54, 0, 6, 0])
 
 
 CLONE_NEWNET = 0x40000000

@@ -45,6 +45,7 @@ from ..l2_fixtures import (
     OUR_MAC,
     OUR_MAC_STR,
     SEARCH,
+    completed_as_a_device_would,
     drops,
     feed,
     make_ctx,
@@ -252,3 +253,15 @@ def test_fqdn_is_option_39() -> None:
     ctx = make_ctx(net_with(fqdn="box.example.com"))
     reply = one_reply(ctx, DHCP6_Solicit(trid=7) / client_id() / ia_na() / DHCP6OptRapidCommit())
     assert raw_reply_options(reply)[39] == b"\x00\x03box\x07example\x03com\x00"
+
+
+def test_with_partial_checksums_replies_are_completed_by_the_device_into_the_full_ones() -> None:
+    """pasta's tap with partial checksums: every IPv6 UDP frame to the guest is
+    marked NEEDS_CSUM, so the server's replies leave the sum to the device too."""
+    message = DHCP6_Solicit(trid=7) / client_id() / ia_na() / DHCP6OptRapidCommit()
+    [full] = feed(make_ctx(), dhcpv6, client_frame(message))
+    ctx = make_ctx()
+    ctx.partial_csum = True
+    [partial] = feed(ctx, dhcpv6, client_frame(message))
+    assert partial != full
+    assert completed_as_a_device_would(partial, 14 + 40, 6) == full

@@ -17,7 +17,17 @@ from passt.flow.nat import AddressMapping
 from passt.packet import build_frame_udp, parse_frame, verify_ipv4_header, verify_l4
 from passt.udp import tap as udp
 
-from ..l2_fixtures import GUEST4, GUEST6, GUEST_MAC, GW4, GW6, OUR_LL6, OUR_MAC, net_with
+from ..l2_fixtures import (
+    GUEST4,
+    GUEST6,
+    GUEST_MAC,
+    GW4,
+    GW6,
+    OUR_LL6,
+    OUR_MAC,
+    completed_as_a_device_would,
+    net_with,
+)
 
 
 def packed(addr: str) -> bytes:
@@ -211,3 +221,22 @@ def test_template_frames_verify_and_carry_the_payload(payload: bytes,
         assert bytes(layer[UDP].payload) == payload
         assert layer.src == socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, src)
         assert layer.dst == (GUEST4 if v4 else GUEST6)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1401, 65000])
+def test_partial_template_frames_are_completed_by_the_device_into_the_builders(size: int) -> None:
+    """``partial_csum`` (pasta's tap): over IPv6 the UDP checksum field holds the
+    pseudo-header's sum; completing it as the device does gives the full frame.
+    Over IPv4 nothing changes: no checksum at all."""
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for src, dst in ((REMOTE6, packed(GUEST6)), (REMOTE4, packed(GUEST4))):
+        tpl = udp.UdpFrameTemplate(GUEST_MAC, OUR_MAC, src, dst, 53, 4444, partial_csum=True)
+        slot = memoryview(bytearray(udp._HDR_ROOM + udp.DATAGRAM_MAX))
+        slot[udp._HDR_ROOM : udp._HDR_ROOM + size] = payload
+        frames = (tpl.build(payload), bytes(tpl.fill(slot, size)))
+        if len(src) == 4:
+            assert frames == (expected(src, dst, payload),) * 2
+            continue
+        for frame in frames:
+            assert frame != expected(src, dst, payload)
+            assert completed_as_a_device_would(frame, 14 + 40, 6) == expected(src, dst, payload)
