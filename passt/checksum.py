@@ -206,6 +206,13 @@ def csum_fold(acc: int) -> int:
     return 0xFFFF - (_reduce(acc) if acc >= 0 else acc % 0xFFFF)
 
 
+def needs_csum_field(acc: int) -> int:
+    """The checksum field of a frame sent for the device to complete (``NEEDS_CSUM``,
+    ``Ctx.partial_csum``): the pseudo-header's sum ``acc`` folded, not inverted; the
+    device adds the rest and inverts the whole."""
+    return 0xFFFF ^ csum_fold(acc)
+
+
 def checksum(data: Buffer) -> int:
     """The Internet checksum of ``data`` (IPv4 header, ICMP message)."""
     return csum_fold(csum_partial(data))

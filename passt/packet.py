@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import struct
 
-from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
+from passt.checksum import Buffer, csum_fold, csum_partial, needs_csum_field, pseudo_sum
 from passt.record import NamedTuple
 
 # Ethertypes and IP protocol numbers.
@@ -507,7 +507,7 @@ def _udp_header(src: bytes, dst: bytes, sport: int, dport: int, payload: Buffer,
     length = 8 + len(payload)
     pseudo = pseudo_sum(src, dst, IPPROTO_UDP, length)
     if partial:
-        return _UDP.pack(sport, dport, length, 0xFFFF ^ csum_fold(pseudo))
+        return _UDP.pack(sport, dport, length, needs_csum_field(pseudo))
     acc = pseudo + sport + dport + length
     if payload:
         acc = csum_partial(payload, acc)
@@ -749,8 +749,8 @@ class TcpFrameTemplate:
         else:
             _U16.pack_into(header, ETH_HLEN + 4, tcp_len)
         off_flags = tcp_hlen << 10 | flags
-        if self._partial:  # the sum, not its complement: the receiver adds the rest
-            csum = 0xFFFF ^ csum_fold(self._pseudo + tcp_len)
+        if self._partial:
+            csum = needs_csum_field(self._pseudo + tcp_len)
         else:
             csum = _tcp_checksum(self._tcp_acc + tcp_len, seq, ack, off_flags, window, options,
                                  payload)

@@ -100,7 +100,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from passt import buffers, log
-from passt.checksum import Buffer, csum_fold, csum_partial, pseudo_sum
+from passt.checksum import Buffer, csum_fold, csum_partial, needs_csum_field, pseudo_sum
 from passt.context import close_state
 from passt.flow.fwd import HOST, UDP, Listen
 from passt.flow.nat import AddressMapping, is_loopback, outbound_addresses, packed
@@ -253,9 +253,9 @@ class UdpFrameTemplate:
             _U16x2.pack_into(buf, off + self.hlen - 4, udp_len, 0)  # no checksum: see above
             return
         _U16.pack_into(buf, off + ETH_HLEN + 4, udp_len)
-        if self.partial:  # the sum, not its complement: the device adds the rest
+        if self.partial:
             _U16x2.pack_into(buf, off + self.hlen - 4, udp_len,
-                             0xFFFF ^ csum_fold(self.pseudo + udp_len))
+                             needs_csum_field(self.pseudo + udp_len))
             return
         acc = self.udp_acc + 2 * udp_len  # the pseudo-header's length and the header's
         if payload:
